@@ -1,0 +1,26 @@
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# A config file named on the command line replaces the offline default instead of merging into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/knn.smk"
+include: "workflow/rules/sweep.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,85 @@
+"""Config validation against workflow/schemas/config.schema.yaml, with messages that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the key and says what to do."""
+
+
+def key_path(path) -> str:
+    """experiments.digits.knn.k[0] from a jsonschema error path."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _description(root: dict, schema_path) -> str:
+    """The description of the innermost schema along the error's schema path that has one ($refs followed)."""
+    node, found = root, root.get("description", "")
+    for part in schema_path:
+        while isinstance(node, dict) and "$ref" in node and part not in node:
+            node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        if part == "$ref":
+            node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+            continue
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            break
+        if isinstance(node, dict) and "description" in node:
+            found = node["description"]
+    return found
+
+
+def explain(error, schema: dict) -> str:
+    """One readable line for a jsonschema ValidationError: the key, the problem, the key's description."""
+    key = key_path(error.absolute_path)
+    hint = _description(schema, error.absolute_schema_path)
+    if error.validator == "type" and isinstance(error.instance, str) and error.validator_value in ("number",
+                                                                                                    "integer"):
+        hint = (f"{hint} YAML reads 1e-3 as a string: write 1.0e-3." if "e" in error.instance.lower()
+                else hint)
+    message = f"invalid config at {key}: {error.message}"
+    return f"{message}. {hint}".strip() if hint else message
+
+
+def validate(config: dict, schema_path=SCHEMA) -> dict:
+    """Validate in place (filling defaults) with Snakemake's own validator; raise ConfigError naming the key."""
+    import jsonschema
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate as snakemake_validate
+
+    try:
+        snakemake_validate(config, str(schema_path))
+    except WorkflowError as exc:
+        error = exc.__context__
+        if not isinstance(error, jsonschema.ValidationError):
+            raise
+        schema = yaml.safe_load(Path(schema_path).read_text())
+        raise ConfigError(explain(_deepest(error), schema)) from None
+    return config
+
+
+def _deepest(error):
+    """For anyOf/oneOf failures jsonschema reports the parent; the most specific sub-error names the key."""
+    while error.context:
+        error = max(error.context, key=lambda e: len(e.absolute_path))
+    return error
+
+
+def load(path) -> dict:
+    """Read a YAML config file and validate it (defaults filled)."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc})") from None
+    return validate(config)

@@ -1,0 +1,34 @@
+"""ResMem as an estimator on any model's outputs, without the workflow."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from resmem.core import residuals, resmem_scores
+from resmem.knn import build_index, search
+
+
+class ResMem:
+    """Fit on the training split's embeddings, logits and labels; predict from a query's embedding and logits.
+
+    >>> model = ResMem(temperature=1.0).fit(train_emb, train_logits, train_y)
+    >>> pred = model.predict(test_emb, test_logits, k=16, sigma=0.5)
+    """
+
+    def __init__(self, temperature: float = 1.0, normalize: bool = False, device: str = "auto"):
+        self.temperature, self.normalize, self.device = temperature, normalize, device
+
+    def fit(self, embeddings: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> ResMem:
+        if not len(embeddings) == len(logits) == len(labels):
+            raise ValueError(f"embeddings, logits and labels differ in length: "
+                             f"{len(embeddings)}, {len(logits)}, {len(labels)}")
+        self.index_ = build_index(embeddings, normalize=self.normalize, device=self.device)
+        self.residuals_ = residuals(logits, labels, self.temperature)
+        return self
+
+    def scores(self, embeddings: np.ndarray, logits: np.ndarray, k: int, sigma: float) -> np.ndarray:
+        dist, idx = search(self.index_, embeddings, k, normalize=self.normalize, device=self.device)
+        return resmem_scores(logits, dist, idx, self.residuals_, sigma, self.temperature)
+
+    def predict(self, embeddings: np.ndarray, logits: np.ndarray, k: int, sigma: float) -> np.ndarray:
+        return self.scores(embeddings, logits, k, sigma).argmax(axis=1)

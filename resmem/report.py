@@ -1,0 +1,147 @@
+"""Tables and figures of an experiment: what people look at, so every figure says what it shows."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from resmem.io import atomic_path  # noqa: E402
+
+SELECTION = "(k, σ, T) chosen by val accuracy"
+BASE_COLOR, RESMEM_COLOR = "#4C72B0", "#DD8452"
+
+
+def _per_model(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per model, ordered by parameter count."""
+    stats = summary.groupby("model").agg(
+        parameters=("parameters", "first"), seeds=("seed", "count"),
+        base_mean=("base_test_acc", "mean"), base_std=("base_test_acc", "std"),
+        resmem_mean=("resmem_test_acc", "mean"), resmem_std=("resmem_test_acc", "std"),
+        gain_mean=("gain", "mean"), gain_std=("gain", "std"))
+    return stats.fillna({"base_std": 0.0, "resmem_std": 0.0, "gain_std": 0.0}).sort_values("parameters")
+
+
+def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
+    stats = _per_model(summary)
+    seeds = sorted(int(s) for s in summary.seed.unique())
+    lines = [f"# {experiment}: ResMem vs the base network (DeepNet)", "",
+             f"Test accuracy in %, mean ± std over seeds {seeds}; ResMem at the {SELECTION} of each run.", "",
+             "| model | parameters | DeepNet | ResMem | gain |", "|---|---:|---:|---:|---:|"]
+    for model, r in stats.iterrows():
+        lines.append(f"| {model} | {int(r.parameters):,} | {100 * r.base_mean:.2f} ± {100 * r.base_std:.2f} | "
+                     f"{100 * r.resmem_mean:.2f} ± {100 * r.resmem_std:.2f} | "
+                     f"{100 * r.gain_mean:+.2f} ± {100 * r.gain_std:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig, png, pdf) -> None:
+    for path in (png, pdf):
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=200, bbox_inches="tight")  # the temporary name keeps the suffix
+    plt.close(fig)
+
+
+def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
+    stats = _per_model(summary)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, col, color, marker in (("DeepNet (base)", "base", BASE_COLOR, "o"),
+                                      ("ResMem", "resmem", RESMEM_COLOR, "s")):
+        ax.errorbar(stats.parameters, 100 * stats[f"{col}_mean"], yerr=100 * stats[f"{col}_std"], label=label,
+                    color=color, marker=marker, capsize=3, linewidth=1.8)
+    for model, r in stats.iterrows():
+        ax.annotate(f"{model}\n{100 * r.gain_mean:+.1f}", (r.parameters, 100 * r.resmem_mean),
+                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8, color="0.3")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters of the base network (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{experiment}: test accuracy vs model size\n"
+                 f"mean ± std over {summary.seed.nunique()} seeds; ResMem at the {SELECTION}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    _save(fig, png, pdf)
+
+
+def _at_selected_temperature(sweeps: pd.DataFrame) -> pd.DataFrame:
+    """Test rows of the grid at each run's selected T, averaged over seeds per (model, k, σ)."""
+    grid = sweeps[(sweeps.k > 0) & (sweeps.split == "test")]
+    grid = grid[np.isclose(grid.temperature, grid.selected_temperature)]
+    base = sweeps[(sweeps.k == 0) & (sweeps.split == "test")][["model", "seed", "accuracy"]]
+    grid = grid.merge(base.rename(columns={"accuracy": "base"}), on=["model", "seed"])
+    grid = grid.assign(gain=grid.accuracy - grid.base)
+    return grid.groupby(["model", "k", "sigma"], as_index=False)[["accuracy", "base", "gain"]].mean()
+
+
+def _model_order(summary: pd.DataFrame) -> list[str]:
+    return list(_per_model(summary).index)
+
+
+def _panels(n: int, width: float = 3.6, height: float = 3.2):
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                             constrained_layout=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def plot_accuracy_vs_k(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
+    grid = _at_selected_temperature(sweeps)
+    models = _model_order(summary)
+    sigmas = sorted(grid.sigma.unique())
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(sigmas)))
+    fig, axes = _panels(len(models))
+    for ax, model in zip(axes, models, strict=False):
+        part = grid[grid.model == model]
+        for sigma, color in zip(sigmas, colors, strict=True):
+            line = part[np.isclose(part.sigma, sigma)].sort_values("k")
+            ax.plot(line.k, 100 * line.accuracy, marker=".", color=color, label=f"σ = {sigma:g}")
+        ax.axhline(100 * part.base.iloc[0], color="k", linestyle="--", linewidth=1, label="DeepNet")
+        ax.set_xscale("log", base=2)
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("k (neighbours)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{experiment}: ResMem test accuracy vs k, one line per σ (mean over "
+                 f"{summary.seed.nunique()} seeds, at each run's selected T)", fontsize=10)
+    _save(fig, png, pdf)
+
+
+def plot_gain_heatmap(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
+    grid = _at_selected_temperature(sweeps)
+    models = _model_order(summary)
+    limit = max(100 * grid.gain.abs().max(), 0.5)
+    fig, axes = _panels(len(models), width=3.8, height=3.4)
+    image = None
+    for ax, model in zip(axes, models, strict=False):
+        table = grid[grid.model == model].pivot(index="k", columns="sigma", values="gain") * 100
+        image = ax.imshow(table.values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto", origin="lower")
+        ax.set_xticks(range(table.shape[1]), [f"{s:g}" for s in table.columns], fontsize=7)
+        ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
+        for (i, j), value in np.ndenumerate(table.values):
+            ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=6,
+                    color="white" if abs(value) > 0.6 * limit else "black")
+        chosen = summary[summary.model == model][["k", "sigma"]].drop_duplicates().set_index(["k", "sigma"])
+        for k, sigma in chosen.index:  # the runs' selected cells
+            i, j = list(table.index).index(k), int(np.argmin(np.abs(table.columns.values - sigma)))
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="k", linewidth=1.5))
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("σ")
+        ax.set_ylabel("k")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="test accuracy gain over DeepNet (points)")
+    fig.suptitle(f"{experiment}: ResMem gain over k × σ (mean over {summary.seed.nunique()} seeds, at each "
+                 "run's selected T; boxes: cells selected by val accuracy)", fontsize=10)
+    _save(fig, png, pdf)
+
+
+def plot_all(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, out: dict) -> None:
+    """out maps '<figure>_png' and '<figure>_pdf' to paths for every name in artifacts.FIGURES."""
+    plot_accuracy_vs_size(summary, experiment, out["accuracy_vs_size_png"], out["accuracy_vs_size_pdf"])
+    plot_accuracy_vs_k(summary, sweeps, experiment, out["accuracy_vs_k_png"], out["accuracy_vs_k_pdf"])
+    plot_gain_heatmap(summary, sweeps, experiment, out["gain_heatmap_png"], out["gain_heatmap_pdf"])

@@ -1,0 +1,58 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir, *args, configfile=None, check=True):
+    """Run the repository's workflow in `workdir` (results land there), returning the CompletedProcess."""
+    # Targets first: options such as --configfile and --forcerun take every word after them.
+    cmd = [*SNAKEMAKE, *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def write_config(path, edit=None, base="smoke.yaml"):
+    """A copy of config/<base> with `edit(config)` applied, written to `path`."""
+    config = yaml.safe_load((REPO / "config" / base).read_text())
+    if edit is not None:
+        edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """{rule: count} from the 'Job stats' table of a dry run."""
+    jobs, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                break
+            if parts[0].startswith("---"):
+                continue
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The workflow on config/smoke.yaml, run once for the whole session."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    config = write_config(workdir / "smoke.yaml")
+    proc = snakemake(workdir, configfile=config)
+    return {"workdir": workdir, "config": config, "results": workdir / "results" / "smoke", "proc": proc}

@@ -1,0 +1,123 @@
+"""Bad config values fail before any job runs, with a message naming the key and no traceback."""
+
+import pytest
+import yaml
+
+from resmem.config import SCHEMA, ConfigError, load, validate
+from resmem.data import DATASETS
+from resmem.models import MODELS
+from tests.conftest import REPO, snakemake, write_config
+
+
+def smoke():
+    return yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+
+
+def exp(config):
+    return config["experiments"]["smoke"]
+
+
+BAD = {
+    "unknown key": (lambda c: exp(c).update(lerning_rate=0.1), "experiments.smoke", "'lerning_rate' was unexpected"),
+    "k zero": (lambda c: exp(c)["knn"].update(k=[0, 2]), "experiments.smoke.knn.k[0]", "minimum of 1"),
+    "k negative": (lambda c: exp(c)["knn"].update(k=[-3]), "experiments.smoke.knn.k[0]", "minimum of 1"),
+    "sigma zero": (lambda c: exp(c)["knn"].update(sigma=[1.0, 0]), "experiments.smoke.knn.sigma[1]", "minimum of 0"),
+    "empty grid": (lambda c: exp(c)["knn"].update(temperature=[]), "experiments.smoke.knn.temperature",
+                   "should be non-empty"),
+    "unknown model": (lambda c: exp(c)["models"]["cnn_w1"].update(arch="resnet9000"),
+                      "experiments.smoke.models.cnn_w1.arch", "'resnet9000' is not one of"),
+    "unknown dataset": (lambda c: exp(c)["dataset"].update(name="mnist"), "experiments.smoke.dataset.name",
+                        "'mnist' is not one of"),
+    "string for number": (lambda c: exp(c)["train"].update(lr="1e-3"), "experiments.smoke.train.lr",
+                          "write 1.0e-3"),
+    "val fraction 0": (lambda c: exp(c)["dataset"].update(val_fraction=0), "experiments.smoke.dataset.val_fraction",
+                       "minimum of 0"),
+    "val fraction 1.5": (lambda c: exp(c)["dataset"].update(val_fraction=1.5),
+                         "experiments.smoke.dataset.val_fraction", "maximum of 1"),
+    "bad device": (lambda c: c.update(device="tpu"), "device", "'tpu' is not one of"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_names_the_key(case):
+    edit, key, problem = BAD[case]
+    config = smoke()
+    edit(config)
+    with pytest.raises(ConfigError) as info:
+        validate(config)
+    message = str(info.value)
+    assert f"invalid config at {key}:" in message
+    assert problem in message
+
+
+@pytest.mark.parametrize("case", ["k zero", "unknown model"])
+def test_workflow_rejects_bad_config_before_any_job(case, tmp_path):
+    edit, key, problem = BAD[case]
+    config = write_config(tmp_path / "bad.yaml", edit)
+    proc = snakemake(tmp_path, configfile=config, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"invalid config at {key}:" in output and problem in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_defaults_fill_every_key():
+    config = {"experiments": {"x": {"models": {"m": {"arch": "small_cnn"}}}}}
+    validate(config)
+    x = config["experiments"]["x"]
+    assert config["device"] == "auto"
+    assert x["knn"]["normalize"] is False and x["models"]["m"]["width"] == 8 and x["seeds"] == [0]
+    assert x["dataset"] == {"name": "digits", "test_fraction": 0.25, "val_fraction": 0.2, "split_seed": 0}
+
+
+def test_every_schema_key_has_a_description_and_a_default():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    missing = []
+
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
+            sub = schema["$defs"][sub["$ref"].rsplit("/", 1)[-1]] | sub if "$ref" in sub else sub
+            if "description" not in sub:
+                missing.append(f"{path}.{key}: description")
+            if "default" not in sub and key not in node.get("required", []):
+                missing.append(f"{path}.{key}: default")
+            walk(sub, f"{path}.{key}")
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            walk(schema["$defs"][extra["$ref"].rsplit("/", 1)[-1]] if "$ref" in extra else extra, f"{path}.*")
+
+    walk(schema, "config")
+    assert not missing
+
+
+def test_schema_enums_match_the_registries():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    experiment = schema["$defs"]["experiment"]["properties"]
+    assert experiment["models"]["additionalProperties"]["properties"]["arch"]["enum"] == sorted(MODELS)
+    assert experiment["dataset"]["properties"]["name"]["enum"] == list(DATASETS)
+
+
+def test_shipped_configs_are_valid():
+    for path in sorted((REPO / "config").glob("**/*.yaml")):
+        load(path)
+
+
+def test_every_key_is_documented_in_config_readme():
+    readme = (REPO / "config" / "README.md").read_text()
+    schema = yaml.safe_load(SCHEMA.read_text())
+    keys = set(schema["properties"])
+    keys |= set(schema["$defs"]["experiment"]["properties"])
+    for section in ("dataset", "train", "embed", "knn"):
+        keys |= set(schema["$defs"]["experiment"]["properties"][section]["properties"])
+    keys |= set(schema["$defs"]["experiment"]["properties"]["models"]["additionalProperties"]["properties"])
+    undocumented = sorted(k for k in keys if f"`{k}`" not in readme)
+    assert not undocumented
+
+
+def test_unreadable_config_file_is_named(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("experiments: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: cannot read the config"):
+        load(path)
+

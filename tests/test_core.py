@@ -1,0 +1,152 @@
+"""The ResMem math against an independent brute-force implementation (scikit-learn neighbours, scipy softmax)."""
+
+import numpy as np
+import pytest
+from scipy.special import softmax as scipy_softmax
+from sklearn.neighbors import NearestNeighbors
+
+from resmem import ResMem
+from resmem.core import neighbour_weights, residuals, resmem_predict, resmem_scores, sweep_correct
+from resmem.knn import build_index, search
+
+
+def reference_predict(train_emb, train_logits, train_y, query_emb, query_logits, k, sigma, temperature):
+    """Algorithm 1 of the paper written out per query, sharing no code with resmem."""
+    n_classes = train_logits.shape[1]
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(train_emb)
+    dist, idx = nn.kneighbors(query_emb)
+    preds = []
+    for q in range(len(query_emb)):
+        weights = scipy_softmax(-dist[q] / sigma)
+        memory = np.zeros(n_classes)
+        for w, j in zip(weights, idx[q], strict=True):
+            residual = np.eye(n_classes)[train_y[j]] - scipy_softmax(train_logits[j] / temperature)
+            memory += w * residual
+        preds.append(np.argmax(scipy_softmax(query_logits[q] / temperature) + memory))
+    return np.array(preds)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    n_train, n_query, dim, n_classes = 400, 120, 8, 5
+    centers = rng.normal(size=(n_classes, dim)) * 2
+    train_y = rng.integers(0, n_classes, n_train)
+    query_y = rng.integers(0, n_classes, n_query)
+    train_emb = (centers[train_y] + rng.normal(size=(n_train, dim))).astype(np.float32)
+    query_emb = (centers[query_y] + rng.normal(size=(n_query, dim))).astype(np.float32)
+    # A weak "base model": noisy logits that are right only part of the time.
+    train_logits = (rng.normal(size=(n_train, n_classes)) + np.eye(n_classes)[train_y]).astype(np.float32)
+    query_logits = (rng.normal(size=(n_query, n_classes)) + np.eye(n_classes)[query_y]).astype(np.float32)
+    index = build_index(train_emb, device="cpu")
+    dist, idx = search(index, query_emb, 64, device="cpu")
+    return dict(train_emb=train_emb, train_logits=train_logits, train_y=train_y, query_emb=query_emb,
+                query_logits=query_logits, query_y=query_y, dist=dist, idx=idx)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 64])
+@pytest.mark.parametrize("sigma", [0.05, 0.5, 2.0, 50.0])
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+def test_predictions_match_brute_force_reference(problem, k, sigma, temperature):
+    p = problem
+    expected = reference_predict(p["train_emb"], p["train_logits"], p["train_y"], p["query_emb"],
+                                 p["query_logits"], k, sigma, temperature)
+    res = residuals(p["train_logits"], p["train_y"], temperature)
+    got = resmem_predict(p["query_logits"], p["dist"][:, :k], p["idx"][:, :k], res, sigma, temperature)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_faiss_distances_are_euclidean_not_squared(problem):
+    p = problem
+    nn = NearestNeighbors(n_neighbors=5).fit(p["train_emb"])
+    dist, idx = nn.kneighbors(p["query_emb"])
+    np.testing.assert_allclose(p["dist"][:, :5], dist, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(p["idx"][:, :5], idx)
+
+
+def test_memorization_at_k1_returns_training_labels(problem):
+    p = problem
+    index = build_index(p["train_emb"], device="cpu")
+    dist, idx = search(index, p["train_emb"], 1, device="cpu")
+    np.testing.assert_array_equal(idx[:, 0], np.arange(len(p["train_y"])))
+    for temperature in (0.1, 1.0, 10.0):
+        res = residuals(p["train_logits"], p["train_y"], temperature)
+        pred = resmem_predict(p["train_logits"], dist, idx, res, sigma=1.0, temperature=temperature)
+        np.testing.assert_array_equal(pred, p["train_y"])
+    base = p["train_logits"].argmax(1)
+    assert (base != p["train_y"]).mean() > 0.2  # the base model alone does not memorize
+
+
+def test_tiny_sigma_gives_no_nan_and_follows_the_nearest_neighbour(problem):
+    p = problem
+    res = residuals(p["train_logits"], p["train_y"], 1.0)
+    scores = resmem_scores(p["query_logits"], p["dist"][:, :16], p["idx"][:, :16], res, sigma=1e-12)
+    assert np.isfinite(scores).all()
+    nearest = resmem_scores(p["query_logits"], p["dist"][:, :1], p["idx"][:, :1], res, sigma=1.0)
+    np.testing.assert_allclose(scores, nearest, atol=1e-9)
+
+
+def test_huge_sigma_gives_uniform_weights(problem):
+    weights = neighbour_weights(problem["dist"][:, :10], sigma=1e12)
+    np.testing.assert_allclose(weights, np.full_like(weights, 0.1), rtol=1e-9)
+    np.testing.assert_allclose(neighbour_weights(problem["dist"][:, :10], 0.3).sum(1), 1.0)
+
+
+def test_sweep_equals_per_point_evaluation(problem):
+    p = problem
+    ks, sigmas, temps = [16, 1, 5, 64, 2], [0.01, 0.3, 1.0, 100.0], [0.5, 1.0, 2.0]
+    # A chunk bound far below one query block forces many chunks.
+    correct = sweep_correct(p["train_logits"], p["train_y"], p["query_logits"], p["query_y"], p["dist"], p["idx"],
+                            ks, sigmas, temps, chunk_bytes=64 * 5 * 8 * 7)
+    assert correct.shape == (3, 5, 4)
+    for t, temperature in enumerate(temps):
+        res = residuals(p["train_logits"], p["train_y"], temperature)
+        for i, k in enumerate(ks):
+            for s, sigma in enumerate(sigmas):
+                pred = resmem_predict(p["query_logits"], p["dist"][:, :k], p["idx"][:, :k], res, sigma, temperature)
+                assert correct[t, i, s] == (pred == p["query_y"]).sum(), (temperature, k, sigma)
+
+
+def test_resmem_improves_a_weak_base_model(problem):
+    p = problem
+    correct = sweep_correct(p["train_logits"], p["train_y"], p["query_logits"], p["query_y"], p["dist"], p["idx"],
+                            [16], [1.0], [1.0])
+    base = (p["query_logits"].argmax(1) == p["query_y"]).sum()
+    assert correct[0, 0, 0] > base + 0.1 * len(p["query_y"])
+
+
+def test_bad_neighbours_are_rejected(problem):
+    p = problem
+    res = residuals(p["train_logits"], p["train_y"])
+    with pytest.raises(ValueError, match="sorted ascending"):
+        resmem_scores(p["query_logits"], p["dist"][:, ::-1][:, :5], p["idx"][:, :5], res, 1.0)
+    bad_idx = p["idx"][:, :5].copy()
+    bad_idx[0, 4] = -1
+    with pytest.raises(ValueError, match="more neighbours than the datastore holds"):
+        resmem_scores(p["query_logits"], p["dist"][:, :5], bad_idx, res, 1.0)
+    with pytest.raises(ValueError, match="every k must lie in"):
+        sweep_correct(p["train_logits"], p["train_y"], p["query_logits"], p["query_y"], p["dist"], p["idx"],
+                      [65], [1.0], [1.0])
+    index = build_index(p["train_emb"][:10], device="cpu")
+    with pytest.raises(ValueError, match="holds only 10"):
+        search(index, p["query_emb"], 11, device="cpu")
+
+
+def test_resmem_class_on_any_models_outputs(problem):
+    p = problem
+    model = ResMem(temperature=2.0).fit(p["train_emb"], p["train_logits"], p["train_y"])
+    expected = reference_predict(p["train_emb"], p["train_logits"], p["train_y"], p["query_emb"],
+                                 p["query_logits"], 7, 0.5, 2.0)
+    np.testing.assert_array_equal(model.predict(p["query_emb"], p["query_logits"], k=7, sigma=0.5), expected)
+
+
+def test_normalize_searches_on_the_unit_sphere(problem):
+    p = problem
+    unit = p["train_emb"] / np.linalg.norm(p["train_emb"], axis=1, keepdims=True)
+    query = p["query_emb"] / np.linalg.norm(p["query_emb"], axis=1, keepdims=True)
+    dist, idx = search(build_index(p["train_emb"], normalize=True, device="cpu"), p["query_emb"], 3,
+                       normalize=True, device="cpu")
+    ref_dist, ref_idx = NearestNeighbors(n_neighbors=3).fit(unit).kneighbors(query)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(dist, ref_dist, atol=1e-5)
+    assert dist.max() <= 2.0

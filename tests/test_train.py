@@ -1,0 +1,114 @@
+"""Training: deterministic on CPU, and a killed run resumes to the same weights as an uninterrupted one."""
+
+import numpy as np
+import pytest
+import torch
+
+import resmem.train as train_module
+from resmem.data import load_dataset, make_split
+from resmem.models import MODELS, build_model, count_parameters
+from resmem.train import extract, seed_everything, train
+
+CFG = {"epochs": 3, "batch_size": 64, "optimizer": "adam", "lr": 0.01, "weight_decay": 0.0, "momentum": 0.9}
+
+
+@pytest.fixture(scope="module")
+def data():
+    images, labels = load_dataset("digits")
+    split = make_split(labels, 0.25, 0.2, 0)
+    take = lambda s, n: (images[split[f"{s}_idx"][:n]], labels[split[f"{s}_idx"][:n]])  # noqa: E731
+    return take("train", 300), take("val", 100)
+
+
+def fresh_model(seed=0):
+    seed_everything(seed)
+    return build_model({"arch": "small_cnn", "width": 4}, 10, 1)
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def fit(data, checkpoint=None, seed=0, cfg=CFG):
+    (xt, yt), (xv, yv) = data
+    model = fresh_model(seed)
+    history = train(model, xt, yt, xv, yv, cfg, seed, torch.device("cpu"), checkpoint)
+    return model, history
+
+
+def assert_same_weights(a, b):
+    for key, value in a.items():
+        torch.testing.assert_close(value, b[key], rtol=0, atol=0, msg=key)
+
+
+def test_cpu_training_is_deterministic(data):
+    a, history_a = fit(data)
+    b, history_b = fit(data)
+    assert_same_weights(state(a), state(b))
+    assert [r["loss"] for r in history_a] == [r["loss"] for r in history_b]
+    assert history_a[-1]["train_acc"] > history_a[0]["train_acc"]
+
+
+def test_killed_run_resumes_to_identical_weights(data, tmp_path, monkeypatch):
+    uninterrupted, full_history = fit(data)
+    checkpoint = tmp_path / "train_checkpoint.pt"
+    real_atomic_path = train_module.atomic_path
+    writes = []
+
+    def killed_after_first_checkpoint(path):
+        writes.append(path)
+        if len(writes) > 1:
+            raise KeyboardInterrupt  # the job is killed during epoch 2's checkpoint
+        return real_atomic_path(path)
+
+    monkeypatch.setattr(train_module, "atomic_path", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        fit(data, checkpoint)
+    monkeypatch.setattr(train_module, "atomic_path", real_atomic_path)
+    assert torch.load(checkpoint, weights_only=False)["history"][-1]["epoch"] == 1
+
+    resumed, history = fit(data, checkpoint)
+    assert_same_weights(state(uninterrupted), state(resumed))
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert [r["loss"] for r in history] == [r["loss"] for r in full_history]
+
+
+def test_checkpoint_of_another_config_is_ignored(data, tmp_path):
+    checkpoint = tmp_path / "train_checkpoint.pt"
+    fit(data, checkpoint, cfg={**CFG, "epochs": 1})
+    _, history = fit(data, checkpoint)  # 3 epochs: must start over, not resume the 1-epoch run
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    reference, _ = fit(data)
+    resumed, _ = fit(data, checkpoint)
+    assert_same_weights(state(reference), state(resumed))
+
+
+def test_extract_returns_penultimate_features_and_logits(data):
+    model, _ = fit(data, cfg={**CFG, "epochs": 1})
+    (xt, _), _ = data
+    emb, logits = extract(model, xt, batch_size=64, device=torch.device("cpu"))
+    assert emb.dtype == np.float32 and emb.shape == (300, 8)
+    with torch.no_grad():
+        model.eval()
+        expected = model.head(torch.as_tensor(emb)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_registry_models_grow_with_width(arch):
+    sizes = [count_parameters(build_model({"arch": arch, "width": w}, 10, 1)) for w in (1, 2, 4, 8, 32)]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+
+
+def test_split_is_stratified_disjoint_and_deterministic():
+    _, labels = load_dataset("digits")
+    a, b = make_split(labels, 0.25, 0.2, 7), make_split(labels, 0.25, 0.2, 7)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    joined = np.concatenate(list(a.values()))
+    assert len(np.unique(joined)) == len(labels) == len(joined)
+    assert abs(len(a["test_idx"]) - 0.25 * len(labels)) < 10
+    for cls in range(10):  # every class keeps its share in every split
+        share = (labels[a["test_idx"]] == cls).mean()
+        assert abs(share - (labels == cls).mean()) < 0.01
+    assert not np.array_equal(make_split(labels, 0.25, 0.2, 8)["test_idx"], a["test_idx"])

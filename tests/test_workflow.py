@@ -1,0 +1,127 @@
+"""The workflow end to end on config/smoke.yaml: artifacts, caching, and what a config change reruns."""
+
+import json
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from resmem.artifacts import EMBEDDING_KEYS, FIGURES, NEIGHBOUR_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS, SWEEP_COLUMNS
+from resmem.sweep import select
+from tests.conftest import planned_jobs, snakemake, write_config
+
+MODELS = ("cnn_w1", "cnn_w4")
+
+
+def run_dir(smoke_run, model):
+    return smoke_run["results"] / model / "seed0"
+
+
+def test_split_is_disjoint_and_complete(smoke_run):
+    with np.load(smoke_run["results"] / "split.npz") as split:
+        parts = [split[k] for k in SPLIT_KEYS]
+        assert int(split["num_examples"]) == 1797
+    joined = np.concatenate(parts)
+    assert len(joined) == 1797 and len(np.unique(joined)) == 1797
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_run_artifacts(smoke_run, model):
+    run = run_dir(smoke_run, model)
+    log = pd.read_csv(run / "train_log.csv")
+    assert list(log.columns) == ["epoch", "loss", "train_acc", "val_acc", "seconds"]
+    assert log.epoch.tolist() == [1, 2]
+    assert not (run / "train_checkpoint.pt").exists()  # removed once training finished
+
+    saved = torch.load(run / "model.pt", weights_only=False)
+    assert saved["meta"]["model"]["arch"] == "small_cnn"
+
+    with np.load(run / "embeddings.npz") as emb:
+        assert sorted(emb.files) == sorted(EMBEDDING_KEYS)
+        with np.load(smoke_run["results"] / "split.npz") as split:
+            for s in ("train", "val", "test"):
+                assert len(emb[f"{s}_emb"]) == len(emb[f"{s}_logits"]) == len(split[f"{s}_idx"])
+                assert emb[f"{s}_emb"].dtype == np.float32 and emb[f"{s}_logits"].dtype == np.float32
+                assert emb[f"{s}_y"].dtype == np.int64
+        train_emb, val_emb = emb["train_emb"], emb["val_emb"]
+
+    index = faiss.read_index(str(run / "index.faiss"))
+    assert index.ntotal == len(train_emb)
+
+    with np.load(run / "neighbors.npz") as nb:
+        assert sorted(nb.files) == sorted(NEIGHBOUR_KEYS)
+        assert nb["val_idx"].shape == (len(val_emb), 4)  # k_max of the smoke grid
+        # Euclidean, not squared: the first distance equals the direct norm.
+        direct = np.linalg.norm(val_emb[:20] - train_emb[nb["val_idx"][:20, 0]], axis=1)
+        np.testing.assert_allclose(nb["val_dist"][:20, 0], direct, rtol=1e-4, atol=1e-5)
+
+    sweep = pd.read_csv(run / "sweep.csv")
+    assert list(sweep.columns) == list(SWEEP_COLUMNS)
+    assert len(sweep) == 2 * (1 + 3 * 2 * 1)  # (val, test) × (base row + k × σ × T)
+    assert set(sweep[sweep.k == 0].split) == {"val", "test"}
+
+    chosen = json.loads((run / "selected.json").read_text())
+    assert chosen == select(sweep)
+    best_val = sweep[(sweep.split == "val") & (sweep.k > 0)].accuracy.max()
+    assert chosen["val_accuracy"] == pytest.approx(best_val)
+
+    for rule in ("train", "embed", "index", "neighbors", "sweep"):
+        assert (run / "benchmarks" / f"{rule}.tsv").exists()
+
+
+def test_experiment_outputs(smoke_run):
+    results = smoke_run["results"]
+    summary = pd.read_csv(results / "summary.csv")
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert sorted(summary.model) == sorted(MODELS)
+    for _, row in summary.iterrows():
+        chosen = json.loads((run_dir(smoke_run, row.model) / "selected.json").read_text())
+        assert row.resmem_test_acc == pytest.approx(chosen["test_accuracy"])
+        assert row.gain == pytest.approx(row.resmem_test_acc - row.base_test_acc)
+    assert summary.set_index("model").parameters["cnn_w1"] < summary.set_index("model").parameters["cnn_w4"]
+
+    markdown = (results / "summary.md").read_text()
+    assert "| cnn_w1 |" in markdown and "±" in markdown
+
+    for figure in FIGURES:
+        assert (results / "figures" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (results / "figures" / f"{figure}.pdf").read_bytes()[:5] == b"%PDF-"
+
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert provenance["config"]["experiments"]["smoke"]["knn"]["k"] == [1, 2, 4]
+    assert set(provenance["versions"]) >= {"torch", "torchvision", "faiss", "snakemake", "numpy"}
+    assert all(provenance["versions"][p] for p in ("torch", "faiss", "snakemake", "numpy"))
+    assert provenance["devices"] == ["cpu"]
+    assert "git_commit" in provenance
+
+
+def test_rerun_is_a_no_op(smoke_run):
+    proc = snakemake(smoke_run["workdir"], "-n", configfile=smoke_run["config"])
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_changing_only_sigma_reruns_only_sweep_and_after(smoke_run, tmp_path):
+    config = write_config(tmp_path / "sigma.yaml", lambda c: c["experiments"]["smoke"]["knn"].update(sigma=[0.5]))
+    proc = snakemake(smoke_run["workdir"], "-n", configfile=config)
+    assert planned_jobs(proc.stdout) == {"sweep": 2, "select": 2, "aggregate": 1, "all": 1}
+
+
+def test_changing_the_largest_k_reruns_the_search_not_the_training(smoke_run, tmp_path):
+    config = write_config(tmp_path / "k.yaml", lambda c: c["experiments"]["smoke"]["knn"].update(k=[1, 8]))
+    proc = snakemake(smoke_run["workdir"], "-n", configfile=config)
+    assert planned_jobs(proc.stdout) == {"neighbors": 2, "sweep": 2, "select": 2, "aggregate": 1, "all": 1}
+
+
+def test_a_truncated_artifact_fails_naming_the_file(smoke_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(smoke_run["workdir"], workdir)
+    embeddings = workdir / "results" / "smoke" / "cnn_w1" / "seed0" / "embeddings.npz"
+    embeddings.write_bytes(embeddings.read_bytes()[:200])
+    target = "results/smoke/cnn_w1/seed0/index.faiss"
+    proc = snakemake(workdir, target, "--forcerun", "index", configfile=smoke_run["config"], check=False)
+    assert proc.returncode != 0
+    assert "embeddings.npz: cannot be read" in proc.stdout + proc.stderr

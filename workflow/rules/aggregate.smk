@@ -1,0 +1,27 @@
+rule aggregate:
+    input:
+        selected=run_files("selected.json"),
+        meta=run_files("train_meta.json"),
+        sweep=run_files("sweep.csv"),
+    output:
+        **{
+            f"{fig}_{ext}": f"results/{{experiment}}/figures/{fig}.{ext}"
+            for fig in FIGURES
+            for ext in ("png", "pdf")
+        },
+        summary_csv="results/{experiment}/summary.csv",
+        summary_md="results/{experiment}/summary.md",
+        provenance="results/{experiment}/provenance.json",
+    log:
+        "results/{experiment}/logs/aggregate.log",
+    conda:
+        "../../envs/resmem.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        runs=lambda w: runs(w.experiment),
+        repo_dir=str(REPO),
+    script:
+        "../scripts/aggregate.py"

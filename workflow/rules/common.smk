@@ -1,0 +1,62 @@
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+# The workflow always uses the resmem package of its own checkout: here through sys.path, and in jobs
+# (any environment: conda, cluster) through the link workflow/scripts/resmem, since Snakemake puts a
+# script's folder on its sys.path.
+REPO = Path(workflow.basedir)
+sys.path.insert(0, str(REPO))
+
+from resmem.config import ConfigError, validate as validate_config
+from resmem.artifacts import FIGURES
+
+try:
+    validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+
+wildcard_constraints:
+    experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    seed=r"\d+",
+
+
+def experiment(wildcards):
+    return config["experiments"][wildcards.experiment]
+
+
+def runs(name):
+    """(model, seed) of every run of an experiment, in config order."""
+    exp = config["experiments"][name]
+    return [(model, seed) for model in exp["models"] for seed in exp["seeds"]]
+
+
+def run_files(filename):
+    """Input function: `filename` of every run of the wildcards' experiment."""
+
+    def files(wildcards):
+        return [
+            f"results/{wildcards.experiment}/{model}/seed{seed}/{filename}"
+            for model, seed in runs(wildcards.experiment)
+        ]
+
+    return files
+
+
+def experiment_outputs(name):
+    base = f"results/{name}"
+    figures = [
+        f"{base}/figures/{fig}.{ext}" for fig in FIGURES for ext in ("png", "pdf")
+    ]
+    return [
+        f"{base}/summary.csv",
+        f"{base}/summary.md",
+        f"{base}/provenance.json",
+    ] + figures
+
+
+def final_outputs():
+    return [path for name in config["experiments"] for path in experiment_outputs(name)]

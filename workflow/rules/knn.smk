@@ -1,0 +1,45 @@
+rule index:
+    input:
+        split="results/{experiment}/split.npz",
+        embeddings="results/{experiment}/{model}/seed{seed}/embeddings.npz",
+    output:
+        index="results/{experiment}/{model}/seed{seed}/index.faiss",
+    log:
+        "results/{experiment}/{model}/seed{seed}/logs/index.log",
+    benchmark:
+        "results/{experiment}/{model}/seed{seed}/benchmarks/index.tsv"
+    conda:
+        "../../envs/resmem.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        normalize=lambda w: experiment(w)["knn"]["normalize"],
+    script:
+        "../scripts/index.py"
+
+
+# One search at the largest k serves the whole grid: only k_max and normalize are rerun triggers here.
+rule neighbors:
+    input:
+        index="results/{experiment}/{model}/seed{seed}/index.faiss",
+        embeddings="results/{experiment}/{model}/seed{seed}/embeddings.npz",
+    output:
+        neighbors="results/{experiment}/{model}/seed{seed}/neighbors.npz",
+    log:
+        "results/{experiment}/{model}/seed{seed}/logs/neighbors.log",
+    benchmark:
+        "results/{experiment}/{model}/seed{seed}/benchmarks/neighbors.tsv"
+    conda:
+        "../../envs/resmem.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        k_max=lambda w: max(experiment(w)["knn"]["k"]),
+        normalize=lambda w: experiment(w)["knn"]["normalize"],
+        query_chunk=lambda w: experiment(w)["knn"]["query_chunk"],
+    script:
+        "../scripts/neighbors.py"

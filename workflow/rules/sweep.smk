@@ -1,0 +1,40 @@
+rule sweep:
+    input:
+        embeddings="results/{experiment}/{model}/seed{seed}/embeddings.npz",
+        neighbors="results/{experiment}/{model}/seed{seed}/neighbors.npz",
+    output:
+        sweep="results/{experiment}/{model}/seed{seed}/sweep.csv",
+    log:
+        "results/{experiment}/{model}/seed{seed}/logs/sweep.log",
+    benchmark:
+        "results/{experiment}/{model}/seed{seed}/benchmarks/sweep.tsv"
+    conda:
+        "../../envs/resmem.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda w: 1000 + 2 * experiment(w)["knn"]["sweep_chunk_mb"],
+        runtime=60,
+    params:
+        k=lambda w: experiment(w)["knn"]["k"],
+        sigma=lambda w: experiment(w)["knn"]["sigma"],
+        temperature=lambda w: experiment(w)["knn"]["temperature"],
+        sweep_chunk_mb=lambda w: experiment(w)["knn"]["sweep_chunk_mb"],
+    script:
+        "../scripts/sweep.py"
+
+
+rule select:
+    input:
+        sweep="results/{experiment}/{model}/seed{seed}/sweep.csv",
+    output:
+        selected="results/{experiment}/{model}/seed{seed}/selected.json",
+    log:
+        "results/{experiment}/{model}/seed{seed}/logs/select.log",
+    conda:
+        "../../envs/resmem.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/select.py"

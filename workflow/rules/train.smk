@@ -1,0 +1,23 @@
+rule train:
+    input:
+        split="results/{experiment}/split.npz",
+    output:
+        model="results/{experiment}/{model}/seed{seed}/model.pt",
+        train_log="results/{experiment}/{model}/seed{seed}/train_log.csv",
+        meta="results/{experiment}/{model}/seed{seed}/train_meta.json",
+    log:
+        "results/{experiment}/{model}/seed{seed}/logs/train.log",
+    benchmark:
+        "results/{experiment}/{model}/seed{seed}/benchmarks/train.tsv"
+    conda:
+        "../../envs/resmem.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        dataset=lambda w: experiment(w)["dataset"],
+        model=lambda w: experiment(w)["models"][w.model],
+        train=lambda w: experiment(w)["train"],
+    script:
+        "../scripts/train.py"
