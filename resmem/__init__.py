@@ -6,6 +6,5 @@ Importing this package is cheap: torch and faiss load only in the modules that n
 from resmem.core import neighbour_weights, residuals, resmem_predict, resmem_scores, softmax, sweep_correct
 from resmem.estimator import ResMem
 
-__all__ = ["ResMem", "neighbour_weights", "residuals", "resmem_predict", "resmem_scores", "softmax",
-           "sweep_correct"]
+__all__ = ["ResMem", "neighbour_weights", "residuals", "resmem_predict", "resmem_scores", "softmax", "sweep_correct"]
 __version__ = "0.1.0"

@@ -6,6 +6,16 @@ SPLIT_KEYS = tuple(f"{split}_idx" for split in SPLITS)
 EMBEDDING_KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("emb", "logits", "y"))
 NEIGHBOUR_KEYS = tuple(f"{split}_{kind}" for split in QUERY_SPLITS for kind in ("dist", "idx"))
 SWEEP_COLUMNS = ("split", "k", "sigma", "temperature", "accuracy")
-SUMMARY_COLUMNS = ("experiment", "model", "seed", "parameters", "base_test_acc", "k", "sigma", "temperature",
-                   "resmem_test_acc", "gain")
+SUMMARY_COLUMNS = (
+    "experiment",
+    "model",
+    "seed",
+    "parameters",
+    "base_test_acc",
+    "k",
+    "sigma",
+    "temperature",
+    "resmem_test_acc",
+    "gain",
+)
 FIGURES = ("accuracy_vs_size", "accuracy_vs_k", "gain_heatmap")

@@ -43,10 +43,8 @@ def explain(error, schema: dict) -> str:
     """One readable line for a jsonschema ValidationError: the key, the problem, the key's description."""
     key = key_path(error.absolute_path)
     hint = _description(schema, error.absolute_schema_path)
-    if error.validator == "type" and isinstance(error.instance, str) and error.validator_value in ("number",
-                                                                                                    "integer"):
-        hint = (f"{hint} YAML reads 1e-3 as a string: write 1.0e-3." if "e" in error.instance.lower()
-                else hint)
+    if error.validator == "type" and isinstance(error.instance, str) and error.validator_value in ("number", "integer"):
+        hint = f"{hint} YAML reads 1e-3 as a string: write 1.0e-3." if "e" in error.instance.lower() else hint
     message = f"invalid config at {key}: {error.message}"
     return f"{message}. {hint}".strip() if hint else message
 

@@ -98,8 +98,8 @@ def sweep_correct(
     Returns an int64 array of shape (len(temperatures), len(ks), len(sigmas)), in the order given.
     Neighbours are sorted, so the k-prefix sums Σ_{j<k} u_j r_j grow segment by segment between
     consecutive grid values of k: each segment is one batched matmul (Q, S, L) @ (Q, L, C) that serves
-    every σ at once. Queries are processed in chunks so that the gathered residuals (chunk × k_max × C)
-    stay under `chunk_bytes` whatever the number of queries.
+    every σ at once. Queries are processed in chunks, and residuals are gathered one segment at a time, so
+    that no block exceeds `chunk_bytes` (chunk × k_max × C float64) whatever the number of queries.
     """
     ks = np.asarray(ks, dtype=np.int64)
     sigmas = np.asarray(sigmas, dtype=np.float64)
@@ -121,7 +121,6 @@ def sweep_correct(
         train_res = residuals(train_logits, train_labels, temperature)
         for start in range(0, n_query, chunk):
             stop = min(start + chunk, n_query)
-            gathered = train_res[idx[start:stop]]  # (Q, k_max, C)
             u = _unnormalized_weights(dist[start:stop].astype(np.float64), sigmas)  # (Q, S, k_max)
             base = softmax(query_logits[start:stop], temperature)[:, None, :]
             y = query_labels[start:stop, None]
@@ -129,7 +128,7 @@ def sweep_correct(
             norm = np.zeros((stop - start, len(sigmas), 1))
             for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 if hi > lo:
-                    memory += u[:, :, lo:hi] @ gathered[:, lo:hi, :]
+                    memory += u[:, :, lo:hi] @ train_res[idx[start:stop, lo:hi]]  # (Q, S, L) @ (Q, L, C)
                     norm += u[:, :, lo:hi].sum(axis=2, keepdims=True)
                 pred = (base + memory / norm).argmax(axis=2)  # (Q, S)
                 correct[t, order[j]] += (pred == y).sum(axis=0)

@@ -20,8 +20,9 @@ class ResMem:
 
     def fit(self, embeddings: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> ResMem:
         if not len(embeddings) == len(logits) == len(labels):
-            raise ValueError(f"embeddings, logits and labels differ in length: "
-                             f"{len(embeddings)}, {len(logits)}, {len(labels)}")
+            raise ValueError(
+                f"embeddings, logits and labels differ in length: {len(embeddings)}, {len(logits)}, {len(labels)}"
+            )
         self.index_ = build_index(embeddings, normalize=self.normalize, device=self.device)
         self.residuals_ = residuals(logits, labels, self.temperature)
         return self

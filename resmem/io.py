@@ -47,8 +47,9 @@ def load_npz(path, keys, dtypes=None) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in keys if k not in data.files]
             if missing:
-                raise ArtifactError(f"{path}: missing arrays {missing} (has {sorted(data.files)}); rerun the stage "
-                                    "that writes it")
+                raise ArtifactError(
+                    f"{path}: missing arrays {missing} (has {sorted(data.files)}); rerun the stage that writes it"
+                )
             arrays = {k: data[k] for k in keys}
     except ArtifactError:
         raise
@@ -90,8 +91,9 @@ def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str | None]:
         versions[name] = None
         for dist in aliases.get(name, (name,)):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-                versions[name] = f"{importlib.metadata.version(dist)} ({dist})" if dist != name else \
-                    importlib.metadata.version(dist)
+                versions[name] = (
+                    f"{importlib.metadata.version(dist)} ({dist})" if dist != name else importlib.metadata.version(dist)
+                )
                 break
     versions["python"] = platform.python_version()
     return versions
@@ -100,10 +102,16 @@ def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str | None]:
 def git_commit(repo_dir) -> str | None:
     """HEAD of the workflow's checkout, with '-dirty' when it has uncommitted changes; None outside git."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_dir,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")

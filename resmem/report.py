@@ -19,23 +19,35 @@ BASE_COLOR, RESMEM_COLOR = "#4C72B0", "#DD8452"
 def _per_model(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per model, ordered by parameter count."""
     stats = summary.groupby("model").agg(
-        parameters=("parameters", "first"), seeds=("seed", "count"),
-        base_mean=("base_test_acc", "mean"), base_std=("base_test_acc", "std"),
-        resmem_mean=("resmem_test_acc", "mean"), resmem_std=("resmem_test_acc", "std"),
-        gain_mean=("gain", "mean"), gain_std=("gain", "std"))
+        parameters=("parameters", "first"),
+        seeds=("seed", "count"),
+        base_mean=("base_test_acc", "mean"),
+        base_std=("base_test_acc", "std"),
+        resmem_mean=("resmem_test_acc", "mean"),
+        resmem_std=("resmem_test_acc", "std"),
+        gain_mean=("gain", "mean"),
+        gain_std=("gain", "std"),
+    )
     return stats.fillna({"base_std": 0.0, "resmem_std": 0.0, "gain_std": 0.0}).sort_values("parameters")
 
 
 def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
     stats = _per_model(summary)
     seeds = sorted(int(s) for s in summary.seed.unique())
-    lines = [f"# {experiment}: ResMem vs the base network (DeepNet)", "",
-             f"Test accuracy in %, mean ± std over seeds {seeds}; ResMem at the {SELECTION} of each run.", "",
-             "| model | parameters | DeepNet | ResMem | gain |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# {experiment}: ResMem vs the base network (DeepNet)",
+        "",
+        f"Test accuracy in %, mean ± std over seeds {seeds}; ResMem at the {SELECTION} of each run.",
+        "",
+        "| model | parameters | DeepNet | ResMem | gain |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for model, r in stats.iterrows():
-        lines.append(f"| {model} | {int(r.parameters):,} | {100 * r.base_mean:.2f} ± {100 * r.base_std:.2f} | "
-                     f"{100 * r.resmem_mean:.2f} ± {100 * r.resmem_std:.2f} | "
-                     f"{100 * r.gain_mean:+.2f} ± {100 * r.gain_std:.2f} |")
+        lines.append(
+            f"| {model} | {int(r.parameters):,} | {100 * r.base_mean:.2f} ± {100 * r.base_std:.2f} | "
+            f"{100 * r.resmem_mean:.2f} ± {100 * r.resmem_std:.2f} | "
+            f"{100 * r.gain_mean:+.2f} ± {100 * r.gain_std:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -49,18 +61,41 @@ def _save(fig, png, pdf) -> None:
 def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
     stats = _per_model(summary)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for label, col, color, marker in (("DeepNet (base)", "base", BASE_COLOR, "o"),
-                                      ("ResMem", "resmem", RESMEM_COLOR, "s")):
-        ax.errorbar(stats.parameters, 100 * stats[f"{col}_mean"], yerr=100 * stats[f"{col}_std"], label=label,
-                    color=color, marker=marker, capsize=3, linewidth=1.8)
+    for label, col, color, marker in (
+        ("DeepNet (base)", "base", BASE_COLOR, "o"),
+        ("ResMem", "resmem", RESMEM_COLOR, "s"),
+    ):
+        ax.errorbar(
+            stats.parameters,
+            100 * stats[f"{col}_mean"],
+            yerr=100 * stats[f"{col}_std"],
+            label=label,
+            color=color,
+            marker=marker,
+            capsize=3,
+            linewidth=1.8,
+        )
+    top = 100 * (stats.resmem_mean + stats.resmem_std).max()
     for model, r in stats.iterrows():
-        ax.annotate(f"{model}\n{100 * r.gain_mean:+.1f}", (r.parameters, 100 * r.resmem_mean),
-                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8, color="0.3")
+        ax.annotate(
+            f"{model}\n{100 * r.gain_mean:+.1f} pts",
+            (r.parameters, 100 * (r.resmem_mean + r.resmem_std)),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="0.3",
+        )
+    ax.set_ylim(top=top + 0.12 * (top - ax.get_ylim()[0]))  # room for the labels
     ax.set_xscale("log")
     ax.set_xlabel("parameters of the base network (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{experiment}: test accuracy vs model size\n"
-                 f"mean ± std over {summary.seed.nunique()} seeds; ResMem at the {SELECTION}", fontsize=10)
+    ax.set_title(
+        f"{experiment}: test accuracy vs model size\n"
+        f"mean ± std over {summary.seed.nunique()} seeds; ResMem at the {SELECTION}",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
     _save(fig, png, pdf)
@@ -81,10 +116,9 @@ def _model_order(summary: pd.DataFrame) -> list[str]:
 
 
 def _panels(n: int, width: float = 3.6, height: float = 3.2):
-    cols = min(n, 4)
+    cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, constrained_layout=True)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -108,8 +142,11 @@ def plot_accuracy_vs_k(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: 
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{experiment}: ResMem test accuracy vs k, one line per σ (mean over "
-                 f"{summary.seed.nunique()} seeds, at each run's selected T)", fontsize=10)
+    fig.suptitle(
+        f"{experiment}: ResMem test accuracy vs k, one line per σ (mean over "
+        f"{summary.seed.nunique()} seeds, at each run's selected T)",
+        fontsize=10,
+    )
     _save(fig, png, pdf)
 
 
@@ -125,8 +162,15 @@ def plot_gain_heatmap(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: s
         ax.set_xticks(range(table.shape[1]), [f"{s:g}" for s in table.columns], fontsize=7)
         ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
         for (i, j), value in np.ndenumerate(table.values):
-            ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=6,
-                    color="white" if abs(value) > 0.6 * limit else "black")
+            ax.text(
+                j,
+                i,
+                f"{value:+.1f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if abs(value) > 0.6 * limit else "black",
+            )
         chosen = summary[summary.model == model][["k", "sigma"]].drop_duplicates().set_index(["k", "sigma"])
         for k, sigma in chosen.index:  # the runs' selected cells
             i, j = list(table.index).index(k), int(np.argmin(np.abs(table.columns.values - sigma)))
@@ -135,8 +179,11 @@ def plot_gain_heatmap(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: s
         ax.set_xlabel("σ")
         ax.set_ylabel("k")
     fig.colorbar(image, ax=axes, shrink=0.8, label="test accuracy gain over DeepNet (points)")
-    fig.suptitle(f"{experiment}: ResMem gain over k × σ (mean over {summary.seed.nunique()} seeds, at each "
-                 "run's selected T; boxes: cells selected by val accuracy)", fontsize=10)
+    fig.suptitle(
+        f"{experiment}: ResMem gain over k × σ (mean over {summary.seed.nunique()} seeds, at each "
+        "run's selected T; boxes: cells selected by val accuracy)",
+        fontsize=10,
+    )
     _save(fig, png, pdf)
 
 

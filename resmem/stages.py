@@ -23,9 +23,8 @@ from resmem.io import ArtifactError
 log = logging.getLogger("resmem")
 
 
-
 def split(out_path, dataset: dict) -> None:
-    images, labels = load_dataset(dataset["name"])
+    _, labels = load_dataset(dataset["name"])
     parts = make_split(labels, dataset["test_fraction"], dataset["val_fraction"], dataset["split_seed"])
     log.info("%s: %s", dataset["name"], {k: len(v) for k, v in parts.items()})
     io.save_npz(out_path, num_examples=np.int64(len(labels)), **parts)
@@ -34,8 +33,10 @@ def split(out_path, dataset: dict) -> None:
 def load_split(path, num_examples: int) -> dict[str, np.ndarray]:
     parts = io.load_npz(path, [*SPLIT_KEYS, "num_examples"])
     if int(parts["num_examples"]) != num_examples:
-        raise ArtifactError(f"{path}: written for {int(parts['num_examples'])} examples but the dataset has "
-                            f"{num_examples}; delete it and rerun")
+        raise ArtifactError(
+            f"{path}: written for {int(parts['num_examples'])} examples but the dataset has "
+            f"{num_examples}; delete it and rerun"
+        )
     return parts
 
 
@@ -45,8 +46,19 @@ def _split_data(split_path, dataset: dict):
     return {s: (images[parts[f"{s}_idx"]], labels[parts[f"{s}_idx"]]) for s in SPLITS}
 
 
-def train(split_path, model_path, log_path, meta_path, dataset: dict, model_spec: dict, train_cfg: dict,
-          seed: int, device: str, threads: int, config: dict) -> None:
+def train(
+    split_path,
+    model_path,
+    log_path,
+    meta_path,
+    dataset: dict,
+    model_spec: dict,
+    train_cfg: dict,
+    seed: int,
+    device: str,
+    threads: int,
+    config: dict,
+) -> None:
     import torch
 
     from resmem.device import torch_device
@@ -65,10 +77,19 @@ def train(split_path, model_path, log_path, meta_path, dataset: dict, model_spec
     checkpoint = Path(model_path).with_name("train_checkpoint.pt")  # not an output: survives a killed job
     start = time.perf_counter()
     history = fit(model, x_train, y_train, x_val, y_val, train_cfg, seed, dev, checkpoint)
-    meta = {"parameters": count_parameters(model), "device": str(dev), "num_classes": num_classes,
-            "in_channels": in_channels, "model": model_spec, "train": train_cfg, "seed": seed,
-            "seconds": time.perf_counter() - start, "final": history[-1], "versions": io.package_versions(),
-            "config": config}
+    meta = {
+        "parameters": count_parameters(model),
+        "device": str(dev),
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "model": model_spec,
+        "train": train_cfg,
+        "seed": seed,
+        "seconds": time.perf_counter() - start,
+        "final": history[-1],
+        "versions": io.package_versions(),
+        "config": config,
+    }
     with io.atomic_path(model_path) as tmp:
         torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
     io.write_csv(log_path, pd.DataFrame(history, columns=["epoch", "loss", "train_acc", "val_acc", "seconds"]))
@@ -112,8 +133,10 @@ def load_embeddings(path, split_path=None) -> dict[str, np.ndarray]:
         parts = io.load_npz(split_path, SPLIT_KEYS)
         for s in SPLITS:
             if len(arrays[f"{s}_y"]) != len(parts[f"{s}_idx"]):
-                raise ArtifactError(f"{path}: {len(arrays[f'{s}_y'])} {s} rows but {split_path} has "
-                                    f"{len(parts[f'{s}_idx'])}; delete it and rerun embed")
+                raise ArtifactError(
+                    f"{path}: {len(arrays[f'{s}_y'])} {s} rows but {split_path} has "
+                    f"{len(parts[f'{s}_idx'])}; delete it and rerun embed"
+                )
     return arrays
 
 
@@ -129,8 +152,9 @@ def index(embeddings_path, split_path, out_path, normalize: bool, device: str) -
         faiss.write_index(built, str(tmp))
 
 
-def neighbours(index_path, embeddings_path, out_path, k_max: int, normalize: bool, device: str,
-               query_chunk: int) -> None:
+def neighbours(
+    index_path, embeddings_path, out_path, k_max: int, normalize: bool, device: str, query_chunk: int
+) -> None:
     import sys
 
     import faiss
@@ -145,16 +169,26 @@ def neighbours(index_path, embeddings_path, out_path, k_max: int, normalize: boo
         raise ArtifactError(f"{index_path}: cannot be read ({exc}); delete it and rerun index") from exc
     n_train = len(arrays["train_y"])
     if built.ntotal != n_train:
-        raise ArtifactError(f"{index_path} holds {built.ntotal} vectors but {embeddings_path} has {n_train} "
-                            "training rows; delete the index and rerun")
+        raise ArtifactError(
+            f"{index_path} holds {built.ntotal} vectors but {embeddings_path} has {n_train} "
+            "training rows; delete the index and rerun"
+        )
     if k_max > n_train:
-        raise ConfigError(f"config key knn.k: the largest k ({k_max}) exceeds the training split's "
-                         f"{n_train} examples; lower it")
+        raise ConfigError(
+            f"config key knn.k: the largest k ({k_max}) exceeds the training split's {n_train} examples; lower it"
+        )
     out = {}
     for s in QUERY_SPLITS:
         with tqdm(total=len(arrays[f"{s}_emb"]), desc=f"search {s}", unit="query", file=sys.stderr) as bar:
-            out[f"{s}_dist"], out[f"{s}_idx"] = search(built, arrays[f"{s}_emb"], k_max, normalize=normalize,
-                                                       device=device, chunk_size=query_chunk, progress=bar)
+            out[f"{s}_dist"], out[f"{s}_idx"] = search(
+                built,
+                arrays[f"{s}_emb"],
+                k_max,
+                normalize=normalize,
+                device=device,
+                chunk_size=query_chunk,
+                progress=bar,
+            )
     io.save_npz(out_path, **out)
 
 
@@ -165,11 +199,15 @@ def sweep(embeddings_path, neighbours_path, out_path, ks, sigmas, temperatures, 
     found = io.load_npz(neighbours_path, NEIGHBOUR_KEYS)
     for s in QUERY_SPLITS:
         if len(found[f"{s}_idx"]) != len(arrays[f"{s}_y"]):
-            raise ArtifactError(f"{neighbours_path}: {len(found[f'{s}_idx'])} {s} rows but {embeddings_path} "
-                                f"has {len(arrays[f'{s}_y'])}; delete it and rerun neighbors")
+            raise ArtifactError(
+                f"{neighbours_path}: {len(found[f'{s}_idx'])} {s} rows but {embeddings_path} "
+                f"has {len(arrays[f'{s}_y'])}; delete it and rerun neighbors"
+            )
         if found[f"{s}_idx"].shape[1] < max(ks):
-            raise ArtifactError(f"{neighbours_path}: searched {found[f'{s}_idx'].shape[1]} neighbours, the grid "
-                                f"needs {max(ks)}; delete it and rerun neighbors")
+            raise ArtifactError(
+                f"{neighbours_path}: searched {found[f'{s}_idx'].shape[1]} neighbours, the grid "
+                f"needs {max(ks)}; delete it and rerun neighbors"
+            )
     table = sweep_table(arrays, found, ks, sigmas, temperatures, chunk_bytes=int(sweep_chunk_mb * 2**20))
     io.write_csv(out_path, table)
 
@@ -190,20 +228,37 @@ def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_d
     for run in runs:
         chosen = json.loads(Path(run["selected"]).read_text())
         meta = json.loads(Path(run["meta"]).read_text())
-        rows.append({"experiment": experiment, "model": run["model"], "seed": run["seed"],
-                     "parameters": meta["parameters"], "base_test_acc": chosen["base_test_accuracy"],
-                     "k": chosen["k"], "sigma": chosen["sigma"], "temperature": chosen["temperature"],
-                     "resmem_test_acc": chosen["test_accuracy"], "gain": chosen["gain"],
-                     "device": meta["device"]})
-        table = pd.read_csv(run["sweep"]).assign(model=run["model"], seed=run["seed"],
-                                                 selected_temperature=chosen["temperature"])
+        rows.append(
+            {
+                "experiment": experiment,
+                "model": run["model"],
+                "seed": run["seed"],
+                "parameters": meta["parameters"],
+                "base_test_acc": chosen["base_test_accuracy"],
+                "k": chosen["k"],
+                "sigma": chosen["sigma"],
+                "temperature": chosen["temperature"],
+                "resmem_test_acc": chosen["test_accuracy"],
+                "gain": chosen["gain"],
+                "device": meta["device"],
+            }
+        )
+        table = pd.read_csv(run["sweep"]).assign(
+            model=run["model"], seed=run["seed"], selected_temperature=chosen["temperature"]
+        )
         sweeps.append(table)
     summary = pd.DataFrame(rows)
     io.write_csv(out["summary_csv"], summary[list(SUMMARY_COLUMNS)])
     io.write_text(out["summary_md"], report.summary_markdown(summary, experiment))
     report.plot_all(summary, pd.concat(sweeps, ignore_index=True), experiment, out)
-    io.write_json(out["provenance"], {
-        "experiment": experiment, "config": config, "git_commit": io.git_commit(repo_dir),
-        "versions": io.package_versions(), "devices": sorted(summary.device.unique()),
-        "runs": [{k: str(v) for k, v in run.items()} for run in runs],
-    })
+    io.write_json(
+        out["provenance"],
+        {
+            "experiment": experiment,
+            "config": config,
+            "git_commit": io.git_commit(repo_dir),
+            "versions": io.package_versions(),
+            "devices": sorted(summary.device.unique()),
+            "runs": [{k: str(v) for k, v in run.items()} for run in runs],
+        },
+    )

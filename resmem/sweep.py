@@ -22,17 +22,38 @@ def sweep_table(embeddings: dict, neighbours: dict, ks, sigmas, temperatures, ch
         logits, labels = embeddings[f"{split}_logits"], embeddings[f"{split}_y"]
         base = float((logits.argmax(axis=1) == labels).mean())
         rows.append({"split": split, "k": 0, "sigma": np.nan, "temperature": np.nan, "accuracy": base})
-        with tqdm(total=len(labels) * len(temperatures), desc=f"sweep {split}", unit="query", file=sys.stderr,
-                  dynamic_ncols=True) as bar:
-            correct = sweep_correct(embeddings["train_logits"], embeddings["train_y"], logits, labels,
-                                    neighbours[f"{split}_dist"], neighbours[f"{split}_idx"], ks, sigmas,
-                                    temperatures, chunk_bytes=chunk_bytes, progress=bar)
+        with tqdm(
+            total=len(labels) * len(temperatures),
+            desc=f"sweep {split}",
+            unit="query",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        ) as bar:
+            correct = sweep_correct(
+                embeddings["train_logits"],
+                embeddings["train_y"],
+                logits,
+                labels,
+                neighbours[f"{split}_dist"],
+                neighbours[f"{split}_idx"],
+                ks,
+                sigmas,
+                temperatures,
+                chunk_bytes=chunk_bytes,
+                progress=bar,
+            )
         for t, temperature in enumerate(temperatures):
             for i, k in enumerate(ks):
                 for s, sigma in enumerate(sigmas):
-                    rows.append({"split": split, "k": int(k), "sigma": float(sigma),
-                                 "temperature": float(temperature),
-                                 "accuracy": correct[t, i, s] / len(labels)})
+                    rows.append(
+                        {
+                            "split": split,
+                            "k": int(k),
+                            "sigma": float(sigma),
+                            "temperature": float(temperature),
+                            "accuracy": correct[t, i, s] / len(labels),
+                        }
+                    )
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 
@@ -43,13 +64,20 @@ def select(sweep: pd.DataFrame) -> dict:
     grid = sweep[sweep.k > 0]
     val = grid[grid.split == "val"].copy()
     val["neg_sigma"] = -val.sigma
-    best = val.sort_values(["accuracy", "k", "neg_sigma", "temperature"],
-                           ascending=[False, True, True, True], kind="mergesort").iloc[0]
+    best = val.sort_values(
+        ["accuracy", "k", "neg_sigma", "temperature"], ascending=[False, True, True, True], kind="mergesort"
+    ).iloc[0]
     key = (grid.k == best.k) & np.isclose(grid.sigma, best.sigma) & np.isclose(grid.temperature, best.temperature)
     test = grid[key & (grid.split == "test")].accuracy.iloc[0]
     base = sweep[sweep.k == 0].set_index("split").accuracy
-    return {"k": int(best.k), "sigma": float(best.sigma), "temperature": float(best.temperature),
-            "val_accuracy": float(best.accuracy), "test_accuracy": float(test),
-            "base_val_accuracy": float(base["val"]), "base_test_accuracy": float(base["test"]),
-            "gain": float(test - base["test"]),
-            "rule": "best val accuracy; ties: smaller k, then larger sigma, then smaller temperature"}
+    return {
+        "k": int(best.k),
+        "sigma": float(best.sigma),
+        "temperature": float(best.temperature),
+        "val_accuracy": float(best.accuracy),
+        "test_accuracy": float(test),
+        "base_val_accuracy": float(base["val"]),
+        "base_test_accuracy": float(base["test"]),
+        "gain": float(test - base["test"]),
+        "rule": "best val accuracy; ties: smaller k, then larger sigma, then smaller temperature",
+    }

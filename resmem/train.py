@@ -32,14 +32,15 @@ def seed_everything(seed: int) -> None:
 def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     if cfg["optimizer"] == "adam":
         return torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True,
-                           weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"]
+    )
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator):
     order = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         if len(batch) > 1:  # a lone example breaks batch norm's batch statistics
             yield batch
 
@@ -47,13 +48,24 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
 @torch.inference_mode()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     model.eval()
-    correct = sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-                  for i in range(0, len(x), batch_size))
+    correct = sum(
+        (model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item()
+        for i in range(0, len(x), batch_size)
+    )
     return correct / max(len(x), 1)
 
 
-def train(model: nn.Module, x_train, y_train, x_val, y_val, cfg: dict, seed: int, device: torch.device,
-          checkpoint: Path | None = None) -> list[dict]:
+def train(
+    model: nn.Module,
+    x_train,
+    y_train,
+    x_val,
+    y_val,
+    cfg: dict,
+    seed: int,
+    device: torch.device,
+    checkpoint: Path | None = None,
+) -> list[dict]:
     """Train `model` in place and return the per-epoch log rows (epoch, loss, train_acc, val_acc, seconds).
 
     If `checkpoint` holds a run of the same config and seed, training resumes after its last epoch.
@@ -80,8 +92,15 @@ def train(model: nn.Module, x_train, y_train, x_val, y_val, cfg: dict, seed: int
             log.info("ignoring %s: it was written for another config or seed", checkpoint)
 
     generator = torch.Generator()
-    bar = tqdm(range(len(history), cfg["epochs"]), desc="train", unit="epoch", file=sys.stderr,
-               initial=len(history), total=cfg["epochs"], dynamic_ncols=True)
+    bar = tqdm(
+        range(len(history), cfg["epochs"]),
+        desc="train",
+        unit="epoch",
+        file=sys.stderr,
+        initial=len(history),
+        total=cfg["epochs"],
+        dynamic_ncols=True,
+    )
     for epoch in bar:
         start = time.perf_counter()
         generator.manual_seed(seed * 1_000_003 + epoch)
@@ -98,17 +117,30 @@ def train(model: nn.Module, x_train, y_train, x_val, y_val, cfg: dict, seed: int
             total_loss += loss.item() * len(batch)
             correct += (logits.argmax(1) == y_train[batch]).sum().item()
             seen += len(batch)
-        row = {"epoch": epoch + 1, "loss": total_loss / seen, "train_acc": correct / seen,
-               "val_acc": accuracy(model, x_val, y_val), "seconds": time.perf_counter() - start}
+        row = {
+            "epoch": epoch + 1,
+            "loss": total_loss / seen,
+            "train_acc": correct / seen,
+            "val_acc": accuracy(model, x_val, y_val),
+            "seconds": time.perf_counter() - start,
+        }
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", train=f"{row['train_acc']:.3f}", val=f"{row['val_acc']:.3f}")
-        log.info("epoch %(epoch)d: loss %(loss).4f, train acc %(train_acc).4f, val acc %(val_acc).4f, "
-                 "%(seconds).2f s", row)
+        log.info(
+            "epoch %(epoch)d: loss %(loss).4f, train acc %(train_acc).4f, val acc %(val_acc).4f, %(seconds).2f s", row
+        )
         if checkpoint is not None:
             with atomic_path(checkpoint) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "history": history,
-                            "fingerprint": fingerprint}, tmp)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "history": history,
+                        "fingerprint": fingerprint,
+                    },
+                    tmp,
+                )
     bar.close()
     return history
 
@@ -119,7 +151,7 @@ def extract(model: nn.Module, x, batch_size: int, device: torch.device):
     model.to(device).eval()
     feats, logits = [], []
     for start in range(0, len(x), batch_size):
-        batch = torch.as_tensor(x[start:start + batch_size], device=device)
+        batch = torch.as_tensor(x[start : start + batch_size], device=device)
         f = model.features(batch)
         feats.append(f.float().cpu())
         logits.append(model.head(f).float().cpu())

@@ -22,18 +22,32 @@ BAD = {
     "k zero": (lambda c: exp(c)["knn"].update(k=[0, 2]), "experiments.smoke.knn.k[0]", "minimum of 1"),
     "k negative": (lambda c: exp(c)["knn"].update(k=[-3]), "experiments.smoke.knn.k[0]", "minimum of 1"),
     "sigma zero": (lambda c: exp(c)["knn"].update(sigma=[1.0, 0]), "experiments.smoke.knn.sigma[1]", "minimum of 0"),
-    "empty grid": (lambda c: exp(c)["knn"].update(temperature=[]), "experiments.smoke.knn.temperature",
-                   "should be non-empty"),
-    "unknown model": (lambda c: exp(c)["models"]["cnn_w1"].update(arch="resnet9000"),
-                      "experiments.smoke.models.cnn_w1.arch", "'resnet9000' is not one of"),
-    "unknown dataset": (lambda c: exp(c)["dataset"].update(name="mnist"), "experiments.smoke.dataset.name",
-                        "'mnist' is not one of"),
-    "string for number": (lambda c: exp(c)["train"].update(lr="1e-3"), "experiments.smoke.train.lr",
-                          "write 1.0e-3"),
-    "val fraction 0": (lambda c: exp(c)["dataset"].update(val_fraction=0), "experiments.smoke.dataset.val_fraction",
-                       "minimum of 0"),
-    "val fraction 1.5": (lambda c: exp(c)["dataset"].update(val_fraction=1.5),
-                         "experiments.smoke.dataset.val_fraction", "maximum of 1"),
+    "empty grid": (
+        lambda c: exp(c)["knn"].update(temperature=[]),
+        "experiments.smoke.knn.temperature",
+        "should be non-empty",
+    ),
+    "unknown model": (
+        lambda c: exp(c)["models"]["cnn_w1"].update(arch="resnet9000"),
+        "experiments.smoke.models.cnn_w1.arch",
+        "'resnet9000' is not one of",
+    ),
+    "unknown dataset": (
+        lambda c: exp(c)["dataset"].update(name="mnist"),
+        "experiments.smoke.dataset.name",
+        "'mnist' is not one of",
+    ),
+    "string for number": (lambda c: exp(c)["train"].update(lr="1e-3"), "experiments.smoke.train.lr", "write 1.0e-3"),
+    "val fraction 0": (
+        lambda c: exp(c)["dataset"].update(val_fraction=0),
+        "experiments.smoke.dataset.val_fraction",
+        "minimum of 0",
+    ),
+    "val fraction 1.5": (
+        lambda c: exp(c)["dataset"].update(val_fraction=1.5),
+        "experiments.smoke.dataset.val_fraction",
+        "maximum of 1",
+    ),
     "bad device": (lambda c: c.update(device="tpu"), "device", "'tpu' is not one of"),
 }
 
@@ -120,4 +134,3 @@ def test_unreadable_config_file_is_named(tmp_path):
     path.write_text("experiments: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: cannot read the config"):
         load(path)
-

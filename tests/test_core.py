@@ -40,8 +40,16 @@ def problem():
     query_logits = (rng.normal(size=(n_query, n_classes)) + np.eye(n_classes)[query_y]).astype(np.float32)
     index = build_index(train_emb, device="cpu")
     dist, idx = search(index, query_emb, 64, device="cpu")
-    return dict(train_emb=train_emb, train_logits=train_logits, train_y=train_y, query_emb=query_emb,
-                query_logits=query_logits, query_y=query_y, dist=dist, idx=idx)
+    return dict(
+        train_emb=train_emb,
+        train_logits=train_logits,
+        train_y=train_y,
+        query_emb=query_emb,
+        query_logits=query_logits,
+        query_y=query_y,
+        dist=dist,
+        idx=idx,
+    )
 
 
 @pytest.mark.parametrize("k", [1, 3, 10, 64])
@@ -49,8 +57,9 @@ def problem():
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
 def test_predictions_match_brute_force_reference(problem, k, sigma, temperature):
     p = problem
-    expected = reference_predict(p["train_emb"], p["train_logits"], p["train_y"], p["query_emb"],
-                                 p["query_logits"], k, sigma, temperature)
+    expected = reference_predict(
+        p["train_emb"], p["train_logits"], p["train_y"], p["query_emb"], p["query_logits"], k, sigma, temperature
+    )
     res = residuals(p["train_logits"], p["train_y"], temperature)
     got = resmem_predict(p["query_logits"], p["dist"][:, :k], p["idx"][:, :k], res, sigma, temperature)
     np.testing.assert_array_equal(got, expected)
@@ -96,8 +105,18 @@ def test_sweep_equals_per_point_evaluation(problem):
     p = problem
     ks, sigmas, temps = [16, 1, 5, 64, 2], [0.01, 0.3, 1.0, 100.0], [0.5, 1.0, 2.0]
     # A chunk bound far below one query block forces many chunks.
-    correct = sweep_correct(p["train_logits"], p["train_y"], p["query_logits"], p["query_y"], p["dist"], p["idx"],
-                            ks, sigmas, temps, chunk_bytes=64 * 5 * 8 * 7)
+    correct = sweep_correct(
+        p["train_logits"],
+        p["train_y"],
+        p["query_logits"],
+        p["query_y"],
+        p["dist"],
+        p["idx"],
+        ks,
+        sigmas,
+        temps,
+        chunk_bytes=64 * 5 * 8 * 7,
+    )
     assert correct.shape == (3, 5, 4)
     for t, temperature in enumerate(temps):
         res = residuals(p["train_logits"], p["train_y"], temperature)
@@ -109,8 +128,9 @@ def test_sweep_equals_per_point_evaluation(problem):
 
 def test_resmem_improves_a_weak_base_model(problem):
     p = problem
-    correct = sweep_correct(p["train_logits"], p["train_y"], p["query_logits"], p["query_y"], p["dist"], p["idx"],
-                            [16], [1.0], [1.0])
+    correct = sweep_correct(
+        p["train_logits"], p["train_y"], p["query_logits"], p["query_y"], p["dist"], p["idx"], [16], [1.0], [1.0]
+    )
     base = (p["query_logits"].argmax(1) == p["query_y"]).sum()
     assert correct[0, 0, 0] > base + 0.1 * len(p["query_y"])
 
@@ -125,8 +145,9 @@ def test_bad_neighbours_are_rejected(problem):
     with pytest.raises(ValueError, match="more neighbours than the datastore holds"):
         resmem_scores(p["query_logits"], p["dist"][:, :5], bad_idx, res, 1.0)
     with pytest.raises(ValueError, match="every k must lie in"):
-        sweep_correct(p["train_logits"], p["train_y"], p["query_logits"], p["query_y"], p["dist"], p["idx"],
-                      [65], [1.0], [1.0])
+        sweep_correct(
+            p["train_logits"], p["train_y"], p["query_logits"], p["query_y"], p["dist"], p["idx"], [65], [1.0], [1.0]
+        )
     index = build_index(p["train_emb"][:10], device="cpu")
     with pytest.raises(ValueError, match="holds only 10"):
         search(index, p["query_emb"], 11, device="cpu")
@@ -135,8 +156,9 @@ def test_bad_neighbours_are_rejected(problem):
 def test_resmem_class_on_any_models_outputs(problem):
     p = problem
     model = ResMem(temperature=2.0).fit(p["train_emb"], p["train_logits"], p["train_y"])
-    expected = reference_predict(p["train_emb"], p["train_logits"], p["train_y"], p["query_emb"],
-                                 p["query_logits"], 7, 0.5, 2.0)
+    expected = reference_predict(
+        p["train_emb"], p["train_logits"], p["train_y"], p["query_emb"], p["query_logits"], 7, 0.5, 2.0
+    )
     np.testing.assert_array_equal(model.predict(p["query_emb"], p["query_logits"], k=7, sigma=0.5), expected)
 
 
@@ -144,8 +166,9 @@ def test_normalize_searches_on_the_unit_sphere(problem):
     p = problem
     unit = p["train_emb"] / np.linalg.norm(p["train_emb"], axis=1, keepdims=True)
     query = p["query_emb"] / np.linalg.norm(p["query_emb"], axis=1, keepdims=True)
-    dist, idx = search(build_index(p["train_emb"], normalize=True, device="cpu"), p["query_emb"], 3,
-                       normalize=True, device="cpu")
+    dist, idx = search(
+        build_index(p["train_emb"], normalize=True, device="cpu"), p["query_emb"], 3, normalize=True, device="cpu"
+    )
     ref_dist, ref_idx = NearestNeighbors(n_neighbors=3).fit(unit).kneighbors(query)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(dist, ref_dist, atol=1e-5)

@@ -45,15 +45,15 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_snakemake_lint_is_clean():
-    proc = subprocess.run([*SNAKEMAKE, "--lint", "--configfile", "config/smoke.yaml"], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--lint", "--configfile", "config/smoke.yaml"], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
 
 
 def test_snakefmt_is_clean():
-    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO, capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -3,6 +3,12 @@ from resmem.logs import job_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]):
-    stages.neighbours(sm.input.index, sm.input.embeddings, sm.output.neighbors, k_max=sm.params.k_max,
-                      normalize=sm.params.normalize, device=sm.config["device"],
-                      query_chunk=sm.params.query_chunk)
+    stages.neighbours(
+        sm.input.index,
+        sm.input.embeddings,
+        sm.output.neighbors,
+        k_max=sm.params.k_max,
+        normalize=sm.params.normalize,
+        device=sm.config["device"],
+        query_chunk=sm.params.query_chunk,
+    )
