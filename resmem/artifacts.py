@@ -9,6 +9,8 @@ SWEEP_COLUMNS = ("split", "k", "sigma", "temperature", "accuracy")
 SUMMARY_COLUMNS = (
     "experiment",
     "model",
+    "train_fraction",
+    "train_examples",
     "seed",
     "parameters",
     "base_test_acc",
@@ -18,4 +20,4 @@ SUMMARY_COLUMNS = (
     "resmem_test_acc",
     "gain",
 )
-FIGURES = ("accuracy_vs_size", "accuracy_vs_k", "gain_heatmap")
+FIGURES = ("accuracy_vs_size", "accuracy_vs_k", "gain_heatmap", "gain_vs_train_fraction")

@@ -63,7 +63,20 @@ def validate(config: dict, schema_path=SCHEMA) -> dict:
             raise
         schema = yaml.safe_load(Path(schema_path).read_text())
         raise ConfigError(explain(_deepest(error), schema)) from None
+    check_semantics(config)
     return config
+
+
+def check_semantics(config: dict) -> None:
+    """What a JSON schema cannot say."""
+    for name, experiment in config["experiments"].items():
+        for model, spec in experiment["models"].items():
+            depth = spec.get("depth")
+            if depth is not None and (depth - 2) % 6:
+                raise ConfigError(
+                    f"invalid config at experiments.{name}.models.{model}.depth: {depth} is not 6n+2; "
+                    "use 8, 14, 20, 32, 44, 56 or 110"
+                )
 
 
 def _deepest(error):

@@ -19,17 +19,26 @@ DEFAULT_SWEEP_CHUNK_BYTES = 256 * 2**20  # bound on the gathered residual block 
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    z = np.array(logits, dtype=np.float64)  # a copy, then in place: the sweep calls this on large blocks
+    z /= temperature
+    z -= z.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
 
 
 def residuals(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """r_i = onehot(y_i) − softmax(z_i / T) for every training example (N×C, float64)."""
-    r = -softmax(logits, temperature)
+    r = softmax(logits, temperature)
+    np.negative(r, out=r)
     r[np.arange(len(r)), np.asarray(labels)] += 1.0
     return r
+
+
+def gathered_residuals(train_logits, train_labels, rows: np.ndarray, temperature: float) -> np.ndarray:
+    """Residuals of the training examples `rows` (any shape), shaped rows.shape + (C,)."""
+    flat = rows.ravel()
+    return residuals(train_logits[flat], np.asarray(train_labels)[flat], temperature).reshape(*rows.shape, -1)
 
 
 def _check_neighbours(dist: np.ndarray, idx: np.ndarray, n_train: int) -> None:
@@ -98,8 +107,10 @@ def sweep_correct(
     Returns an int64 array of shape (len(temperatures), len(ks), len(sigmas)), in the order given.
     Neighbours are sorted, so the k-prefix sums Σ_{j<k} u_j r_j grow segment by segment between
     consecutive grid values of k: each segment is one batched matmul (Q, S, L) @ (Q, L, C) that serves
-    every σ at once. Queries are processed in chunks, and residuals are gathered one segment at a time, so
-    that no block exceeds `chunk_bytes` (chunk × k_max × C float64) whatever the number of queries.
+    every σ at once. Queries are processed in chunks, and the neighbours' residuals are computed from their
+    gathered logits one segment at a time, so that no block exceeds `chunk_bytes` (chunk × k_max × C
+    float64) whatever the number of queries, and no N×C residual matrix is held (train_logits may be a
+    memmap of an ImageNet-size datastore).
     """
     ks = np.asarray(ks, dtype=np.int64)
     sigmas = np.asarray(sigmas, dtype=np.float64)
@@ -118,7 +129,6 @@ def sweep_correct(
 
     correct = np.zeros((len(temperatures), len(ks), len(sigmas)), dtype=np.int64)
     for t, temperature in enumerate(temperatures):
-        train_res = residuals(train_logits, train_labels, temperature)
         for start in range(0, n_query, chunk):
             stop = min(start + chunk, n_query)
             u = _unnormalized_weights(dist[start:stop].astype(np.float64), sigmas)  # (Q, S, k_max)
@@ -128,7 +138,8 @@ def sweep_correct(
             norm = np.zeros((stop - start, len(sigmas), 1))
             for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 if hi > lo:
-                    memory += u[:, :, lo:hi] @ train_res[idx[start:stop, lo:hi]]  # (Q, S, L) @ (Q, L, C)
+                    block = gathered_residuals(train_logits, train_labels, idx[start:stop, lo:hi], temperature)
+                    memory += u[:, :, lo:hi] @ block  # (Q, S, L) @ (Q, L, C)
                     norm += u[:, :, lo:hi].sum(axis=2, keepdims=True)
                 pred = (base + memory / norm).argmax(axis=2)  # (Q, S)
                 correct[t, order[j]] += (pred == y).sum(axis=0)

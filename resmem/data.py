@@ -1,13 +1,66 @@
-"""Datasets by name, and the deterministic train/val/test split that every later stage uses."""
+"""Datasets by name, the deterministic split every later stage uses, and batches for training and embedding.
+
+A dataset has a train pool and a test pool of labelled images. Small datasets (digits, CIFAR-100) live in
+memory as uint8 arrays (and on the GPU when there is one); folder datasets (ImageNet, any ImageFolder) are
+lists of files decoded by a DataLoader. Validation examples are carved from the train pool; digits has no
+test pool of its own, so its test split is carved from the same pool.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("digits",)
+from resmem.config import ConfigError
+
+DATASETS = ("cifar100", "digits", "imagefolder", "imagenet")
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+@dataclass
+class Pool:
+    """Labelled images: `images` (uint8 N×C×H×W, in memory) or `paths` (files on disk), never both."""
+
+    labels: np.ndarray
+    images: np.ndarray | None = None
+    paths: list[str] | None = None
+    scale: float = 255.0  # images / scale lies in [0, 1]
+    mean: tuple = (0.5,)
+    std: tuple = (0.5,)
+    image_size: int = 224  # folder datasets: side of the crops fed to the model
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1] if self.images is not None else 3
+
+    def subset(self, indices: np.ndarray) -> Pool:
+        return Pool(
+            self.labels[indices],
+            None if self.images is None else self.images[indices],
+            None if self.paths is None else [self.paths[i] for i in indices],
+            self.scale,
+            self.mean,
+            self.std,
+            self.image_size,
+        )
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Pool
+    test: Pool
+    num_classes: int
+    test_is_train_pool: bool = False  # digits: the test split is carved from the train pool
+    classes: list = field(default_factory=list)
 
 
 def _digits_file() -> Path:
@@ -15,17 +68,98 @@ def _digits_file() -> Path:
     (whose import costs seconds in every job)."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("dataset 'digits' needs scikit-learn installed (it ships the data file)")
+        raise ConfigError("dataset 'digits' needs scikit-learn installed (it ships the data file)")
     return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
 
 
-def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N×C×H×W float32 in [0, 1]) and labels (N, int64)."""
+def _digits() -> Dataset:
+    table = np.loadtxt(_digits_file(), delimiter=",", dtype=np.uint8)  # 64 pixels (0..16), then the label
+    pool = Pool(
+        table[:, -1].astype(np.int64), images=table[:, :-1].reshape(-1, 1, 8, 8), scale=16.0, mean=(0.0,), std=(1.0,)
+    )
+    return Dataset("digits", pool, pool, 10, test_is_train_pool=True, classes=[str(d) for d in range(10)])
+
+
+def _cifar100(root: Path, download: bool) -> Dataset:
+    from torchvision.datasets import CIFAR100
+    from torchvision.datasets.utils import extract_archive
+
+    folder, archive = root / CIFAR100.base_folder, root / CIFAR100.filename
+    if not (folder / "train").exists() and archive.exists():
+        extract_archive(str(archive), str(root))
+    if not (folder / "train").exists() and not download:
+        raise ConfigError(
+            f"CIFAR-100 is not under {root}: put {CIFAR100.filename} (from {CIFAR100_URL}) into "
+            f"{root} — it is extracted on first use — or set 'dataset.download: true'"
+        )
+    pools = []
+    for train in (True, False):
+        try:
+            data = CIFAR100(str(root), train=train, download=download)
+        except (OSError, RuntimeError) as exc:  # no network (URLError is an OSError), or a corrupt archive
+            raise ConfigError(
+                f"CIFAR-100 could not be loaded from {root} ({exc}); put {CIFAR100.filename} "
+                f"(from {CIFAR100_URL}) into {root} and run again"
+            ) from None
+        images = np.ascontiguousarray(data.data.transpose(0, 3, 1, 2))  # N×H×W×C -> N×C×H×W
+        pools.append(
+            Pool(np.asarray(data.targets, dtype=np.int64), images=images, mean=CIFAR100_MEAN, std=CIFAR100_STD)
+        )
+    return Dataset("cifar100", *pools, num_classes=100, classes=list(data.classes))
+
+
+def _folders(name: str, train_dir: Path, test_dir: Path, image_size: int) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    missing = [d for d in (train_dir, test_dir) if not d.is_dir()]
+    if missing:
+        raise ConfigError(
+            f"dataset {name}: {', '.join(map(str, missing))} not found; it needs class folders "
+            f"under {train_dir} and {test_dir} (set 'dataset.root')"
+        )
+    train, test = ImageFolder(str(train_dir)), ImageFolder(str(test_dir))
+    if train.classes != test.classes:
+        raise ConfigError(f"dataset {name}: {train_dir} and {test_dir} hold different class folders")
+    pools = [
+        Pool(
+            np.array([label for _, label in f.samples], dtype=np.int64),
+            paths=[p for p, _ in f.samples],
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            image_size=image_size,
+        )
+        for f in (train, test)
+    ]
+    return Dataset(name, *pools, num_classes=len(train.classes), classes=list(train.classes))
+
+
+def load_dataset(cfg: dict) -> Dataset:
+    """The dataset of a config's `dataset` section, subsampled per class when `subsample` asks."""
+    name, root = cfg["name"], Path(cfg.get("root", "data"))
     if name == "digits":
-        table = np.loadtxt(_digits_file(), delimiter=",", dtype=np.float32)  # 64 pixels (0..16), then the label
-        images = (table[:, :-1] / 16.0).reshape(-1, 1, 8, 8)
-        return np.ascontiguousarray(images), table[:, -1].astype(np.int64)
-    raise ValueError(f"config key dataset.name: unknown dataset {name!r}; known: {list(DATASETS)}")
+        data = _digits()
+    elif name == "cifar100":
+        data = _cifar100(root, cfg.get("download", False))
+    elif name == "imagenet":  # torchvision's ImageNet layout, or train/ and val/ class folders: the same here
+        data = _folders(name, root / "train", root / "val", cfg.get("image_size", 224))
+    elif name == "imagefolder":
+        data = _folders(name, root / "train", root / "test", cfg.get("image_size", 224))
+    else:
+        raise ConfigError(f"config key dataset.name: unknown dataset {name!r}; known: {list(DATASETS)}")
+    subsample = cfg.get("subsample") or {}
+    rng = np.random.default_rng(cfg.get("split_seed", 0))
+    for split in ("train", "test"):
+        if subsample.get(split) and not data.test_is_train_pool:
+            pool = getattr(data, split)
+            keep = per_class_take(pool.labels, np.arange(len(pool)), subsample[split], rng)
+            setattr(data, split, pool.subset(keep))
+    return data
+
+
+def per_class_take(labels: np.ndarray, candidates: np.ndarray, count: int, rng) -> np.ndarray:
+    """Up to `count` of `candidates` from every class, chosen by `rng`, sorted."""
+    taken = [rng.permutation(candidates[labels[candidates] == c])[:count] for c in np.unique(labels[candidates])]
+    return np.sort(np.concatenate(taken))
 
 
 def _stratified_take(labels: np.ndarray, candidates: np.ndarray, fraction: float, rng) -> np.ndarray:
@@ -38,14 +172,30 @@ def _stratified_take(labels: np.ndarray, candidates: np.ndarray, fraction: float
     return np.sort(np.concatenate(taken))
 
 
-def make_split(labels: np.ndarray, test_fraction: float, val_fraction: float, seed: int) -> dict:
-    """Stratified, disjoint index arrays train_idx/val_idx/test_idx covering every example, each sorted.
-
-    val is carved from the non-test part, so val_fraction is a fraction of the training data."""
-    labels = np.asarray(labels)
+def make_split(data: Dataset, test_fraction: float, val_fraction: float, seed: int) -> dict:
+    """Stratified, disjoint index arrays: train_idx and val_idx into the train pool, test_idx into the test
+    pool, each sorted. val_fraction is a fraction of the training data; test_fraction is used only when the
+    dataset has no test pool of its own."""
+    labels = data.train.labels
     rng = np.random.default_rng(seed)
     everything = np.arange(len(labels))
-    test = _stratified_take(labels, everything, test_fraction, rng)
-    rest = np.setdiff1d(everything, test)
+    if data.test_is_train_pool:
+        test = _stratified_take(labels, everything, test_fraction, rng)
+        rest = np.setdiff1d(everything, test)
+    else:
+        test, rest = np.arange(len(data.test)), everything
     val = _stratified_take(labels, rest, val_fraction, rng)
     return {"train_idx": np.setdiff1d(rest, val), "val_idx": val, "test_idx": test}
+
+
+def train_subset(train_idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified `fraction` of the training split for the training-set-size study. Subsets are nested:
+    every example of a smaller fraction is in every larger one, so the study varies only the size."""
+    if fraction >= 1.0:
+        return train_idx
+    rng = np.random.default_rng(seed)
+    kept = []
+    for cls in np.unique(labels[train_idx]):
+        members = rng.permutation(train_idx[labels[train_idx] == cls])
+        kept.append(members[: max(1, int(round(fraction * len(members))))])
+    return np.sort(np.concatenate(kept))

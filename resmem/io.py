@@ -7,8 +7,10 @@ import importlib.metadata
 import json
 import os
 import platform
+import struct
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +43,70 @@ def save_npz(path, **arrays) -> None:
         np.savez(f, **arrays)
 
 
-def load_npz(path, keys, dtypes=None) -> dict[str, np.ndarray]:
-    """Load the named arrays, failing with a message that names the file when one is missing or unreadable."""
+def save_npz_streaming(path, blocks) -> None:
+    """Write an .npz whose arrays arrive in row blocks: `blocks` yields (key, array) pairs, and the blocks of
+    a key are concatenated in order.
+
+    Blocks go to temporary .npy files beside `path`, which np.savez copies into the zip in 16 MiB pieces
+    through memmaps, so memory stays bounded however large the arrays (an ImageNet datastore is ~10 GB)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts: dict[str, list] = {}
+    scratch = []
+    try:
+        for key, array in blocks:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{key}.", suffix=".npy")
+            os.close(fd)
+            scratch.append(tmp)
+            np.save(tmp, array)
+            parts.setdefault(key, []).append(np.load(tmp, mmap_mode="r"))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{k: _concat_memmaps(v, path, k) for k, v in parts.items()})
+    finally:
+        for tmp in scratch:
+            os.unlink(tmp)
+        for tmp in path.parent.glob(f".{path.name}.*.joined.npy"):
+            tmp.unlink()
+
+
+def _concat_memmaps(pieces: list, path: Path, key: str) -> np.ndarray:
+    if len(pieces) == 1:
+        return pieces[0]
+    rows = sum(len(p) for p in pieces)
+    joined = np.lib.format.open_memmap(
+        path.parent / f".{path.name}.{key}.joined.npy",
+        mode="w+",
+        dtype=pieces[0].dtype,
+        shape=(rows, *pieces[0].shape[1:]),
+    )
+    start = 0
+    for piece in pieces:
+        joined[start : start + len(piece)] = piece
+        start += len(piece)
+    return joined
+
+
+def npz_memmap(path, key: str) -> np.ndarray:
+    """A read-only memmap of one array of an uncompressed .npz, without reading it into memory."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{key}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ArtifactError(f"{path}: array {key!r} is compressed and cannot be memory-mapped")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local_header = f.read(30)  # the fixed part of a zip local file header
+        name_length, extra_length = struct.unpack("<HH", local_header[26:30])
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset, order="F" if fortran_order else "C")
+
+
+def load_npz(path, keys, dtypes=None, mmap: bool = False) -> dict[str, np.ndarray]:
+    """Load the named arrays (as read-only memmaps with mmap=True), failing with a message that names the
+    file when one is missing or unreadable."""
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in keys if k not in data.files]
@@ -50,7 +114,7 @@ def load_npz(path, keys, dtypes=None) -> dict[str, np.ndarray]:
                 raise ArtifactError(
                     f"{path}: missing arrays {missing} (has {sorted(data.files)}); rerun the stage that writes it"
                 )
-            arrays = {k: data[k] for k in keys}
+            arrays = {k: npz_memmap(path, k) if mmap else data[k] for k in keys}
     except ArtifactError:
         raise
     except Exception as exc:  # zipfile/pickle/IO errors of a truncated file

@@ -31,23 +31,21 @@ def _to_gpu(index):
     return gpu_index
 
 
-def build_index(train_embeddings: np.ndarray, normalize: bool = False, device: str = "auto"):
+def build_index(
+    train_embeddings: np.ndarray, normalize: bool = False, device: str = "auto", chunk_size: int = DEFAULT_QUERY_CHUNK
+):
     """A flat L2 index over the training embeddings, returned on the CPU (ready for faiss.write_index).
 
     Built on the GPU when faiss sees one and `device` allows; `log` says which."""
     import faiss
 
-    x = prepare(train_embeddings, normalize)
-    index = faiss.IndexFlatL2(x.shape[1])
-    if faiss_gpu_count(device):
-        log.info("building the index on the GPU (faiss sees %d)", faiss.get_num_gpus())
-        gpu_index = _to_gpu(index)
-        gpu_index.add(x)
-        index = faiss.index_gpu_to_cpu(gpu_index)
-    else:
-        log.info("building the index on the CPU")
-        index.add(x)
-    return index
+    index = faiss.IndexFlatL2(train_embeddings.shape[1])
+    on_gpu = faiss_gpu_count(device) > 0
+    log.info("building the index on the %s", "GPU" if on_gpu else "CPU")
+    target = _to_gpu(index) if on_gpu else index
+    for start in range(0, len(train_embeddings), chunk_size):  # chunks: a memmapped datastore is read once
+        target.add(prepare(train_embeddings[start : start + chunk_size], normalize))
+    return faiss.index_gpu_to_cpu(target) if on_gpu else index
 
 
 def search(

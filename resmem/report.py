@@ -16,10 +16,11 @@ SELECTION = "(k, σ, T) chosen by val accuracy"
 BASE_COLOR, RESMEM_COLOR = "#4C72B0", "#DD8452"
 
 
-def _per_model(summary: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per model, ordered by parameter count."""
-    stats = summary.groupby("model").agg(
+def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
+    """Mean and std over seeds per model (or per `by` group), ordered by parameter count."""
+    stats = summary.groupby(list(by)).agg(
         parameters=("parameters", "first"),
+        train_examples=("train_examples", "first"),
         seeds=("seed", "count"),
         base_mean=("base_test_acc", "mean"),
         base_std=("base_test_acc", "std"),
@@ -28,23 +29,25 @@ def _per_model(summary: pd.DataFrame) -> pd.DataFrame:
         gain_mean=("gain", "mean"),
         gain_std=("gain", "std"),
     )
-    return stats.fillna({"base_std": 0.0, "resmem_std": 0.0, "gain_std": 0.0}).sort_values("parameters")
+    stats = stats.fillna({"base_std": 0.0, "resmem_std": 0.0, "gain_std": 0.0})
+    return stats.sort_values(["parameters", *by[1:]], kind="mergesort")
 
 
 def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
-    stats = _per_model(summary)
+    stats = _per_model(summary, by=("model", "train_fraction"))
     seeds = sorted(int(s) for s in summary.seed.unique())
     lines = [
         f"# {experiment}: ResMem vs the base network (DeepNet)",
         "",
         f"Test accuracy in %, mean ± std over seeds {seeds}; ResMem at the {SELECTION} of each run.",
         "",
-        "| model | parameters | DeepNet | ResMem | gain |",
-        "|---|---:|---:|---:|---:|",
+        "| model | parameters | train fraction | train examples | DeepNet | ResMem | gain |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for model, r in stats.iterrows():
+    for (model, fraction), r in stats.iterrows():
         lines.append(
-            f"| {model} | {int(r.parameters):,} | {100 * r.base_mean:.2f} ± {100 * r.base_std:.2f} | "
+            f"| {model} | {int(r.parameters):,} | {fraction:g} | {int(r.train_examples):,} | "
+            f"{100 * r.base_mean:.2f} ± {100 * r.base_std:.2f} | "
             f"{100 * r.resmem_mean:.2f} ± {100 * r.resmem_std:.2f} | "
             f"{100 * r.gain_mean:+.2f} ± {100 * r.gain_std:.2f} |"
         )
@@ -187,8 +190,46 @@ def plot_gain_heatmap(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: s
     _save(fig, png, pdf)
 
 
+def plot_gain_vs_train_fraction(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
+    stats = _per_model(summary, by=("model", "train_fraction")).reset_index()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    models = list(dict.fromkeys(stats.model))  # by parameter count
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(models)))
+    for model, color in zip(models, colors, strict=True):
+        line = stats[stats.model == model].sort_values("train_fraction")
+        ax.errorbar(
+            line.train_fraction,
+            100 * line.gain_mean,
+            yerr=100 * line.gain_std,
+            marker="o",
+            capsize=3,
+            color=color,
+            label=f"{model} ({int(line.parameters.iloc[0]):,} params)",
+        )
+    ax.axhline(0, color="k", linewidth=0.8)
+    ax.set_xscale("log")
+    fractions = sorted(stats.train_fraction.unique())
+    ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+    ax.set_xlabel("fraction of the training split used for training and as the datastore (log scale)")
+    ax.set_ylabel("ResMem test accuracy gain (points)")
+    ax.set_title(
+        f"{experiment}: ResMem gain vs training-set size\nmean ± std over {summary.seed.nunique()} "
+        f"seeds; ResMem at the {SELECTION}",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, png, pdf)
+
+
 def plot_all(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, out: dict) -> None:
-    """out maps '<figure>_png' and '<figure>_pdf' to paths for every name in artifacts.FIGURES."""
-    plot_accuracy_vs_size(summary, experiment, out["accuracy_vs_size_png"], out["accuracy_vs_size_pdf"])
-    plot_accuracy_vs_k(summary, sweeps, experiment, out["accuracy_vs_k_png"], out["accuracy_vs_k_pdf"])
-    plot_gain_heatmap(summary, sweeps, experiment, out["gain_heatmap_png"], out["gain_heatmap_pdf"])
+    """out maps '<figure>_png' and '<figure>_pdf' to paths for every name in artifacts.FIGURES. The figures
+    over model size, k and σ use the largest training fraction; the last one spans all fractions."""
+    largest = summary.train_fraction.max()
+    full, full_sweeps = summary[summary.train_fraction == largest], sweeps[sweeps.train_fraction == largest]
+    plot_accuracy_vs_size(full, experiment, out["accuracy_vs_size_png"], out["accuracy_vs_size_pdf"])
+    plot_accuracy_vs_k(full, full_sweeps, experiment, out["accuracy_vs_k_png"], out["accuracy_vs_k_pdf"])
+    plot_gain_heatmap(full, full_sweeps, experiment, out["gain_heatmap_png"], out["gain_heatmap_pdf"])
+    plot_gain_vs_train_fraction(
+        summary, experiment, out["gain_vs_train_fraction_png"], out["gain_vs_train_fraction_pdf"]
+    )

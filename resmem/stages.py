@@ -17,33 +17,50 @@ import pandas as pd
 from resmem import io
 from resmem.artifacts import EMBEDDING_KEYS, NEIGHBOUR_KEYS, QUERY_SPLITS, SPLIT_KEYS, SPLITS, SUMMARY_COLUMNS
 from resmem.config import ConfigError
-from resmem.data import load_dataset, make_split
+from resmem.data import Dataset, load_dataset, make_split, train_subset
 from resmem.io import ArtifactError
 
 log = logging.getLogger("resmem")
 
 
 def split(out_path, dataset: dict) -> None:
-    _, labels = load_dataset(dataset["name"])
-    parts = make_split(labels, dataset["test_fraction"], dataset["val_fraction"], dataset["split_seed"])
+    data = load_dataset(dataset)
+    parts = make_split(data, dataset["test_fraction"], dataset["val_fraction"], dataset["split_seed"])
     log.info("%s: %s", dataset["name"], {k: len(v) for k, v in parts.items()})
-    io.save_npz(out_path, num_examples=np.int64(len(labels)), **parts)
+    io.save_npz(out_path, train_pool=np.int64(len(data.train)), test_pool=np.int64(len(data.test)), **parts)
 
 
-def load_split(path, num_examples: int) -> dict[str, np.ndarray]:
-    parts = io.load_npz(path, [*SPLIT_KEYS, "num_examples"])
-    if int(parts["num_examples"]) != num_examples:
-        raise ArtifactError(
-            f"{path}: written for {int(parts['num_examples'])} examples but the dataset has "
-            f"{num_examples}; delete it and rerun"
-        )
+def load_split(path, data: Dataset, dataset: dict, fraction: float) -> dict[str, np.ndarray]:
+    """The split's index arrays, checked against the dataset; train_idx cut to the training fraction."""
+    parts = io.load_npz(path, [*SPLIT_KEYS, "train_pool", "test_pool"])
+    for pool in ("train", "test"):
+        if int(parts[f"{pool}_pool"]) != len(getattr(data, pool)):
+            raise ArtifactError(
+                f"{path}: written for a {pool} pool of {int(parts[f'{pool}_pool'])} examples but "
+                f"the dataset has {len(getattr(data, pool))}; delete it and rerun"
+            )
+    parts["train_idx"] = train_subset(parts["train_idx"], data.train.labels, fraction, dataset["split_seed"])
     return parts
 
 
-def _split_data(split_path, dataset: dict):
-    images, labels = load_dataset(dataset["name"])
-    parts = load_split(split_path, len(labels))
-    return {s: (images[parts[f"{s}_idx"]], labels[parts[f"{s}_idx"]]) for s in SPLITS}
+def _loaders(split_path, dataset: dict, fraction: float, batch_size: int, dev, train_cfg: dict | None = None):
+    """Loaders of the train (at the training fraction), val and test splits, and the dataset."""
+    from resmem.loader import Loader
+
+    data = load_dataset(dataset)
+    parts = load_split(split_path, data, dataset, fraction)
+    extra = (
+        {}
+        if train_cfg is None
+        else {"num_workers": train_cfg["num_workers"], "channels_last": train_cfg["channels_last"]}
+    )
+    pools = {"train": data.train, "val": data.train, "test": data.test}
+    loaders = {s: Loader(pools[s], parts[f"{s}_idx"], batch_size, dev, **extra) for s in SPLITS}
+    if train_cfg is not None:
+        loaders["train"] = Loader(
+            data.train, parts["train_idx"], batch_size, dev, augment=train_cfg["augment"], **extra
+        )
+    return loaders, data
 
 
 def train(
@@ -54,6 +71,7 @@ def train(
     dataset: dict,
     model_spec: dict,
     train_cfg: dict,
+    fraction: float,
     seed: int,
     device: str,
     threads: int,
@@ -68,23 +86,30 @@ def train(
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
-    data = _split_data(split_path, dataset)
-    (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
-    num_classes, in_channels = int(y_train.max()) + 1, x_train.shape[1]
+    loaders, data = _loaders(split_path, dataset, fraction, train_cfg["batch_size"], dev, train_cfg)
     seed_everything(seed)
-    model = build_model(model_spec, num_classes, in_channels)
-    log.info("model %s: %d parameters, training on %s", model_spec, count_parameters(model), dev)
+    model = build_model(model_spec, data.num_classes, data.train.channels)
+    log.info(
+        "model %s: %d parameters; %d training examples (fraction %g); training on %s",
+        model_spec,
+        count_parameters(model),
+        len(loaders["train"]),
+        fraction,
+        dev,
+    )
     checkpoint = Path(model_path).with_name("train_checkpoint.pt")  # not an output: survives a killed job
     start = time.perf_counter()
-    history = fit(model, x_train, y_train, x_val, y_val, train_cfg, seed, dev, checkpoint)
+    history = fit(model, loaders["train"], loaders["val"], train_cfg, seed, dev, checkpoint)
     meta = {
         "parameters": count_parameters(model),
         "device": str(dev),
-        "num_classes": num_classes,
-        "in_channels": in_channels,
+        "num_classes": data.num_classes,
+        "in_channels": data.train.channels,
         "model": model_spec,
         "train": train_cfg,
         "seed": seed,
+        "train_fraction": fraction,
+        "train_examples": len(loaders["train"]),
         "seconds": time.perf_counter() - start,
         "final": history[-1],
         "versions": io.package_versions(),
@@ -97,7 +122,19 @@ def train(
     checkpoint.unlink(missing_ok=True)
 
 
-def embed(split_path, model_path, out_path, dataset: dict, batch_size: int, device: str, threads: int) -> None:
+def embed(
+    split_path,
+    model_path,
+    out_path,
+    dataset: dict,
+    fraction: float,
+    batch_size: int,
+    amp: bool,
+    device: str,
+    threads: int,
+) -> None:
+    """Features and logits of the datastore (the training examples the model saw) and of val and test,
+    streamed to disk batch by batch."""
     import torch
 
     from resmem.device import torch_device
@@ -111,20 +148,28 @@ def embed(split_path, model_path, out_path, dataset: dict, batch_size: int, devi
         meta = saved["meta"]
         model = build_model(meta["model"], meta["num_classes"], meta["in_channels"])
         model.load_state_dict(saved["state_dict"])
+    except ConfigError:
+        raise
     except Exception as exc:
         raise ArtifactError(f"{model_path}: cannot load the model ({exc}); delete it and rerun train") from exc
-    arrays = {}
-    for name, (x, y) in _split_data(split_path, dataset).items():
-        emb, logits = extract(model, x, batch_size, dev)
-        arrays.update({f"{name}_emb": emb, f"{name}_logits": logits, f"{name}_y": y.astype(np.int64)})
-        log.info("%s: %d examples, %d-dim embeddings", name, *emb.shape)
-    io.save_npz(out_path, **arrays)
+    loaders, _ = _loaders(split_path, dataset, fraction, batch_size, dev)
+
+    def blocks():
+        for name, loader in loaders.items():
+            for emb, logits in extract(model, loader, amp=amp and dev.type == "cuda"):
+                yield f"{name}_emb", emb
+                yield f"{name}_logits", logits
+            yield f"{name}_y", loader.pool.labels.astype(np.int64)
+            log.info("%s: %d examples embedded", name, len(loader))
+
+    io.save_npz_streaming(out_path, blocks())
 
 
 def load_embeddings(path, split_path=None) -> dict[str, np.ndarray]:
-    """embeddings.npz, checked for its documented arrays, dtypes and, given the split, row counts."""
+    """embeddings.npz as read-only memmaps, checked for its documented arrays, dtypes and, given the split,
+    row counts (the datastore may be a training fraction of the split's train rows)."""
     dtypes = {k: (np.int64 if k.endswith("_y") else np.float32) for k in EMBEDDING_KEYS}
-    arrays = io.load_npz(path, EMBEDDING_KEYS, dtypes)
+    arrays = io.load_npz(path, EMBEDDING_KEYS, dtypes, mmap=True)
     for s in SPLITS:
         n = {len(arrays[f"{s}_{kind}"]) for kind in ("emb", "logits", "y")}
         if len(n) != 1:
@@ -132,10 +177,10 @@ def load_embeddings(path, split_path=None) -> dict[str, np.ndarray]:
     if split_path is not None:
         parts = io.load_npz(split_path, SPLIT_KEYS)
         for s in SPLITS:
-            if len(arrays[f"{s}_y"]) != len(parts[f"{s}_idx"]):
+            rows, expected = len(arrays[f"{s}_y"]), len(parts[f"{s}_idx"])
+            if rows > expected if s == "train" else rows != expected:
                 raise ArtifactError(
-                    f"{path}: {len(arrays[f'{s}_y'])} {s} rows but {split_path} has "
-                    f"{len(parts[f'{s}_idx'])}; delete it and rerun embed"
+                    f"{path}: {rows} {s} rows but {split_path} has {expected}; delete it and rerun embed"
                 )
     return arrays
 
@@ -221,7 +266,8 @@ def select(sweep_path, out_path) -> None:
 
 
 def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir) -> None:
-    """runs: one dict per model × seed with keys model, seed, selected, meta, sweep (paths)."""
+    """runs: one dict per model × training fraction × seed with keys model, train_fraction, seed and the
+    paths selected, meta, sweep."""
     from resmem import report
 
     rows, sweeps = [], []
@@ -232,6 +278,8 @@ def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_d
             {
                 "experiment": experiment,
                 "model": run["model"],
+                "train_fraction": run["train_fraction"],
+                "train_examples": meta["train_examples"],
                 "seed": run["seed"],
                 "parameters": meta["parameters"],
                 "base_test_acc": chosen["base_test_accuracy"],
@@ -244,7 +292,10 @@ def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_d
             }
         )
         table = pd.read_csv(run["sweep"]).assign(
-            model=run["model"], seed=run["seed"], selected_temperature=chosen["temperature"]
+            model=run["model"],
+            train_fraction=run["train_fraction"],
+            seed=run["seed"],
+            selected_temperature=chosen["temperature"],
         )
         sweeps.append(table)
     summary = pd.DataFrame(rows)

@@ -82,7 +82,13 @@ def test_defaults_fill_every_key():
     x = config["experiments"]["x"]
     assert config["device"] == "auto"
     assert x["knn"]["normalize"] is False and x["models"]["m"]["width"] == 8 and x["seeds"] == [0]
-    assert x["dataset"] == {"name": "digits", "test_fraction": 0.25, "val_fraction": 0.2, "split_seed": 0}
+    assert x["dataset"] == {"name": "digits", "root": "data", "download": False, "image_size": 224,
+                            "subsample": {"train": None, "test": None}, "test_fraction": 0.25,
+                            "val_fraction": 0.2, "split_seed": 0}
+    assert x["train_fractions"] == [1.0] and x["train"]["schedule"] == "cosine" and x["train"]["amp"] is True
+    resnet = {"experiments": {"x": {"models": {"r": {"arch": "cifar_resnet"}}}}}
+    assert validate(resnet)["experiments"]["x"]["models"]["r"] == {"arch": "cifar_resnet", "depth": 20,
+                                                                    "width_multiplier": 1.0}
 
 
 def test_every_schema_key_has_a_description_and_a_default():
@@ -91,12 +97,16 @@ def test_every_schema_key_has_a_description_and_a_default():
 
     def walk(node, path):
         for key, sub in node.get("properties", {}).items():
+            if not sub:  # `arch: {}` inside an architecture's `then`: described where it is defined
+                continue
             sub = schema["$defs"][sub["$ref"].rsplit("/", 1)[-1]] | sub if "$ref" in sub else sub
             if "description" not in sub:
                 missing.append(f"{path}.{key}: description")
             if "default" not in sub and key not in node.get("required", []):
                 missing.append(f"{path}.{key}: default")
             walk(sub, f"{path}.{key}")
+        for case in node.get("allOf", []):  # per-architecture keys of a model
+            walk(case["then"], f"{path}<{case['if']['properties']['arch']}>")
         extra = node.get("additionalProperties")
         if isinstance(extra, dict):
             walk(schema["$defs"][extra["$ref"].rsplit("/", 1)[-1]] if "$ref" in extra else extra, f"{path}.*")
@@ -108,7 +118,7 @@ def test_every_schema_key_has_a_description_and_a_default():
 def test_schema_enums_match_the_registries():
     schema = yaml.safe_load(SCHEMA.read_text())
     experiment = schema["$defs"]["experiment"]["properties"]
-    assert experiment["models"]["additionalProperties"]["properties"]["arch"]["enum"] == sorted(MODELS)
+    assert schema["$defs"]["model"]["properties"]["arch"]["enum"] == sorted(MODELS)
     assert experiment["dataset"]["properties"]["name"]["enum"] == list(DATASETS)
 
 
@@ -124,7 +134,10 @@ def test_every_key_is_documented_in_config_readme():
     keys |= set(schema["$defs"]["experiment"]["properties"])
     for section in ("dataset", "train", "embed", "knn"):
         keys |= set(schema["$defs"]["experiment"]["properties"][section]["properties"])
-    keys |= set(schema["$defs"]["experiment"]["properties"]["models"]["additionalProperties"]["properties"])
+    keys |= set(schema["$defs"]["model"]["properties"])
+    for case in schema["$defs"]["model"]["allOf"]:
+        keys |= set(case["then"]["properties"])
+    keys |= set(schema["$defs"]["experiment"]["properties"]["dataset"]["properties"]["subsample"]["properties"])
     undocumented = sorted(k for k in keys if f"`{k}`" not in readme)
     assert not undocumented
 

@@ -23,7 +23,8 @@ def write_artifacts(tmp_path, rows=N, classes=3, dim=4):
     offsets = np.cumsum([0, *N.values()])
     io.save_npz(
         tmp_path / "split.npz",
-        num_examples=np.int64(offsets[-1]),
+        train_pool=np.int64(offsets[-1]),
+        test_pool=np.int64(offsets[-1]),
         **{f"{s}_idx": np.arange(a, b) for s, a, b in zip(N, offsets[:-1], offsets[1:], strict=True)},
     )
     return tmp_path / "embeddings.npz", tmp_path / "split.npz"

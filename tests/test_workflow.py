@@ -15,14 +15,14 @@ from tests.conftest import planned_jobs, snakemake, write_config
 MODELS = ("cnn_w1", "cnn_w4")
 
 
-def run_dir(smoke_run, model):
-    return smoke_run["results"] / model / "seed0"
+def run_dir(smoke_run, model, fraction="1"):
+    return smoke_run["results"] / model / f"frac{fraction}" / "seed0"
 
 
 def test_split_is_disjoint_and_complete(smoke_run):
     with np.load(smoke_run["results"] / "split.npz") as split:
         parts = [split[k] for k in SPLIT_KEYS]
-        assert int(split["num_examples"]) == 1797
+        assert int(split["train_pool"]) == int(split["test_pool"]) == 1797  # digits: one pool
     joined = np.concatenate(parts)
     assert len(joined) == 1797 and len(np.unique(joined)) == 1797
 
@@ -42,7 +42,7 @@ def test_run_artifacts(smoke_run, model):
         assert sorted(emb.files) == sorted(EMBEDDING_KEYS)
         with np.load(smoke_run["results"] / "split.npz") as split:
             for s in ("train", "val", "test"):
-                assert len(emb[f"{s}_emb"]) == len(emb[f"{s}_logits"]) == len(split[f"{s}_idx"])
+                assert len(emb[f"{s}_emb"]) == len(emb[f"{s}_logits"]) == len(split[f"{s}_idx"]) > 0
                 assert emb[f"{s}_emb"].dtype == np.float32 and emb[f"{s}_logits"].dtype == np.float32
                 assert emb[f"{s}_y"].dtype == np.int64
         train_emb, val_emb = emb["train_emb"], emb["val_emb"]
@@ -75,12 +75,16 @@ def test_experiment_outputs(smoke_run):
     results = smoke_run["results"]
     summary = pd.read_csv(results / "summary.csv")
     assert list(summary.columns) == list(SUMMARY_COLUMNS)
-    assert sorted(summary.model) == sorted(MODELS)
+    assert sorted(summary.model) == sorted(MODELS * 2)
+    assert sorted(summary.train_fraction) == [0.5, 0.5, 1.0, 1.0]
     for _, row in summary.iterrows():
-        chosen = json.loads((run_dir(smoke_run, row.model) / "selected.json").read_text())
+        chosen = json.loads((run_dir(smoke_run, row.model, f"{row.train_fraction:g}") / "selected.json").read_text())
         assert row.resmem_test_acc == pytest.approx(chosen["test_accuracy"])
         assert row.gain == pytest.approx(row.resmem_test_acc - row.base_test_acc)
-    assert summary.set_index("model").parameters["cnn_w1"] < summary.set_index("model").parameters["cnn_w4"]
+    params = summary.groupby("model").parameters.first()
+    assert params["cnn_w1"] < params["cnn_w4"]
+    examples = summary.groupby("train_fraction").train_examples.unique()
+    assert examples[1.0][0] == 1078 and abs(examples[0.5][0] - 539) <= 10  # stratified half of the train split
 
     markdown = (results / "summary.md").read_text()
     assert "| cnn_w1 |" in markdown and "±" in markdown
@@ -105,13 +109,13 @@ def test_rerun_is_a_no_op(smoke_run):
 def test_changing_only_sigma_reruns_only_sweep_and_after(smoke_run, tmp_path):
     config = write_config(tmp_path / "sigma.yaml", lambda c: c["experiments"]["smoke"]["knn"].update(sigma=[0.5]))
     proc = snakemake(smoke_run["workdir"], "-n", configfile=config)
-    assert planned_jobs(proc.stdout) == {"sweep": 2, "select": 2, "aggregate": 1, "all": 1}
+    assert planned_jobs(proc.stdout) == {"sweep": 4, "select": 4, "aggregate": 1, "all": 1}
 
 
 def test_changing_the_largest_k_reruns_the_search_not_the_training(smoke_run, tmp_path):
     config = write_config(tmp_path / "k.yaml", lambda c: c["experiments"]["smoke"]["knn"].update(k=[1, 8]))
     proc = snakemake(smoke_run["workdir"], "-n", configfile=config)
-    assert planned_jobs(proc.stdout) == {"neighbors": 2, "sweep": 2, "select": 2, "aggregate": 1, "all": 1}
+    assert planned_jobs(proc.stdout) == {"neighbors": 4, "sweep": 4, "select": 4, "aggregate": 1, "all": 1}
 
 
 def test_a_truncated_artifact_fails_naming_the_file(smoke_run, tmp_path):
@@ -119,9 +123,9 @@ def test_a_truncated_artifact_fails_naming_the_file(smoke_run, tmp_path):
 
     workdir = tmp_path / "copy"
     shutil.copytree(smoke_run["workdir"], workdir)
-    embeddings = workdir / "results" / "smoke" / "cnn_w1" / "seed0" / "embeddings.npz"
+    embeddings = workdir / "results" / "smoke" / "cnn_w1" / "frac1" / "seed0" / "embeddings.npz"
     embeddings.write_bytes(embeddings.read_bytes()[:200])
-    target = "results/smoke/cnn_w1/seed0/index.faiss"
+    target = "results/smoke/cnn_w1/frac1/seed0/index.faiss"
     proc = snakemake(workdir, target, "--forcerun", "index", configfile=smoke_run["config"], check=False)
     assert proc.returncode != 0
     assert "embeddings.npz: cannot be read" in proc.stdout + proc.stderr

@@ -21,6 +21,7 @@ except ConfigError as error:
 wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    fraction=r"[0-9.e-]+",
     seed=r"\d+",
 
 
@@ -28,10 +29,20 @@ def experiment(wildcards):
     return config["experiments"][wildcards.experiment]
 
 
+def fraction_label(fraction):
+    """How a training fraction appears in paths: frac1, frac0.25."""
+    return f"{fraction:g}"
+
+
 def runs(name):
-    """(model, seed) of every run of an experiment, in config order."""
+    """(model, fraction label, seed) of every run of an experiment, in config order."""
     exp = config["experiments"][name]
-    return [(model, seed) for model in exp["models"] for seed in exp["seeds"]]
+    return [
+        (model, fraction_label(fraction), seed)
+        for model in exp["models"]
+        for fraction in exp["train_fractions"]
+        for seed in exp["seeds"]
+    ]
 
 
 def run_files(filename):
@@ -39,8 +50,8 @@ def run_files(filename):
 
     def files(wildcards):
         return [
-            f"results/{wildcards.experiment}/{model}/seed{seed}/{filename}"
-            for model, seed in runs(wildcards.experiment)
+            f"results/{wildcards.experiment}/{model}/frac{fraction}/seed{seed}/{filename}"
+            for model, fraction, seed in runs(wildcards.experiment)
         ]
 
     return files

@@ -1,13 +1,13 @@
 rule embed:
     input:
         split="results/{experiment}/split.npz",
-        model="results/{experiment}/{model}/seed{seed}/model.pt",
+        model="results/{experiment}/{model}/frac{fraction}/seed{seed}/model.pt",
     output:
-        embeddings="results/{experiment}/{model}/seed{seed}/embeddings.npz",
+        embeddings="results/{experiment}/{model}/frac{fraction}/seed{seed}/embeddings.npz",
     log:
-        "results/{experiment}/{model}/seed{seed}/logs/embed.log",
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/embed.log",
     benchmark:
-        "results/{experiment}/{model}/seed{seed}/benchmarks/embed.tsv"
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/embed.tsv"
     conda:
         "../../envs/resmem.yaml"
     threads: 1
@@ -17,5 +17,6 @@ rule embed:
     params:
         dataset=lambda w: experiment(w)["dataset"],
         batch_size=lambda w: experiment(w)["embed"]["batch_size"],
+        amp=lambda w: experiment(w)["train"]["amp"],
     script:
         "../scripts/embed.py"

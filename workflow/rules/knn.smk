@@ -1,13 +1,13 @@
 rule index:
     input:
         split="results/{experiment}/split.npz",
-        embeddings="results/{experiment}/{model}/seed{seed}/embeddings.npz",
+        embeddings="results/{experiment}/{model}/frac{fraction}/seed{seed}/embeddings.npz",
     output:
-        index="results/{experiment}/{model}/seed{seed}/index.faiss",
+        index="results/{experiment}/{model}/frac{fraction}/seed{seed}/index.faiss",
     log:
-        "results/{experiment}/{model}/seed{seed}/logs/index.log",
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/index.log",
     benchmark:
-        "results/{experiment}/{model}/seed{seed}/benchmarks/index.tsv"
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/index.tsv"
     conda:
         "../../envs/resmem.yaml"
     threads: 1
@@ -23,14 +23,14 @@ rule index:
 # One search at the largest k serves the whole grid: only k_max and normalize are rerun triggers here.
 rule neighbors:
     input:
-        index="results/{experiment}/{model}/seed{seed}/index.faiss",
-        embeddings="results/{experiment}/{model}/seed{seed}/embeddings.npz",
+        index="results/{experiment}/{model}/frac{fraction}/seed{seed}/index.faiss",
+        embeddings="results/{experiment}/{model}/frac{fraction}/seed{seed}/embeddings.npz",
     output:
-        neighbors="results/{experiment}/{model}/seed{seed}/neighbors.npz",
+        neighbors="results/{experiment}/{model}/frac{fraction}/seed{seed}/neighbors.npz",
     log:
-        "results/{experiment}/{model}/seed{seed}/logs/neighbors.log",
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/neighbors.log",
     benchmark:
-        "results/{experiment}/{model}/seed{seed}/benchmarks/neighbors.tsv"
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/neighbors.tsv"
     conda:
         "../../envs/resmem.yaml"
     threads: 1

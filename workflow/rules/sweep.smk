@@ -1,13 +1,13 @@
 rule sweep:
     input:
-        embeddings="results/{experiment}/{model}/seed{seed}/embeddings.npz",
-        neighbors="results/{experiment}/{model}/seed{seed}/neighbors.npz",
+        embeddings="results/{experiment}/{model}/frac{fraction}/seed{seed}/embeddings.npz",
+        neighbors="results/{experiment}/{model}/frac{fraction}/seed{seed}/neighbors.npz",
     output:
-        sweep="results/{experiment}/{model}/seed{seed}/sweep.csv",
+        sweep="results/{experiment}/{model}/frac{fraction}/seed{seed}/sweep.csv",
     log:
-        "results/{experiment}/{model}/seed{seed}/logs/sweep.log",
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/sweep.log",
     benchmark:
-        "results/{experiment}/{model}/seed{seed}/benchmarks/sweep.tsv"
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/sweep.tsv"
     conda:
         "../../envs/resmem.yaml"
     threads: 1
@@ -25,11 +25,11 @@ rule sweep:
 
 rule select:
     input:
-        sweep="results/{experiment}/{model}/seed{seed}/sweep.csv",
+        sweep="results/{experiment}/{model}/frac{fraction}/seed{seed}/sweep.csv",
     output:
-        selected="results/{experiment}/{model}/seed{seed}/selected.json",
+        selected="results/{experiment}/{model}/frac{fraction}/seed{seed}/selected.json",
     log:
-        "results/{experiment}/{model}/seed{seed}/logs/select.log",
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/select.log",
     conda:
         "../../envs/resmem.yaml"
     threads: 1

@@ -2,13 +2,13 @@ rule train:
     input:
         split="results/{experiment}/split.npz",
     output:
-        model="results/{experiment}/{model}/seed{seed}/model.pt",
-        train_log="results/{experiment}/{model}/seed{seed}/train_log.csv",
-        meta="results/{experiment}/{model}/seed{seed}/train_meta.json",
+        model="results/{experiment}/{model}/frac{fraction}/seed{seed}/model.pt",
+        train_log="results/{experiment}/{model}/frac{fraction}/seed{seed}/train_log.csv",
+        meta="results/{experiment}/{model}/frac{fraction}/seed{seed}/train_meta.json",
     log:
-        "results/{experiment}/{model}/seed{seed}/logs/train.log",
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/train.log",
     benchmark:
-        "results/{experiment}/{model}/seed{seed}/benchmarks/train.tsv"
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/train.tsv"
     conda:
         "../../envs/resmem.yaml"
     threads: 1

@@ -8,7 +8,9 @@ with job_log(sm.log[0]):
         sm.input.model,
         sm.output.embeddings,
         dataset=sm.params.dataset,
+        fraction=float(sm.wildcards.fraction),
         batch_size=sm.params.batch_size,
+        amp=sm.params.amp,
         device=sm.config["device"],
         threads=sm.threads,
     )

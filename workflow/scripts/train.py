@@ -11,6 +11,7 @@ with job_log(sm.log[0]):
         dataset=sm.params.dataset,
         model_spec=sm.params.model,
         train_cfg=sm.params.train,
+        fraction=float(sm.wildcards.fraction),
         seed=int(sm.wildcards.seed),
         device=sm.config["device"],
         threads=sm.threads,
