@@ -82,13 +82,23 @@ def test_defaults_fill_every_key():
     x = config["experiments"]["x"]
     assert config["device"] == "auto"
     assert x["knn"]["normalize"] is False and x["models"]["m"]["width"] == 8 and x["seeds"] == [0]
-    assert x["dataset"] == {"name": "digits", "root": "data", "download": False, "image_size": 224,
-                            "subsample": {"train": None, "test": None}, "test_fraction": 0.25,
-                            "val_fraction": 0.2, "split_seed": 0}
+    assert x["dataset"] == {
+        "name": "digits",
+        "root": "data",
+        "download": False,
+        "image_size": 224,
+        "subsample": {"train": None, "test": None},
+        "test_fraction": 0.25,
+        "val_fraction": 0.2,
+        "split_seed": 0,
+    }
     assert x["train_fractions"] == [1.0] and x["train"]["schedule"] == "cosine" and x["train"]["amp"] is True
     resnet = {"experiments": {"x": {"models": {"r": {"arch": "cifar_resnet"}}}}}
-    assert validate(resnet)["experiments"]["x"]["models"]["r"] == {"arch": "cifar_resnet", "depth": 20,
-                                                                    "width_multiplier": 1.0}
+    assert validate(resnet)["experiments"]["x"]["models"]["r"] == {
+        "arch": "cifar_resnet",
+        "depth": 20,
+        "width_multiplier": 1.0,
+    }
 
 
 def test_every_schema_key_has_a_description_and_a_default():

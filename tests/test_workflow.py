@@ -10,7 +10,7 @@ import torch
 
 from resmem.artifacts import EMBEDDING_KEYS, FIGURES, NEIGHBOUR_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS, SWEEP_COLUMNS
 from resmem.sweep import select
-from tests.conftest import planned_jobs, snakemake, write_config
+from tests.conftest import REPO, planned_jobs, snakemake, write_config
 
 MODELS = ("cnn_w1", "cnn_w4")
 
@@ -129,3 +129,56 @@ def test_a_truncated_artifact_fails_naming_the_file(smoke_run, tmp_path):
     proc = snakemake(workdir, target, "--forcerun", "index", configfile=smoke_run["config"], check=False)
     assert proc.returncode != 0
     assert "embeddings.npz: cannot be read" in proc.stdout + proc.stderr
+
+
+def test_imagefolder_study_end_to_end(tmp_path):
+    """A generated ImageFolder dataset through the whole workflow, with the training-fraction study."""
+    from tests.test_data import make_image_folders
+
+    make_image_folders(tmp_path / "images", per_class=(10, 4))
+    config = {
+        "device": "cpu",
+        "experiments": {
+            "folders": {
+                "dataset": {"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 8},
+                "models": {
+                    "cnn": {"arch": "small_cnn", "width": 2},
+                    "resnet8": {"arch": "cifar_resnet", "depth": 8, "width_multiplier": 0.25},
+                },
+                "train_fractions": [0.5, 1.0],
+                "train": {"epochs": 2, "batch_size": 8, "num_workers": 0},
+                "embed": {"batch_size": 16},
+                "knn": {"k": [1, 2, 4], "sigma": [1.0], "temperature": [1.0]},
+            }
+        },
+    }
+    path = tmp_path / "folders.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    snakemake(tmp_path, configfile=path)
+    results = tmp_path / "results" / "folders"
+    summary = pd.read_csv(results / "summary.csv")
+    assert sorted(zip(summary.model, summary.train_fraction, strict=True)) == [
+        ("cnn", 0.5),
+        ("cnn", 1.0),
+        ("resnet8", 0.5),
+        ("resnet8", 1.0),
+    ]
+    # val carves 20 % of the 30 training images, stratified: 24 remain, 12 at half
+    assert sorted(summary.train_examples.unique()) == [12, 24]
+    with np.load(results / "resnet8" / "frac0.5" / "seed0" / "embeddings.npz") as emb:
+        assert emb["train_emb"].shape == (12, 16) and emb["test_emb"].shape == (12, 16)  # 64 × 0.25 channels
+    for figure in FIGURES:
+        assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", ["cifar100", "imagenet"])
+def test_paper_configs_dry_run_offline(name, tmp_path):
+    """Every job of a paper config is planned without data, network or GPU."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "paper" / f"{name}.yaml").read_text())
+    experiment = config["experiments"][name]
+    runs = len(experiment["models"]) * len(experiment["train_fractions"]) * len(experiment["seeds"])
+    proc = snakemake(tmp_path, "-n", configfile=REPO / "config" / "paper" / f"{name}.yaml")
+    per_run = {rule: runs for rule in ("train", "embed", "index", "neighbors", "sweep", "select")}
+    assert planned_jobs(proc.stdout) == {"split": 1, **per_run, "aggregate": 1, "all": 1}

@@ -1,0 +1,181 @@
+"""Dataset loaders on small data generated here in the real on-disk formats; splits; batches."""
+
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resmem.config import ConfigError
+from resmem.data import load_dataset, make_split, train_subset
+from resmem.loader import CROP_PADDING, Loader, crop_flip
+
+CPU = torch.device("cpu")
+
+
+def make_cifar100_archive(root, per_class=(3, 2), seed=0):
+    """cifar-100-python.tar.gz as published: pickled dicts with uint8 rows of 3072 (RGB planes) and
+    fine_labels, plus the meta file with the class names."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    made = {}
+    for split, count in zip(("train", "test"), per_class, strict=True):
+        labels = np.repeat(np.arange(100), count)
+        rows = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        entry = {
+            "data": rows,
+            "fine_labels": labels.tolist(),
+            "coarse_labels": (labels // 5).tolist(),
+            "filenames": [f"img{i}.png" for i in range(len(labels))],
+            "batch_label": split,
+        }
+        (folder / split).write_bytes(pickle.dumps(entry))
+        made[split] = (rows.reshape(-1, 3, 32, 32), labels)
+    meta = {
+        "fine_label_names": [f"class{i:02d}" for i in range(100)],
+        "coarse_label_names": [f"super{i}" for i in range(20)],
+    }
+    (folder / "meta").write_bytes(pickle.dumps(meta))
+    with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="cifar-100-python")
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    return made
+
+
+@pytest.fixture
+def trusted_cifar(monkeypatch):
+    """The archive generated here cannot match the published checksums; everything else is torchvision's."""
+    import torchvision.datasets.cifar as cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+
+
+def test_cifar100_loads_a_generated_archive(tmp_path, trusted_cifar):
+    made = make_cifar100_archive(tmp_path)
+    data = load_dataset({"name": "cifar100", "root": str(tmp_path)})
+    assert data.num_classes == 100 and data.classes[:2] == ["class00", "class01"]
+    for split in ("train", "test"):
+        images, labels = made[split]
+        pool = getattr(data, split)
+        np.testing.assert_array_equal(pool.images, images)
+        np.testing.assert_array_equal(pool.labels, labels)
+        assert pool.images.dtype == np.uint8 and pool.channels == 3
+    assert (tmp_path / "cifar-100-python" / "train").exists()  # extracted on first use
+
+
+def test_cifar100_offline_without_data_says_where_to_put_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"CIFAR-100 is not under .*: put cifar-100-python.tar.gz \(from https"):
+        load_dataset({"name": "cifar100", "root": str(tmp_path)})
+
+
+def test_cifar100_download_without_network_says_what_to_do(tmp_path, monkeypatch):
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)  # what torchvision's download calls
+    with pytest.raises(ConfigError, match=r"CIFAR-100 could not be loaded .*no network.*put cifar-100-python"):
+        load_dataset({"name": "cifar100", "root": str(tmp_path), "download": True})
+
+
+def test_cifar100_subsample_keeps_at_most_n_per_class(tmp_path, trusted_cifar):
+    make_cifar100_archive(tmp_path)
+    data = load_dataset({"name": "cifar100", "root": str(tmp_path), "subsample": {"train": 2, "test": 1}})
+    assert np.bincount(data.train.labels).tolist() == [2] * 100
+    assert np.bincount(data.test.labels).tolist() == [1] * 100
+
+
+def make_image_folders(root, splits=("train", "test"), classes=("cat", "dog", "emu"), per_class=(6, 3), size=12):
+    """PNG files in class folders; each class has its own colour so that a model can tell them apart."""
+    rng = np.random.default_rng(0)
+    for split, count in zip(splits, per_class, strict=True):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+                pixels[..., c] += 180
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_imagefolder_maps_classes_and_splits(tmp_path):
+    make_image_folders(tmp_path)
+    data = load_dataset({"name": "imagefolder", "root": str(tmp_path), "image_size": 8})
+    assert data.classes == ["cat", "dog", "emu"] and data.num_classes == 3
+    assert np.bincount(data.train.labels).tolist() == [6, 6, 6]
+    assert all(f"/train/{data.classes[y]}/" in p for p, y in zip(data.train.paths, data.train.labels, strict=True))
+    split = make_split(data, 0.25, 1 / 3, seed=0)
+    assert len(split["test_idx"]) == 9 and np.bincount(data.train.labels[split["val_idx"]]).tolist() == [2, 2, 2]
+    assert not set(split["train_idx"]) & set(split["val_idx"])
+    np.testing.assert_array_equal(make_split(data, 0.25, 1 / 3, seed=0)["val_idx"], split["val_idx"])
+
+
+def test_imagefolder_subsampling_is_per_class_and_deterministic(tmp_path):
+    make_image_folders(tmp_path)
+    cfg = {"name": "imagefolder", "root": str(tmp_path), "subsample": {"train": 4}, "split_seed": 3}
+    a, b = load_dataset(cfg), load_dataset(cfg)
+    assert np.bincount(a.train.labels).tolist() == [4, 4, 4] and len(a.test) == 9
+    assert a.train.paths == b.train.paths
+
+
+def test_imagenet_layout_reads_train_and_val(tmp_path):
+    make_image_folders(tmp_path, splits=("train", "val"))
+    data = load_dataset({"name": "imagenet", "root": str(tmp_path)})
+    assert len(data.train) == 18 and len(data.test) == 9
+
+
+@pytest.mark.parametrize("name", ["imagenet", "imagefolder"])
+def test_missing_folders_are_named(tmp_path, name):
+    with pytest.raises(ConfigError, match=rf"dataset {name}: .*train.* not found"):
+        load_dataset({"name": name, "root": str(tmp_path / "nowhere")})
+
+
+def test_folder_loader_batches(tmp_path):
+    make_image_folders(tmp_path)
+    data = load_dataset({"name": "imagefolder", "root": str(tmp_path), "image_size": 8})
+    loader = Loader(data.train, np.arange(18), batch_size=5, device=CPU, augment="auto")
+    plain = list(loader.epoch())
+    assert [len(y) for _, y in plain] == [5, 5, 5, 3]
+    assert plain[0][0].shape == (5, 3, 8, 8) and plain[0][0].dtype == torch.float32
+    np.testing.assert_array_equal(torch.cat([y for _, y in plain]).numpy(), data.train.labels)
+    first = torch.cat([y for _, y in loader.epoch(seed=1)])
+    again = torch.cat([y for _, y in loader.epoch(seed=1)])
+    assert torch.equal(first, again) and not torch.equal(first, torch.as_tensor(data.train.labels))
+
+
+def test_training_fractions_are_stratified_and_nested():
+    digits = load_dataset({"name": "digits"})
+    train_idx = make_split(digits, 0.25, 0.2, 0)["train_idx"]
+    labels = digits.train.labels
+    quarter, half = (train_subset(train_idx, labels, f, seed=0) for f in (0.25, 0.5))
+    assert set(quarter) < set(half) < set(train_idx)
+    assert abs(len(half) - len(train_idx) / 2) <= 10
+    assert np.abs(np.bincount(labels[half]) - np.bincount(labels[train_idx]) / 2).max() <= 1
+    np.testing.assert_array_equal(train_subset(train_idx, labels, 1.0, seed=0), train_idx)
+
+
+def test_crop_flip_returns_shifted_or_mirrored_windows():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6) + 1
+    out = crop_flip(x, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (CROP_PADDING,) * 4)
+    for b in range(2):
+        windows = [padded[b, :, dy : dy + 6, dx : dx + 6] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out[b], w) or torch.equal(out[b], w.flip(2)) for w in windows)
+
+
+def test_in_memory_loader_augments_only_with_a_seed():
+    digits = load_dataset({"name": "digits"})
+    loader = Loader(digits.train, np.arange(64), batch_size=64, device=CPU, augment="crop_flip")
+    ((plain, _),) = loader.epoch()
+    expected = torch.as_tensor(digits.train.images[:64], dtype=torch.float32) / 16.0
+    torch.testing.assert_close(plain, expected)
+    ((augmented, _),) = loader.epoch(seed=0)
+    assert augmented.shape == plain.shape and not torch.equal(
+        torch.sort(augmented.flatten())[0], torch.sort(plain.flatten())[0]
+    )

@@ -1,0 +1,74 @@
+"""The model registry: every name builds and trains a step on the CPU; sizes rise along each family."""
+
+import urllib.error
+
+import pytest
+import torch
+
+from resmem.config import ConfigError, validate
+from resmem.models import MODELS, build_model, count_parameters
+from resmem.train import lr_factor
+
+FAMILIES = {
+    "small_cnn width": [{"arch": "small_cnn", "width": w} for w in (1, 2, 4, 8, 32)],
+    "cifar_resnet depth": [{"arch": "cifar_resnet", "depth": d} for d in (8, 14, 20, 32)],
+    "cifar_resnet width": [{"arch": "cifar_resnet", "depth": 8, "width_multiplier": m} for m in (0.5, 1, 2)],
+    "torchvision": [{"arch": a} for a in ("resnet18", "resnet34", "resnet50")],
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_parameter_counts_rise_along_each_family(family):
+    sizes = [count_parameters(build_model(spec, 100, 3)) for spec in FAMILIES[family]]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+
+
+def test_cifar_resnet20_has_the_papers_size():
+    # He et al. 2016, Table 6: ResNet-20 has 0.27M parameters (on CIFAR-10; 100 classes add 5,850).
+    assert abs(count_parameters(build_model({"arch": "cifar_resnet", "depth": 20}, 10, 3)) - 0.27e6) < 0.01e6
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_every_model_builds_and_trains_one_step_on_cpu(arch):
+    torch.manual_seed(0)
+    model = build_model({"arch": arch}, num_classes=7, in_channels=3)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    features = model.features(x)
+    assert features.ndim == 2 and model(x).shape == (4, 7)
+    torch.testing.assert_close(model.head(features), model(x))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_depth_must_be_6n_plus_2():
+    config = {"experiments": {"x": {"models": {"r": {"arch": "cifar_resnet", "depth": 21}}}}}
+    with pytest.raises(ConfigError, match=r"experiments.x.models.r.depth: 21 is not 6n\+2"):
+        validate(config)
+
+
+def test_pretrained_weights_offline_say_where_to_put_the_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(ConfigError, match=r"pretrained weights for resnet18 .* are not in .*checkpoints/resnet18-"):
+        build_model({"arch": "resnet18", "pretrained": True}, 1000, 3)
+
+
+def test_learning_rate_schedules():
+    cfg = {"warmup_epochs": 2, "schedule": "cosine", "milestones": [0.5, 0.75], "gamma": 0.1}
+    total, per_epoch = 100, 10
+    assert lr_factor(0, total, cfg, per_epoch) == pytest.approx(1 / 20)
+    assert lr_factor(19, total, cfg, per_epoch) == pytest.approx(1.0)
+    assert lr_factor(20, total, cfg, per_epoch) == pytest.approx(1.0)
+    assert lr_factor(60, total, cfg, per_epoch) == pytest.approx(0.5)  # halfway through the cosine
+    assert lr_factor(99, total, cfg, per_epoch) < 0.001
+    step = {**cfg, "schedule": "step", "warmup_epochs": 0}
+    assert [lr_factor(s, total, step, per_epoch) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
