@@ -53,7 +53,7 @@ def estimate(path: str, tflops: float, tflops_small: float) -> list[str]:
         rate = tflops_small if size <= 64 else tflops
         hours = total / (rate * 1e12) / 3600
         lines.append(
-            f"{path} [{name}]: {runs} runs, {6 * runs + 2} jobs, {total / 1e15:,.0f} PFLOP, "
+            f"{path} [{name}]: {runs} runs, {total / 1e15:,.0f} PFLOP, "
             f"about {hours:,.0f} GPU hours at {rate:g} TFLOP/s sustained (estimate)"
         )
     return lines

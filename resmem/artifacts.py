@@ -20,4 +20,12 @@ SUMMARY_COLUMNS = (
     "resmem_test_acc",
     "gain",
 )
-FIGURES = ("accuracy_vs_size", "accuracy_vs_k", "gain_heatmap", "gain_vs_train_fraction")
+FIGURES = (
+    "accuracy_vs_size",
+    "accuracy_vs_k",
+    "gain_heatmap",
+    "gain_vs_train_fraction",
+    "sensitivity",
+    "gain_by_confidence",
+)
+CONFIDENCE_COLUMNS = ("bin_lo", "bin_hi", "count", "base_correct", "resmem_correct")

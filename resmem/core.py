@@ -72,21 +72,50 @@ def resmem_scores(
     query_logits: np.ndarray,
     dist: np.ndarray,
     idx: np.ndarray,
-    train_residuals: np.ndarray,
+    train_logits: np.ndarray,
+    train_labels: np.ndarray,
     sigma: float,
     temperature: float = 1.0,
 ) -> np.ndarray:
-    """softmax(z'/T) + Σ_j w_j r_j over all the neighbours given (Q×C). Slice dist/idx to [:, :k] for k."""
+    """softmax(z'/T) + Σ_j w_j r_j over all the neighbours given (Q×C). Slice dist/idx to [:, :k] for k.
+
+    Only the neighbours' residuals are computed (from their logits), so train_logits may be a memmap of a
+    datastore far larger than memory."""
     dist = np.asarray(dist, dtype=np.float64)
     idx = np.asarray(idx)
-    _check_neighbours(dist, idx, len(train_residuals))
+    _check_neighbours(dist, idx, len(train_labels))
     w = neighbour_weights(dist, sigma)
-    memory = np.einsum("qk,qkc->qc", w, train_residuals[idx])
+    memory = np.einsum("qk,qkc->qc", w, gathered_residuals(train_logits, train_labels, idx, temperature))
     return softmax(query_logits, temperature) + memory
 
 
-def resmem_predict(query_logits, dist, idx, train_residuals, sigma, temperature=1.0) -> np.ndarray:
-    return resmem_scores(query_logits, dist, idx, train_residuals, sigma, temperature).argmax(axis=1)
+def resmem_predict(
+    query_logits,
+    dist,
+    idx,
+    train_logits,
+    train_labels,
+    sigma,
+    temperature=1.0,
+    chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
+) -> np.ndarray:
+    """ResMem's class predictions, computed in chunks of queries so that memory stays bounded."""
+    chunk = max(1, int(chunk_bytes // (np.shape(idx)[1] * np.shape(query_logits)[1] * 8)))
+    return np.concatenate(
+        [
+            resmem_scores(
+                query_logits[i : i + chunk],
+                dist[i : i + chunk],
+                idx[i : i + chunk],
+                train_logits,
+                train_labels,
+                sigma,
+                temperature,
+            ).argmax(axis=1)
+            for i in range(0, len(query_logits), chunk)
+        ]
+        or [np.zeros(0, dtype=np.int64)]
+    )
 
 
 def sweep_correct(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from resmem.core import residuals, resmem_scores
+from resmem.core import resmem_scores
 from resmem.knn import build_index, search
 
 
@@ -24,12 +24,12 @@ class ResMem:
                 f"embeddings, logits and labels differ in length: {len(embeddings)}, {len(logits)}, {len(labels)}"
             )
         self.index_ = build_index(embeddings, normalize=self.normalize, device=self.device)
-        self.residuals_ = residuals(logits, labels, self.temperature)
+        self.logits_, self.labels_ = np.asarray(logits), np.asarray(labels)
         return self
 
     def scores(self, embeddings: np.ndarray, logits: np.ndarray, k: int, sigma: float) -> np.ndarray:
         dist, idx = search(self.index_, embeddings, k, normalize=self.normalize, device=self.device)
-        return resmem_scores(logits, dist, idx, self.residuals_, sigma, self.temperature)
+        return resmem_scores(logits, dist, idx, self.logits_, self.labels_, sigma, self.temperature)
 
     def predict(self, embeddings: np.ndarray, logits: np.ndarray, k: int, sigma: float) -> np.ndarray:
         return self.scores(embeddings, logits, k, sigma).argmax(axis=1)

@@ -14,6 +14,7 @@ from resmem.io import atomic_path  # noqa: E402
 
 SELECTION = "(k, σ, T) chosen by val accuracy"
 BASE_COLOR, RESMEM_COLOR = "#4C72B0", "#DD8452"
+MIN_BIN_COUNT = 10  # confidence bins with fewer test examples (pooled over seeds) are too noisy to draw
 
 
 def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
@@ -33,24 +34,66 @@ def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
     return stats.sort_values(["parameters", *by[1:]], kind="mergesort")
 
 
+TABLE_HEADER = ("model", "parameters", "train fraction", "train examples", "DeepNet", "ResMem", "gain")
+
+
+def _table_rows(summary: pd.DataFrame, pm: str) -> list[list[str]]:
+    """The summary table's cells per model × training fraction (accuracies in %, mean `pm` std over seeds)."""
+    rows = []
+    for (model, fraction), r in _per_model(summary, by=("model", "train_fraction")).iterrows():
+        rows.append(
+            [
+                model,
+                f"{int(r.parameters):,}",
+                f"{fraction:g}",
+                f"{int(r.train_examples):,}",
+                f"{100 * r.base_mean:.2f} {pm} {100 * r.base_std:.2f}",
+                f"{100 * r.resmem_mean:.2f} {pm} {100 * r.resmem_std:.2f}",
+                f"{100 * r.gain_mean:+.2f} {pm} {100 * r.gain_std:.2f}",
+            ]
+        )
+    return rows
+
+
+def _caption(summary: pd.DataFrame, experiment: str) -> str:
+    seeds = ", ".join(str(int(s)) for s in sorted(summary.seed.unique()))
+    return (
+        f"{experiment}: test accuracy (%) of the base network (DeepNet) and of ResMem, mean ± std over "
+        f"seeds {seeds}; ResMem at the {SELECTION} of each run."
+    )
+
+
 def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
-    stats = _per_model(summary, by=("model", "train_fraction"))
-    seeds = sorted(int(s) for s in summary.seed.unique())
     lines = [
         f"# {experiment}: ResMem vs the base network (DeepNet)",
         "",
-        f"Test accuracy in %, mean ± std over seeds {seeds}; ResMem at the {SELECTION} of each run.",
+        _caption(summary, experiment),
         "",
-        "| model | parameters | train fraction | train examples | DeepNet | ResMem | gain |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(TABLE_HEADER) + " |",
+        "|---|" + "---:|" * (len(TABLE_HEADER) - 1),
     ]
-    for (model, fraction), r in stats.iterrows():
-        lines.append(
-            f"| {model} | {int(r.parameters):,} | {fraction:g} | {int(r.train_examples):,} | "
-            f"{100 * r.base_mean:.2f} ± {100 * r.base_std:.2f} | "
-            f"{100 * r.resmem_mean:.2f} ± {100 * r.resmem_std:.2f} | "
-            f"{100 * r.gain_mean:+.2f} ± {100 * r.gain_std:.2f} |"
-        )
+    lines += ["| " + " | ".join(row) + " |" for row in _table_rows(summary, "±")]
+    return "\n".join(lines) + "\n"
+
+
+def summary_latex(summary: pd.DataFrame, experiment: str) -> str:
+    """A booktabs table for papers (\\usepackage{booktabs})."""
+
+    def escape(text: str) -> str:
+        return text.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("σ", r"$\sigma$")
+
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{escape(_caption(summary, experiment))}}}",
+        rf"\label{{tab:resmem-{experiment}}}",
+        r"\begin{tabular}{l" + "r" * (len(TABLE_HEADER) - 1) + "}",
+        r"\toprule",
+        " & ".join(escape(h) for h in TABLE_HEADER) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(escape(cell) for cell in row) + r" \\" for row in _table_rows(summary, "±")]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -222,11 +265,97 @@ def plot_gain_vs_train_fraction(summary: pd.DataFrame, experiment: str, png, pdf
     _save(fig, png, pdf)
 
 
-def plot_all(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, out: dict) -> None:
+def _selected_rows(summary: pd.DataFrame, sweeps: pd.DataFrame, fixed: tuple) -> pd.DataFrame:
+    """Sweep rows (val and test) that share each run's selected values of the `fixed` columns."""
+    chosen = summary[["model", "seed", *fixed]].rename(columns={c: f"chosen_{c}" for c in fixed})
+    rows = sweeps[sweeps.k > 0].merge(chosen, on=["model", "seed"])
+    for column in fixed:
+        rows = rows[np.isclose(rows[column], rows[f"chosen_{column}"])]
+    return rows
+
+
+def plot_sensitivity(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
+    """Accuracy vs k at each run's selected σ and T, and vs σ at its selected k and T, on val and test."""
+    models = _model_order(summary)
+    fig, axes = plt.subplots(len(models), 2, figsize=(8.0, 2.6 * len(models)), squeeze=False, constrained_layout=True)
+    base = sweeps[sweeps.k == 0].groupby(["model", "split"]).accuracy.mean()
+    for row, model in zip(axes, models, strict=True):
+        for ax, (swept, fixed) in zip(
+            row, (("k", ("sigma", "temperature")), ("sigma", ("k", "temperature"))), strict=True
+        ):
+            rows = _selected_rows(summary[summary.model == model], sweeps[sweeps.model == model], fixed)
+            for split, style in (("val", "--"), ("test", "-")):
+                line = rows[rows.split == split].groupby(swept).accuracy.mean()
+                ax.plot(line.index, 100 * line.values, style, marker=".", color=RESMEM_COLOR, label=f"ResMem, {split}")
+                ax.axhline(
+                    100 * base[(model, split)],
+                    linestyle=style,
+                    color=BASE_COLOR,
+                    linewidth=1,
+                    label=f"DeepNet, {split}",
+                )
+            ax.set_xscale("log", base=2 if swept == "k" else 10)
+            ax.set_xlabel({"k": "k (at the selected σ, T)", "sigma": "σ (at the selected k, T)"}[swept])
+            ax.set_ylabel(f"{model}\naccuracy (%)")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(
+        f"{experiment}: sensitivity of ResMem to k and σ, val and test (mean over "
+        f"{summary.seed.nunique()} seeds; the other parameters at each run's val-selected values)",
+        fontsize=10,
+    )
+    _save(fig, png, pdf)
+
+
+def plot_gain_by_confidence(summary: pd.DataFrame, confidences: pd.DataFrame, experiment: str, png, pdf) -> None:
+    """Where ResMem helps: test accuracy gain per bin of the base model's confidence (largest softmax
+    probability), pooled over seeds, and how many test examples fall in each bin."""
+    models = _model_order(summary)
+    pooled = confidences.groupby(["model", "bin_lo", "bin_hi"], as_index=False)[
+        ["count", "base_correct", "resmem_correct"]
+    ].sum()
+    pooled = pooled.assign(
+        center=(pooled.bin_lo + pooled.bin_hi) / 2,
+        gain=(pooled.resmem_correct - pooled.base_correct) / pooled["count"].where(pooled["count"] >= MIN_BIN_COUNT),
+    )
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(6.4, 6.0), sharex=True, height_ratios=(2, 1), constrained_layout=True
+    )
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(models)))
+    for model, color in zip(models, colors, strict=True):
+        part = pooled[pooled.model == model]
+        top.plot(part.center, 100 * part.gain, marker="o", color=color, label=model)
+        bottom.plot(part.center, part["count"] / part["count"].sum(), marker=".", color=color)
+    top.axhline(0, color="k", linewidth=0.8)
+    top.set_ylabel(f"ResMem − DeepNet test accuracy\n(points; bins of ≥ {MIN_BIN_COUNT} examples)")
+    bottom.set_ylabel("share of test examples")
+    bottom.set_xlabel("base model's confidence (largest softmax probability), bins of 0.1")
+    top.grid(True, alpha=0.3)
+    bottom.grid(True, alpha=0.3)
+    top.legend(fontsize=8)
+    top.set_title(
+        f"{experiment}: where ResMem helps, by the base model's confidence\n(pooled over "
+        f"{summary.seed.nunique()} seeds; ResMem at the {SELECTION})",
+        fontsize=10,
+    )
+    _save(fig, png, pdf)
+
+
+def plot_all(
+    summary: pd.DataFrame, sweeps: pd.DataFrame, confidences: pd.DataFrame, experiment: str, out: dict
+) -> None:
     """out maps '<figure>_png' and '<figure>_pdf' to paths for every name in artifacts.FIGURES. The figures
     over model size, k and σ use the largest training fraction; the last one spans all fractions."""
     largest = summary.train_fraction.max()
     full, full_sweeps = summary[summary.train_fraction == largest], sweeps[sweeps.train_fraction == largest]
+    plot_sensitivity(full, full_sweeps, experiment, out["sensitivity_png"], out["sensitivity_pdf"])
+    plot_gain_by_confidence(
+        full,
+        confidences[confidences.train_fraction == largest],
+        experiment,
+        out["gain_by_confidence_png"],
+        out["gain_by_confidence_pdf"],
+    )
     plot_accuracy_vs_size(full, experiment, out["accuracy_vs_size_png"], out["accuracy_vs_size_pdf"])
     plot_accuracy_vs_k(full, full_sweeps, experiment, out["accuracy_vs_k_png"], out["accuracy_vs_k_pdf"])
     plot_gain_heatmap(full, full_sweeps, experiment, out["gain_heatmap_png"], out["gain_heatmap_pdf"])

@@ -257,6 +257,42 @@ def sweep(embeddings_path, neighbours_path, out_path, ks, sigmas, temperatures, 
     io.write_csv(out_path, table)
 
 
+def confidence(embeddings_path, neighbours_path, selected_path, out_path, bins: int = 10) -> None:
+    """Where ResMem helps: test accuracy of the base model and of ResMem (at the selected k, σ, T) in
+    equal-width bins of the base model's confidence, its largest softmax probability."""
+    from resmem.core import resmem_predict, softmax
+
+    arrays = load_embeddings(embeddings_path)
+    found = io.load_npz(neighbours_path, ["test_dist", "test_idx"])
+    chosen = json.loads(Path(selected_path).read_text())
+    k = chosen["k"]
+    if found["test_idx"].shape[1] < k or len(found["test_idx"]) != len(arrays["test_y"]):
+        raise ArtifactError(f"{neighbours_path} does not match {embeddings_path} and {selected_path}; rerun")
+    labels, logits = arrays["test_y"], arrays["test_logits"]
+    resmem = resmem_predict(
+        logits,
+        found["test_dist"][:, :k],
+        found["test_idx"][:, :k],
+        arrays["train_logits"],
+        arrays["train_y"],
+        chosen["sigma"],
+        chosen["temperature"],
+    )
+    confidence_of = softmax(logits).max(axis=1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence_of, edges[1:-1]), 0, bins - 1)
+    table = pd.DataFrame(
+        {
+            "bin_lo": edges[:-1],
+            "bin_hi": edges[1:],
+            "count": np.bincount(which, minlength=bins),
+            "base_correct": np.bincount(which, weights=logits.argmax(1) == labels, minlength=bins).astype(int),
+            "resmem_correct": np.bincount(which, weights=resmem == labels, minlength=bins).astype(int),
+        }
+    )
+    io.write_csv(out_path, table)
+
+
 def select(sweep_path, out_path) -> None:
     from resmem.sweep import select as choose
 
@@ -270,7 +306,7 @@ def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_d
     paths selected, meta, sweep."""
     from resmem import report
 
-    rows, sweeps = [], []
+    rows, sweeps, confidences = [], [], []
     for run in runs:
         chosen = json.loads(Path(run["selected"]).read_text())
         meta = json.loads(Path(run["meta"]).read_text())
@@ -298,10 +334,18 @@ def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_d
             selected_temperature=chosen["temperature"],
         )
         sweeps.append(table)
+        confidences.append(
+            pd.read_csv(run["confidence"]).assign(
+                model=run["model"], seed=run["seed"], train_fraction=run["train_fraction"]
+            )
+        )
     summary = pd.DataFrame(rows)
     io.write_csv(out["summary_csv"], summary[list(SUMMARY_COLUMNS)])
     io.write_text(out["summary_md"], report.summary_markdown(summary, experiment))
-    report.plot_all(summary, pd.concat(sweeps, ignore_index=True), experiment, out)
+    io.write_text(out["summary_tex"], report.summary_latex(summary, experiment))
+    report.plot_all(
+        summary, pd.concat(sweeps, ignore_index=True), pd.concat(confidences, ignore_index=True), experiment, out
+    )
     io.write_json(
         out["provenance"],
         {

@@ -60,8 +60,8 @@ def test_predictions_match_brute_force_reference(problem, k, sigma, temperature)
     expected = reference_predict(
         p["train_emb"], p["train_logits"], p["train_y"], p["query_emb"], p["query_logits"], k, sigma, temperature
     )
-    res = residuals(p["train_logits"], p["train_y"], temperature)
-    got = resmem_predict(p["query_logits"], p["dist"][:, :k], p["idx"][:, :k], res, sigma, temperature)
+    train = (p["train_logits"], p["train_y"])
+    got = resmem_predict(p["query_logits"], p["dist"][:, :k], p["idx"][:, :k], *train, sigma, temperature)
     np.testing.assert_array_equal(got, expected)
 
 
@@ -79,8 +79,9 @@ def test_memorization_at_k1_returns_training_labels(problem):
     dist, idx = search(index, p["train_emb"], 1, device="cpu")
     np.testing.assert_array_equal(idx[:, 0], np.arange(len(p["train_y"])))
     for temperature in (0.1, 1.0, 10.0):
-        res = residuals(p["train_logits"], p["train_y"], temperature)
-        pred = resmem_predict(p["train_logits"], dist, idx, res, sigma=1.0, temperature=temperature)
+        pred = resmem_predict(
+            p["train_logits"], dist, idx, p["train_logits"], p["train_y"], sigma=1.0, temperature=temperature
+        )
         np.testing.assert_array_equal(pred, p["train_y"])
     base = p["train_logits"].argmax(1)
     assert (base != p["train_y"]).mean() > 0.2  # the base model alone does not memorize
@@ -88,10 +89,10 @@ def test_memorization_at_k1_returns_training_labels(problem):
 
 def test_tiny_sigma_gives_no_nan_and_follows_the_nearest_neighbour(problem):
     p = problem
-    res = residuals(p["train_logits"], p["train_y"], 1.0)
-    scores = resmem_scores(p["query_logits"], p["dist"][:, :16], p["idx"][:, :16], res, sigma=1e-12)
+    train = (p["train_logits"], p["train_y"])
+    scores = resmem_scores(p["query_logits"], p["dist"][:, :16], p["idx"][:, :16], *train, sigma=1e-12)
     assert np.isfinite(scores).all()
-    nearest = resmem_scores(p["query_logits"], p["dist"][:, :1], p["idx"][:, :1], res, sigma=1.0)
+    nearest = resmem_scores(p["query_logits"], p["dist"][:, :1], p["idx"][:, :1], *train, sigma=1.0)
     np.testing.assert_allclose(scores, nearest, atol=1e-9)
 
 
@@ -119,10 +120,10 @@ def test_sweep_equals_per_point_evaluation(problem):
     )
     assert correct.shape == (3, 5, 4)
     for t, temperature in enumerate(temps):
-        res = residuals(p["train_logits"], p["train_y"], temperature)
+        train = (p["train_logits"], p["train_y"])
         for i, k in enumerate(ks):
             for s, sigma in enumerate(sigmas):
-                pred = resmem_predict(p["query_logits"], p["dist"][:, :k], p["idx"][:, :k], res, sigma, temperature)
+                pred = resmem_predict(p["query_logits"], p["dist"][:, :k], p["idx"][:, :k], *train, sigma, temperature)
                 assert correct[t, i, s] == (pred == p["query_y"]).sum(), (temperature, k, sigma)
 
 
@@ -137,13 +138,13 @@ def test_resmem_improves_a_weak_base_model(problem):
 
 def test_bad_neighbours_are_rejected(problem):
     p = problem
-    res = residuals(p["train_logits"], p["train_y"])
+    train = (p["train_logits"], p["train_y"])
     with pytest.raises(ValueError, match="sorted ascending"):
-        resmem_scores(p["query_logits"], p["dist"][:, ::-1][:, :5], p["idx"][:, :5], res, 1.0)
+        resmem_scores(p["query_logits"], p["dist"][:, ::-1][:, :5], p["idx"][:, :5], *train, 1.0)
     bad_idx = p["idx"][:, :5].copy()
     bad_idx[0, 4] = -1
     with pytest.raises(ValueError, match="more neighbours than the datastore holds"):
-        resmem_scores(p["query_logits"], p["dist"][:, :5], bad_idx, res, 1.0)
+        resmem_scores(p["query_logits"], p["dist"][:, :5], bad_idx, *train, 1.0)
     with pytest.raises(ValueError, match="every k must lie in"):
         sweep_correct(
             p["train_logits"], p["train_y"], p["query_logits"], p["query_y"], p["dist"], p["idx"], [65], [1.0], [1.0]
@@ -173,3 +174,17 @@ def test_normalize_searches_on_the_unit_sphere(problem):
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(dist, ref_dist, atol=1e-5)
     assert dist.max() <= 2.0
+
+
+def test_residuals_are_onehot_minus_tempered_softmax(problem):
+    p = problem
+    res = residuals(p["train_logits"][:5], p["train_y"][:5], temperature=2.0)
+    expected = np.eye(5)[p["train_y"][:5]] - scipy_softmax(p["train_logits"][:5].astype(np.float64) / 2.0, axis=1)
+    np.testing.assert_allclose(res, expected, atol=1e-12)
+    np.testing.assert_allclose(res.sum(axis=1), 0.0, atol=1e-12)
+
+
+def test_chunked_prediction_equals_one_block(problem):
+    p = problem
+    args = (p["query_logits"], p["dist"][:, :8], p["idx"][:, :8], p["train_logits"], p["train_y"], 0.5, 1.0)
+    np.testing.assert_array_equal(resmem_predict(*args, chunk_bytes=8 * 5 * 8 * 3), resmem_predict(*args))

@@ -8,7 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from resmem.artifacts import EMBEDDING_KEYS, FIGURES, NEIGHBOUR_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS, SWEEP_COLUMNS
+from resmem.artifacts import (
+    CONFIDENCE_COLUMNS,
+    EMBEDDING_KEYS,
+    FIGURES,
+    NEIGHBOUR_KEYS,
+    SPLIT_KEYS,
+    SUMMARY_COLUMNS,
+    SWEEP_COLUMNS,
+)
 from resmem.sweep import select
 from tests.conftest import REPO, planned_jobs, snakemake, write_config
 
@@ -45,7 +53,7 @@ def test_run_artifacts(smoke_run, model):
                 assert len(emb[f"{s}_emb"]) == len(emb[f"{s}_logits"]) == len(split[f"{s}_idx"]) > 0
                 assert emb[f"{s}_emb"].dtype == np.float32 and emb[f"{s}_logits"].dtype == np.float32
                 assert emb[f"{s}_y"].dtype == np.int64
-        train_emb, val_emb = emb["train_emb"], emb["val_emb"]
+        train_emb, val_emb, test_rows = emb["train_emb"], emb["val_emb"], len(emb["test_y"])
 
     index = faiss.read_index(str(run / "index.faiss"))
     assert index.ntotal == len(train_emb)
@@ -70,6 +78,19 @@ def test_run_artifacts(smoke_run, model):
     for rule in ("train", "embed", "index", "neighbors", "sweep"):
         assert (run / "benchmarks" / f"{rule}.tsv").exists()
 
+    table = pd.read_csv(run / "confidence.csv")
+    assert list(table.columns) == list(CONFIDENCE_COLUMNS) and len(table) == 10
+    assert table["count"].sum() == test_rows
+    assert (table.base_correct <= table["count"]).all() and (table.resmem_correct <= table["count"]).all()
+    test_acc = sweep[
+        (sweep.split == "test")
+        & (sweep.k == chosen["k"])
+        & np.isclose(sweep.sigma, chosen["sigma"])
+        & np.isclose(sweep.temperature, chosen["temperature"])
+    ].accuracy.iloc[0]
+    assert table.resmem_correct.sum() / test_rows == pytest.approx(test_acc)  # agrees with the sweep
+    assert table.base_correct.sum() / test_rows == pytest.approx(chosen["base_test_accuracy"])
+
 
 def test_experiment_outputs(smoke_run):
     results = smoke_run["results"]
@@ -88,6 +109,8 @@ def test_experiment_outputs(smoke_run):
 
     markdown = (results / "summary.md").read_text()
     assert "| cnn_w1 |" in markdown and "±" in markdown
+    latex = (results / "summary.tex").read_text()
+    assert r"\begin{tabular}" in latex and r"cnn\_w4 & 450 & 0.5 &" in latex and r"\pm" in latex
 
     for figure in FIGURES:
         assert (results / "figures" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -109,13 +132,14 @@ def test_rerun_is_a_no_op(smoke_run):
 def test_changing_only_sigma_reruns_only_sweep_and_after(smoke_run, tmp_path):
     config = write_config(tmp_path / "sigma.yaml", lambda c: c["experiments"]["smoke"]["knn"].update(sigma=[0.5]))
     proc = snakemake(smoke_run["workdir"], "-n", configfile=config)
-    assert planned_jobs(proc.stdout) == {"sweep": 4, "select": 4, "aggregate": 1, "all": 1}
+    assert planned_jobs(proc.stdout) == {"sweep": 4, "select": 4, "confidence": 4, "aggregate": 1, "all": 1}
 
 
 def test_changing_the_largest_k_reruns_the_search_not_the_training(smoke_run, tmp_path):
     config = write_config(tmp_path / "k.yaml", lambda c: c["experiments"]["smoke"]["knn"].update(k=[1, 8]))
     proc = snakemake(smoke_run["workdir"], "-n", configfile=config)
-    assert planned_jobs(proc.stdout) == {"neighbors": 4, "sweep": 4, "select": 4, "aggregate": 1, "all": 1}
+    planned = {"neighbors": 4, "sweep": 4, "select": 4, "confidence": 4, "aggregate": 1, "all": 1}
+    assert planned_jobs(proc.stdout) == planned
 
 
 def test_a_truncated_artifact_fails_naming_the_file(smoke_run, tmp_path):
@@ -173,12 +197,17 @@ def test_imagefolder_study_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("name", ["cifar100", "imagenet"])
 def test_paper_configs_dry_run_offline(name, tmp_path):
-    """Every job of a paper config is planned without data, network or GPU."""
+    """Every job of a paper config is planned without data, network or GPU, and README says how many."""
+    import re
+
     import yaml
 
     config = yaml.safe_load((REPO / "config" / "paper" / f"{name}.yaml").read_text())
     experiment = config["experiments"][name]
     runs = len(experiment["models"]) * len(experiment["train_fractions"]) * len(experiment["seeds"])
     proc = snakemake(tmp_path, "-n", configfile=REPO / "config" / "paper" / f"{name}.yaml")
-    per_run = {rule: runs for rule in ("train", "embed", "index", "neighbors", "sweep", "select")}
-    assert planned_jobs(proc.stdout) == {"split": 1, **per_run, "aggregate": 1, "all": 1}
+    per_run = {rule: runs for rule in ("train", "embed", "index", "neighbors", "sweep", "select", "confidence")}
+    planned = planned_jobs(proc.stdout)
+    assert planned == {"split": 1, **per_run, "aggregate": 1, "all": 1}
+    readme = (REPO / "README.md").read_text()
+    assert re.search(rf"\| `config/paper/{name}.yaml` \| {sum(planned.values())} \|", readme)

@@ -3,6 +3,7 @@ rule aggregate:
         selected=run_files("selected.json"),
         meta=run_files("train_meta.json"),
         sweep=run_files("sweep.csv"),
+        confidence=run_files("confidence.csv"),
     output:
         **{
             f"{fig}_{ext}": f"results/{{experiment}}/figures/{fig}.{ext}"
@@ -11,6 +12,7 @@ rule aggregate:
         },
         summary_csv="results/{experiment}/summary.csv",
         summary_md="results/{experiment}/summary.md",
+        summary_tex="results/{experiment}/summary.tex",
         provenance="results/{experiment}/provenance.json",
     log:
         "results/{experiment}/logs/aggregate.log",

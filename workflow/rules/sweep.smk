@@ -38,3 +38,22 @@ rule select:
         runtime=5,
     script:
         "../scripts/select.py"
+
+
+rule confidence:
+    input:
+        embeddings="results/{experiment}/{model}/frac{fraction}/seed{seed}/embeddings.npz",
+        neighbors="results/{experiment}/{model}/frac{fraction}/seed{seed}/neighbors.npz",
+        selected="results/{experiment}/{model}/frac{fraction}/seed{seed}/selected.json",
+    output:
+        confidence="results/{experiment}/{model}/frac{fraction}/seed{seed}/confidence.csv",
+    log:
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/confidence.log",
+    conda:
+        "../../envs/resmem.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/confidence.py"

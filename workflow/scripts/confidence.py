@@ -1,0 +1,6 @@
+from resmem import stages
+from resmem.logs import job_log
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+with job_log(sm.log[0]):
+    stages.confidence(sm.input.embeddings, sm.input.neighbors, sm.input.selected, sm.output.confidence)
