@@ -31,15 +31,36 @@ def _to_gpu(index):
     return gpu_index
 
 
-def build_index(
-    train_embeddings: np.ndarray, normalize: bool = False, device: str = "auto", chunk_size: int = DEFAULT_QUERY_CHUNK
-):
-    """A flat L2 index over the training embeddings, returned on the CPU (ready for faiss.write_index).
+def default_nlist(n: int) -> int:
+    """faiss's rule of thumb for IVF lists: about 4·sqrt(N)."""
+    return max(1, int(4 * np.sqrt(n)))
 
-    Built on the GPU when faiss sees one and `device` allows; `log` says which."""
+
+def build_index(
+    train_embeddings: np.ndarray,
+    normalize: bool = False,
+    device: str = "auto",
+    chunk_size: int = DEFAULT_QUERY_CHUNK,
+    kind: str = "flat",
+    nlist: int | None = None,
+    seed: int = 0,
+):
+    """An L2 index over the training embeddings, returned on the CPU (ready for faiss.write_index).
+
+    kind "flat" is exact; "ivf" (IndexIVFFlat, for large datastores) clusters the vectors into `nlist` lists,
+    trained on a sample of at most 256 per list, and searches `nprobe` of them. Built on the GPU when faiss
+    sees one and `device` allows; `log` says which."""
     import faiss
 
-    index = faiss.IndexFlatL2(train_embeddings.shape[1])
+    n, dim = train_embeddings.shape
+    if kind == "ivf":
+        nlist = nlist or default_nlist(n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+        sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 256 * nlist), replace=False))
+        index.train(prepare(train_embeddings[sample], normalize))
+        log.info("IVF index: %d lists trained on %d vectors", nlist, len(sample))
+    else:
+        index = faiss.IndexFlatL2(dim)
     on_gpu = faiss_gpu_count(device) > 0
     log.info("building the index on the %s", "GPU" if on_gpu else "CPU")
     target = _to_gpu(index) if on_gpu else index
@@ -56,10 +77,16 @@ def search(
     device: str = "auto",
     chunk_size: int = DEFAULT_QUERY_CHUNK,
     progress=None,
+    nprobe: int = 16,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest training examples of every query: (Euclidean distances, indices), both Q×k, sorted."""
+    """The k nearest training examples of every query: (Euclidean distances, indices), both Q×k, sorted.
+    For an IVF index, `nprobe` lists are searched per query."""
     if k > index.ntotal:
         raise ValueError(f"k = {k} neighbours asked for, but the index holds only {index.ntotal} vectors")
+    import faiss
+
+    if isinstance(index, faiss.IndexIVF):
+        index.nprobe = nprobe
     if faiss_gpu_count(device):
         log.info("searching on the GPU")
         index = _to_gpu(index)
@@ -76,3 +103,29 @@ def search(
         if progress is not None:
             progress.update(stop - start)
     return dist, idx
+
+
+def exact_search(
+    train_embeddings: np.ndarray, queries: np.ndarray, k: int, normalize: bool = False, chunk_size: int = 262_144
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours by brute force over the datastore in chunks (it may be a memmap larger than
+    memory), merged in a heap: the reference that an approximate index's recall is measured against."""
+    import faiss
+
+    q = prepare(queries, normalize)
+    heap = faiss.ResultHeap(len(q), k)
+    for start in range(0, len(train_embeddings), chunk_size):
+        block = prepare(train_embeddings[start : start + chunk_size], normalize)
+        sq, idx = faiss.knn(q, block, min(k, len(block)))
+        if sq.shape[1] < k:  # a last block smaller than k: pad with empty results
+            sq = np.pad(sq, ((0, 0), (0, k - sq.shape[1])), constant_values=np.inf)
+            idx = np.pad(idx, ((0, 0), (0, k - idx.shape[1])), constant_values=-1)
+        heap.add_result(np.ascontiguousarray(sq), np.ascontiguousarray(np.where(idx >= 0, idx + start, -1)))
+    heap.finalize()
+    return np.sqrt(np.maximum(heap.D, 0.0)), heap.I
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each query's exact k neighbours that the index also returned."""
+    k = exact.shape[1]
+    return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(found, exact, strict=True)]))

@@ -185,27 +185,40 @@ def load_embeddings(path, split_path=None) -> dict[str, np.ndarray]:
     return arrays
 
 
-def index(embeddings_path, split_path, out_path, normalize: bool, device: str) -> None:
+def index(
+    embeddings_path, split_path, out_path, normalize: bool, device: str, kind: str = "flat", nlist: int | None = None
+) -> None:
     import faiss
 
     from resmem.knn import build_index
 
     train_emb = load_embeddings(embeddings_path, split_path)["train_emb"]
-    built = build_index(train_emb, normalize=normalize, device=device)
-    log.info("flat L2 index: %d vectors of dim %d", built.ntotal, built.d)
+    built = build_index(train_emb, normalize=normalize, device=device, kind=kind, nlist=nlist)
+    log.info("%s L2 index: %d vectors of dim %d", kind, built.ntotal, built.d)
     with io.atomic_path(out_path) as tmp:
         faiss.write_index(built, str(tmp))
 
 
 def neighbours(
-    index_path, embeddings_path, out_path, k_max: int, normalize: bool, device: str, query_chunk: int
+    index_path,
+    embeddings_path,
+    out_path,
+    report_path,
+    k_max: int,
+    normalize: bool,
+    device: str,
+    query_chunk: int,
+    nprobe: int = 16,
+    recall_sample: int = 1000,
 ) -> None:
+    """One search at k_max for val and test. The report records the index, the search speed and, for an
+    approximate (IVF) index, its recall@k_max against exact search on a sample of the queries."""
     import sys
 
     import faiss
     from tqdm import tqdm
 
-    from resmem.knn import search
+    from resmem.knn import exact_search, recall_at_k, search
 
     arrays = load_embeddings(embeddings_path)
     try:
@@ -223,6 +236,7 @@ def neighbours(
             f"config key knn.k: the largest k ({k_max}) exceeds the training split's {n_train} examples; lower it"
         )
     out = {}
+    start = time.perf_counter()
     for s in QUERY_SPLITS:
         with tqdm(total=len(arrays[f"{s}_emb"]), desc=f"search {s}", unit="query", file=sys.stderr) as bar:
             out[f"{s}_dist"], out[f"{s}_idx"] = search(
@@ -233,8 +247,31 @@ def neighbours(
                 device=device,
                 chunk_size=query_chunk,
                 progress=bar,
+                nprobe=nprobe,
             )
+    seconds = time.perf_counter() - start
+    queries = sum(len(arrays[f"{s}_emb"]) for s in QUERY_SPLITS)
+    approximate = isinstance(built, faiss.IndexIVF)
+    report = {
+        "index": type(built).__name__,
+        "ntotal": int(built.ntotal),
+        "dim": int(built.d),
+        "k_max": k_max,
+        "queries": queries,
+        "seconds": seconds,
+        "queries_per_second": queries / max(seconds, 1e-9),
+        "nlist": int(built.nlist) if approximate else None,
+        "nprobe": nprobe if approximate else None,
+        "recall_at_k_max": 1.0,
+        "recall_sample": 0,
+    }
+    if approximate:  # measure what the approximation costs, on a fixed sample of the test queries
+        sample = np.random.default_rng(0).permutation(len(arrays["test_emb"]))[:recall_sample]
+        _, exact = exact_search(arrays["train_emb"], arrays["test_emb"][np.sort(sample)], k_max, normalize)
+        report.update(recall_at_k_max=recall_at_k(out["test_idx"][np.sort(sample)], exact), recall_sample=len(sample))
+        log.info("IVF recall@%d on %d test queries: %.4f", k_max, len(sample), report["recall_at_k_max"])
     io.save_npz(out_path, **out)
+    io.write_json(report_path, report)
 
 
 def sweep(embeddings_path, neighbours_path, out_path, ks, sigmas, temperatures, sweep_chunk_mb: float) -> None:

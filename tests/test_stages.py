@@ -1,5 +1,7 @@
 """Stage functions without Snakemake: a truncated or mismatched artifact fails with a message naming the file."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +14,7 @@ from resmem.io import ArtifactError, atomic_path
 N = {"train": 40, "val": 12, "test": 10}
 
 
-def write_artifacts(tmp_path, rows=N, classes=3, dim=4):
+def write_artifacts(tmp_path, rows=N, classes=3, dim=4, split_rows=N):
     rng = np.random.default_rng(0)
     arrays = {}
     for split, n in rows.items():
@@ -20,12 +22,12 @@ def write_artifacts(tmp_path, rows=N, classes=3, dim=4):
         arrays[f"{split}_logits"] = rng.normal(size=(n, classes)).astype(np.float32)
         arrays[f"{split}_y"] = rng.integers(0, classes, n).astype(np.int64)
     io.save_npz(tmp_path / "embeddings.npz", **arrays)
-    offsets = np.cumsum([0, *N.values()])
+    offsets = np.cumsum([0, *split_rows.values()])
     io.save_npz(
         tmp_path / "split.npz",
         train_pool=np.int64(offsets[-1]),
         test_pool=np.int64(offsets[-1]),
-        **{f"{s}_idx": np.arange(a, b) for s, a, b in zip(N, offsets[:-1], offsets[1:], strict=True)},
+        **{f"{s}_idx": np.arange(a, b) for s, a, b in zip(split_rows, offsets[:-1], offsets[1:], strict=True)},
     )
     return tmp_path / "embeddings.npz", tmp_path / "split.npz"
 
@@ -34,7 +36,14 @@ def test_stages_chain_without_snakemake(tmp_path):
     emb, split = write_artifacts(tmp_path)
     stages.index(emb, split, tmp_path / "index.faiss", normalize=False, device="cpu")
     stages.neighbours(
-        tmp_path / "index.faiss", emb, tmp_path / "neighbors.npz", k_max=8, normalize=False, device="cpu", query_chunk=5
+        tmp_path / "index.faiss",
+        emb,
+        tmp_path / "neighbors.npz",
+        tmp_path / "search.json",
+        k_max=8,
+        normalize=False,
+        device="cpu",
+        query_chunk=5,
     )
     stages.sweep(
         emb,
@@ -87,7 +96,14 @@ def test_k_larger_than_the_datastore_names_the_config_key(tmp_path):
     stages.index(emb, split, tmp_path / "index.faiss", normalize=False, device="cpu")
     with pytest.raises(ConfigError, match=r"knn.k: the largest k \(41\) exceeds the training split's 40"):
         stages.neighbours(
-            tmp_path / "index.faiss", emb, tmp_path / "nb.npz", k_max=41, normalize=False, device="cpu", query_chunk=8
+            tmp_path / "index.faiss",
+            emb,
+            tmp_path / "nb.npz",
+            tmp_path / "nb.json",
+            k_max=41,
+            normalize=False,
+            device="cpu",
+            query_chunk=8,
         )
     assert not (tmp_path / "nb.npz").exists()
 
@@ -98,7 +114,14 @@ def test_index_of_other_embeddings_is_named(tmp_path):
     emb, _ = write_artifacts(tmp_path, rows={**N, "train": 30})
     with pytest.raises(ArtifactError, match=r"index.faiss holds 40 vectors but .*embeddings.npz has 30"):
         stages.neighbours(
-            tmp_path / "index.faiss", emb, tmp_path / "nb.npz", k_max=4, normalize=False, device="cpu", query_chunk=8
+            tmp_path / "index.faiss",
+            emb,
+            tmp_path / "nb.npz",
+            tmp_path / "nb.json",
+            k_max=4,
+            normalize=False,
+            device="cpu",
+            query_chunk=8,
         )
 
 
@@ -132,3 +155,43 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "finished result\n"  # the earlier result is not lost
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_ivf_index_reports_its_recall_against_exact_search(tmp_path):
+    rows = {"train": 400, "val": 30, "test": 60}
+    emb, split = write_artifacts(tmp_path, rows=rows, dim=8, split_rows=rows)
+    stages.index(emb, split, tmp_path / "ivf.faiss", normalize=False, device="cpu", kind="ivf", nlist=8)
+    reports = {}
+    for nprobe in (1, 8):
+        stages.neighbours(
+            tmp_path / "ivf.faiss",
+            emb,
+            tmp_path / f"nb{nprobe}.npz",
+            tmp_path / f"nb{nprobe}.json",
+            k_max=10,
+            normalize=False,
+            device="cpu",
+            query_chunk=16,
+            nprobe=nprobe,
+            recall_sample=50,
+        )
+        reports[nprobe] = json.loads((tmp_path / f"nb{nprobe}.json").read_text())
+    assert reports[8]["index"] == "IndexIVFFlat" and reports[8]["nlist"] == 8 and reports[8]["recall_sample"] == 50
+    assert reports[8]["recall_at_k_max"] == 1.0  # all lists probed: exact
+    assert reports[1]["recall_at_k_max"] < 1.0  # one list of eight: misses neighbours in the others
+    assert reports[1]["queries"] == 90 and reports[1]["queries_per_second"] > 0
+    # An exhaustive IVF search finds the same neighbours as the flat index.
+    stages.index(emb, split, tmp_path / "flat.faiss", normalize=False, device="cpu")
+    stages.neighbours(
+        tmp_path / "flat.faiss",
+        emb,
+        tmp_path / "flat.npz",
+        tmp_path / "flat.json",
+        k_max=10,
+        normalize=False,
+        device="cpu",
+        query_chunk=16,
+    )
+    with np.load(tmp_path / "flat.npz") as flat, np.load(tmp_path / "nb8.npz") as ivf:
+        np.testing.assert_array_equal(flat["test_idx"], ivf["test_idx"])
+    assert json.loads((tmp_path / "flat.json").read_text())["recall_at_k_max"] == 1.0

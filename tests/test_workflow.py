@@ -65,6 +65,10 @@ def test_run_artifacts(smoke_run, model):
         direct = np.linalg.norm(val_emb[:20] - train_emb[nb["val_idx"][:20, 0]], axis=1)
         np.testing.assert_allclose(nb["val_dist"][:20, 0], direct, rtol=1e-4, atol=1e-5)
 
+    report = json.loads((run / "search.json").read_text())
+    assert report["index"] == "IndexFlatL2" and report["ntotal"] == len(train_emb) and report["k_max"] == 4
+    assert report["recall_at_k_max"] == 1.0 and report["queries"] == len(val_emb) + test_rows
+
     sweep = pd.read_csv(run / "sweep.csv")
     assert list(sweep.columns) == list(SWEEP_COLUMNS)
     assert len(sweep) == 2 * (1 + 3 * 2 * 1)  # (val, test) × (base row + k × σ × T)

@@ -16,17 +16,20 @@ rule index:
         runtime=60,
     params:
         normalize=lambda w: experiment(w)["knn"]["normalize"],
+        kind=lambda w: experiment(w)["knn"]["index"],
+        nlist=lambda w: experiment(w)["knn"]["nlist"],
     script:
         "../scripts/index.py"
 
 
-# One search at the largest k serves the whole grid: only k_max and normalize are rerun triggers here.
+# One search at the largest k serves the whole grid: the sigma and temperature grids are no rerun triggers here.
 rule neighbors:
     input:
         index="results/{experiment}/{model}/frac{fraction}/seed{seed}/index.faiss",
         embeddings="results/{experiment}/{model}/frac{fraction}/seed{seed}/embeddings.npz",
     output:
         neighbors="results/{experiment}/{model}/frac{fraction}/seed{seed}/neighbors.npz",
+        report="results/{experiment}/{model}/frac{fraction}/seed{seed}/search.json",
     log:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/neighbors.log",
     benchmark:
@@ -41,5 +44,7 @@ rule neighbors:
         k_max=lambda w: max(experiment(w)["knn"]["k"]),
         normalize=lambda w: experiment(w)["knn"]["normalize"],
         query_chunk=lambda w: experiment(w)["knn"]["query_chunk"],
+        nprobe=lambda w: experiment(w)["knn"]["nprobe"],
+        recall_sample=lambda w: experiment(w)["knn"]["recall_sample"],
     script:
         "../scripts/neighbors.py"

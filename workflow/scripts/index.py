@@ -4,5 +4,11 @@ from resmem.logs import job_log
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]):
     stages.index(
-        sm.input.embeddings, sm.input.split, sm.output.index, normalize=sm.params.normalize, device=sm.config["device"]
+        sm.input.embeddings,
+        sm.input.split,
+        sm.output.index,
+        normalize=sm.params.normalize,
+        device=sm.config["device"],
+        kind=sm.params.kind,
+        nlist=sm.params.nlist,
     )

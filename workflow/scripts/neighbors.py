@@ -7,8 +7,11 @@ with job_log(sm.log[0]):
         sm.input.index,
         sm.input.embeddings,
         sm.output.neighbors,
+        sm.output.report,
         k_max=sm.params.k_max,
         normalize=sm.params.normalize,
         device=sm.config["device"],
         query_chunk=sm.params.query_chunk,
+        nprobe=sm.params.nprobe,
+        recall_sample=sm.params.recall_sample,
     )
