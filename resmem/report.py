@@ -260,6 +260,16 @@ def plot_gain_vs_train_fraction(summary: pd.DataFrame, experiment: str, png, pdf
         f"seeds; ResMem at the {SELECTION}",
         fontsize=10,
     )
+    if len(fractions) == 1:  # say so rather than leave a reader puzzling over one column of points
+        ax.text(
+            0.02,
+            0.97,
+            "one training fraction in this config:\nlist several in train_fractions for the study",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=8,
+            color="0.35",
+        )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, png, pdf)

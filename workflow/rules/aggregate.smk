@@ -16,6 +16,8 @@ rule aggregate:
         provenance="results/{experiment}/provenance.json",
     log:
         "results/{experiment}/logs/aggregate.log",
+    benchmark:
+        "results/{experiment}/benchmarks/aggregate.tsv"
     conda:
         "../../envs/resmem.yaml"
     threads: 1

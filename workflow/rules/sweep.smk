@@ -30,6 +30,8 @@ rule select:
         selected="results/{experiment}/{model}/frac{fraction}/seed{seed}/selected.json",
     log:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/select.log",
+    benchmark:
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/select.tsv"
     conda:
         "../../envs/resmem.yaml"
     threads: 1
@@ -49,6 +51,8 @@ rule confidence:
         confidence="results/{experiment}/{model}/frac{fraction}/seed{seed}/confidence.csv",
     log:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/confidence.log",
+    benchmark:
+        "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/confidence.tsv"
     conda:
         "../../envs/resmem.yaml"
     threads: 1
