@@ -5,6 +5,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+report: "workflow/report/workflow.rst"
+
+
 # A config file named on the command line replaces the offline default instead of merging into it.
 if not workflow.overwrite_configfiles:
 
@@ -18,6 +21,12 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/knn.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/aggregate.smk"
+
+
+# On a cluster, the summary and its figures are made where snakemake runs.
+localrules:
+    all,
+    aggregate,
 
 
 rule all:

@@ -215,3 +215,32 @@ def test_paper_configs_dry_run_offline(name, tmp_path):
     assert planned == {"split": 1, **per_run, "aggregate": 1, "all": 1}
     readme = (REPO / "README.md").read_text()
     assert re.search(rf"\| `config/paper/{name}.yaml` \| {sum(planned.values())} \|", readme)
+
+
+def test_report_holds_every_figure_with_its_caption(smoke_run):
+    proc = snakemake(smoke_run["workdir"], "--report", "results/report.html", configfile=smoke_run["config"])
+    assert "Report created" in proc.stdout + proc.stderr
+    html = (smoke_run["workdir"] / "results" / "report.html").read_text()
+    for figure in FIGURES:
+        assert f"{figure}.png" in html
+    assert "summary.csv" in html
+    # Captions are rendered with the run's own experiment, models and seeds, and state the selection rule.
+    assert "cnn_w1, cnn_w4" in html and "training fractions 0.5, 1.0" in html
+    assert "the best validation accuracy" in html
+
+
+def test_gpu_rules_request_a_gpu_unless_the_device_switch_says_cpu(smoke_run):
+    def gpu_requests(*extra):
+        proc = snakemake(smoke_run["workdir"], "-n", "--forcerun", "train", *extra, configfile=smoke_run["config"])
+        jobs, current = {}, None
+        for line in proc.stdout.splitlines():
+            if line.startswith(("rule ", "localrule ")):
+                current = line.split()[1].rstrip(":")
+            elif line.strip().startswith("resources:") and current:
+                jobs.setdefault(current, set()).add("gpu=1" in line)
+        return jobs
+
+    requests = gpu_requests()
+    assert requests["train"] == requests["embed"] == requests["index"] == requests["neighbors"] == {True}
+    assert requests["sweep"] == requests["aggregate"] == {False}
+    assert gpu_requests("--config", "device=cpu")["train"] == {False}

@@ -6,11 +6,23 @@ rule aggregate:
         confidence=run_files("confidence.csv"),
     output:
         **{
-            f"{fig}_{ext}": f"results/{{experiment}}/figures/{fig}.{ext}"
+            f"{fig}_png": report(
+                f"results/{{experiment}}/figures/{fig}.png",
+                caption=f"../report/{fig}.rst",
+                category="{experiment}",
+                subcategory="figures",
+                labels={"figure": fig},
+            )
             for fig in FIGURES
-            for ext in ("png", "pdf")
         },
-        summary_csv="results/{experiment}/summary.csv",
+        **{f"{fig}_pdf": f"results/{{experiment}}/figures/{fig}.pdf" for fig in FIGURES},
+        summary_csv=report(
+            "results/{experiment}/summary.csv",
+            caption="../report/summary.rst",
+            category="{experiment}",
+            subcategory="tables",
+            labels={"table": "summary (per run)"},
+        ),
         summary_md="results/{experiment}/summary.md",
         summary_tex="results/{experiment}/summary.tex",
         provenance="results/{experiment}/provenance.json",
@@ -22,7 +34,7 @@ rule aggregate:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=memory_mb(2000),
         runtime=10,
     params:
         runs=lambda w: runs(w.experiment),

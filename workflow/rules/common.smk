@@ -25,6 +25,16 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+def gpu_request(wildcards):
+    """GPU rules ask for one GPU (so that --resources gpu=N bounds them) unless the device switch says cpu."""
+    return 0 if config["device"] == "cpu" else 1
+
+
+def memory_mb(base):
+    """A rule's memory request, growing with each retry after a failure (profiles set `retries`)."""
+    return lambda wildcards, attempt: base * attempt
+
+
 def experiment(wildcards):
     return config["experiments"][wildcards.experiment]
 

@@ -9,7 +9,7 @@ rule split:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=memory_mb(1000),
         runtime=10,
     params:
         dataset=lambda w: experiment(w)["dataset"],

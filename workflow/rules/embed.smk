@@ -12,7 +12,8 @@ rule embed:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=memory_mb(4000),
+        gpu=gpu_request,
         runtime=60,
     params:
         dataset=lambda w: experiment(w)["dataset"],

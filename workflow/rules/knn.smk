@@ -12,7 +12,8 @@ rule index:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=memory_mb(4000),
+        gpu=gpu_request,
         runtime=60,
     params:
         normalize=lambda w: experiment(w)["knn"]["normalize"],
@@ -38,7 +39,8 @@ rule neighbors:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=memory_mb(4000),
+        gpu=gpu_request,
         runtime=60,
     params:
         k_max=lambda w: max(experiment(w)["knn"]["k"]),

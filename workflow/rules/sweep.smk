@@ -12,7 +12,8 @@ rule sweep:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=lambda w: 1000 + 2 * experiment(w)["knn"]["sweep_chunk_mb"],
+        mem_mb=lambda w, attempt: (1000 + 3 * experiment(w)["knn"]["sweep_chunk_mb"])
+        * attempt,
         runtime=60,
     params:
         k=lambda w: experiment(w)["knn"]["k"],
@@ -36,7 +37,7 @@ rule select:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=memory_mb(500),
         runtime=5,
     script:
         "../scripts/select.py"
@@ -57,7 +58,7 @@ rule confidence:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=memory_mb(2000),
         runtime=10,
     script:
         "../scripts/confidence.py"

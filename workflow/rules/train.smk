@@ -13,7 +13,8 @@ rule train:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=memory_mb(4000),
+        gpu=gpu_request,
         runtime=120,
     params:
         dataset=lambda w: experiment(w)["dataset"],

@@ -1,8 +1,9 @@
 from resmem import stages
+from resmem.device import claim_gpu
 from resmem.logs import job_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0]):
+with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
     stages.index(
         sm.input.embeddings,
         sm.input.split,

@@ -1,0 +1,63 @@
+"""The smoke workflow through a real SLURM controller (.ci/run starts a one-node cluster on localhost)."""
+
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, snakemake, write_config
+
+
+def slurm_is_up() -> bool:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return False
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return states.returncode == 0 and any(s in ("idle", "mixed") for s in states.stdout.split())
+
+
+pytestmark = pytest.mark.skipif(
+    not slurm_is_up(), reason="no SLURM controller with an idle node here; .ci/run starts one (.ci/local-slurm.sh)"
+)
+
+# No accounting database in the CI cluster: job status comes from squeue. The CI node has no GPU: device cpu.
+SLURM = [
+    "--profile",
+    str(REPO / "profiles" / "slurm"),
+    "--config",
+    "device=cpu",
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--slurm-no-account",
+    "--seconds-between-status-checks",
+    "2",
+]
+
+
+def test_smoke_through_slurm_equals_the_local_run(smoke_run, tmp_path):
+    proc = snakemake(tmp_path, *SLURM, configfile=smoke_run["config"])
+    assert "sbatch" in proc.stdout + proc.stderr or "SLURM" in proc.stdout + proc.stderr
+    results = tmp_path / "results" / "smoke"
+    pd.testing.assert_frame_equal(
+        pd.read_csv(results / "summary.csv"), pd.read_csv(smoke_run["results"] / "summary.csv")
+    )
+    for sweep in sorted(smoke_run["results"].glob("*/frac*/seed*/sweep.csv")):
+        relative = sweep.relative_to(smoke_run["results"])
+        pd.testing.assert_frame_equal(pd.read_csv(results / relative), pd.read_csv(sweep))
+
+
+def test_a_failing_slurm_job_is_retried_with_more_memory_then_fails_the_run_naming_its_log(tmp_path):
+    def broken(config):  # a dataset folder that does not exist: the first job (split) fails on the cluster
+        config["experiments"]["smoke"]["dataset"] = {"name": "imagefolder", "root": str(tmp_path / "missing")}
+
+    config = write_config(tmp_path / "broken.yaml", broken)
+    proc = snakemake(tmp_path, *SLURM, "--retries", "1", configfile=config, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    split_requests = [line for line in output.splitlines() if "resources:" in line and "mem_mb=" in line]
+    assert any("mem_mb=1000," in line for line in split_requests)  # first attempt
+    assert any("mem_mb=2000," in line for line in split_requests)  # the retry asks for twice as much
+    assert "Error in rule split" in output and "results/smoke/logs/split.log" in output
+    assert "dataset imagefolder:" in (tmp_path / "results" / "smoke" / "logs" / "split.log").read_text()
