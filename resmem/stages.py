@@ -43,23 +43,35 @@ def load_split(path, data: Dataset, dataset: dict, fraction: float) -> dict[str,
     return parts
 
 
-def _loaders(split_path, dataset: dict, fraction: float, batch_size: int, dev, train_cfg: dict | None = None):
-    """Loaders of the train (at the training fraction), val and test splits, and the dataset."""
+def _loaders(
+    split_path,
+    dataset: dict,
+    fraction: float,
+    batch_size: int,
+    dev,
+    num_workers: int,
+    channels_last: bool = False,
+    train_augment: str = "none",
+):
+    """Loaders of the train (at the training fraction, augmented with `train_augment`), val and test splits,
+    and the dataset."""
     from resmem.loader import Loader
 
     data = load_dataset(dataset)
     parts = load_split(split_path, data, dataset, fraction)
-    extra = (
-        {}
-        if train_cfg is None
-        else {"num_workers": train_cfg["num_workers"], "channels_last": train_cfg["channels_last"]}
-    )
     pools = {"train": data.train, "val": data.train, "test": data.test}
-    loaders = {s: Loader(pools[s], parts[f"{s}_idx"], batch_size, dev, **extra) for s in SPLITS}
-    if train_cfg is not None:
-        loaders["train"] = Loader(
-            data.train, parts["train_idx"], batch_size, dev, augment=train_cfg["augment"], **extra
+    loaders = {
+        s: Loader(
+            pools[s],
+            parts[f"{s}_idx"],
+            batch_size,
+            dev,
+            train_augment if s == "train" else "none",
+            num_workers,
+            channels_last,
         )
+        for s in SPLITS
+    }
     return loaders, data
 
 
@@ -86,7 +98,16 @@ def train(
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
-    loaders, data = _loaders(split_path, dataset, fraction, train_cfg["batch_size"], dev, train_cfg)
+    loaders, data = _loaders(
+        split_path,
+        dataset,
+        fraction,
+        train_cfg["batch_size"],
+        dev,
+        train_cfg["num_workers"],
+        train_cfg["channels_last"],
+        train_cfg["augment"],
+    )
     seed_everything(seed)
     model = build_model(model_spec, data.num_classes, data.train.channels)
     log.info(
@@ -132,6 +153,7 @@ def embed(
     amp: bool,
     device: str,
     threads: int,
+    num_workers: int = 0,
 ) -> None:
     """Features and logits of the datastore (the training examples the model saw) and of val and test,
     streamed to disk batch by batch."""
@@ -152,7 +174,7 @@ def embed(
         raise
     except Exception as exc:
         raise ArtifactError(f"{model_path}: cannot load the model ({exc}); delete it and rerun train") from exc
-    loaders, _ = _loaders(split_path, dataset, fraction, batch_size, dev)
+    loaders, _ = _loaders(split_path, dataset, fraction, batch_size, dev, num_workers)
 
     def blocks():
         for name, loader in loaders.items():

@@ -19,5 +19,6 @@ rule embed:
         dataset=lambda w: experiment(w)["dataset"],
         batch_size=lambda w: experiment(w)["embed"]["batch_size"],
         amp=lambda w: experiment(w)["train"]["amp"],
+        num_workers=lambda w: experiment(w)["train"]["num_workers"],
     script:
         "../scripts/embed.py"

@@ -14,4 +14,5 @@ with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
         amp=sm.params.amp,
         device=sm.config["device"],
         threads=sm.threads,
+        num_workers=sm.params.num_workers,
     )
