@@ -43,47 +43,37 @@ def save_npz(path, **arrays) -> None:
         np.savez(f, **arrays)
 
 
-def save_npz_streaming(path, blocks) -> None:
-    """Write an .npz whose arrays arrive in row blocks: `blocks` yields (key, array) pairs, and the blocks of
-    a key are concatenated in order.
+def save_npz_streaming(path, blocks, rows: dict[str, int]) -> None:
+    """Write an .npz whose arrays arrive in row blocks: `blocks` yields (key, array) pairs, the blocks of a key
+    in order, and `rows` gives each key's total row count.
 
-    Blocks go to temporary .npy files beside `path`, which np.savez copies into the zip in 16 MiB pieces
-    through memmaps, so memory stays bounded however large the arrays (an ImageNet datastore is ~10 GB)."""
+    Each array is filled block by block into a .npy memmap beside `path`, which np.savez then copies into the
+    zip in 16 MiB pieces, so memory stays bounded however large the arrays (an ImageNet datastore is ~10 GB)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts: dict[str, list] = {}
-    scratch = []
+    arrays: dict[str, np.ndarray] = {}
+    filled: dict[str, int] = {}
     try:
-        for key, array in blocks:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{key}.", suffix=".npy")
-            os.close(fd)
-            scratch.append(tmp)
-            np.save(tmp, array)
-            parts.setdefault(key, []).append(np.load(tmp, mmap_mode="r"))
+        for key, block in blocks:
+            if key not in arrays:
+                arrays[key] = np.lib.format.open_memmap(
+                    path.parent / f".{path.name}.{key}.npy",
+                    mode="w+",
+                    dtype=block.dtype,
+                    shape=(rows[key], *block.shape[1:]),
+                )
+                filled[key] = 0
+            arrays[key][filled[key] : filled[key] + len(block)] = block
+            filled[key] += len(block)
+        short = {k: (filled[k], rows[k]) for k in arrays if filled[k] != rows[k]}
+        if short:
+            raise ValueError(f"{path}: rows written vs expected {short}")
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **{k: _concat_memmaps(v, path, k) for k, v in parts.items()})
+            np.savez(f, **arrays)
     finally:
-        for tmp in scratch:
-            os.unlink(tmp)
-        for tmp in path.parent.glob(f".{path.name}.*.joined.npy"):
-            tmp.unlink()
-
-
-def _concat_memmaps(pieces: list, path: Path, key: str) -> np.ndarray:
-    if len(pieces) == 1:
-        return pieces[0]
-    rows = sum(len(p) for p in pieces)
-    joined = np.lib.format.open_memmap(
-        path.parent / f".{path.name}.{key}.joined.npy",
-        mode="w+",
-        dtype=pieces[0].dtype,
-        shape=(rows, *pieces[0].shape[1:]),
-    )
-    start = 0
-    for piece in pieces:
-        joined[start : start + len(piece)] = piece
-        start += len(piece)
-    return joined
+        arrays.clear()  # drop the memmaps before their files
+        for scratch in path.parent.glob(f".{path.name}.*.npy"):
+            scratch.unlink()
 
 
 def npz_memmap(path, key: str) -> np.ndarray:

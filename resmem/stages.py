@@ -184,7 +184,8 @@ def embed(
             yield f"{name}_y", loader.pool.labels.astype(np.int64)
             log.info("%s: %d examples embedded", name, len(loader))
 
-    io.save_npz_streaming(out_path, blocks())
+    rows = {f"{s}_{kind}": len(loader) for s, loader in loaders.items() for kind in ("emb", "logits", "y")}
+    io.save_npz_streaming(out_path, blocks(), rows)
 
 
 def load_embeddings(path, split_path=None) -> dict[str, np.ndarray]:

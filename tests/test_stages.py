@@ -195,3 +195,19 @@ def test_ivf_index_reports_its_recall_against_exact_search(tmp_path):
     with np.load(tmp_path / "flat.npz") as flat, np.load(tmp_path / "nb8.npz") as ivf:
         np.testing.assert_array_equal(flat["test_idx"], ivf["test_idx"])
     assert json.loads((tmp_path / "flat.json").read_text())["recall_at_k_max"] == 1.0
+
+
+def test_streamed_npz_equals_the_concatenated_blocks_and_maps_back(tmp_path):
+    rng = np.random.default_rng(0)
+    blocks = [rng.normal(size=(n, 5)).astype(np.float32) for n in (7, 3, 11)]
+    labels = np.arange(21)
+    pieces = [("emb", b) for b in blocks] + [("y", labels)]
+    io.save_npz_streaming(tmp_path / "e.npz", iter(pieces), rows={"emb": 21, "y": 21})
+    arrays = io.load_npz(tmp_path / "e.npz", ["emb", "y"], mmap=True)
+    assert isinstance(arrays["emb"], np.memmap)
+    np.testing.assert_array_equal(arrays["emb"], np.concatenate(blocks))
+    np.testing.assert_array_equal(arrays["y"], labels)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz"]  # no scratch files left
+    with pytest.raises(ValueError, match=r"rows written vs expected \{'emb': \(21, 22\)\}"):
+        io.save_npz_streaming(tmp_path / "f.npz", iter(pieces), rows={"emb": 22, "y": 21})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz"]
