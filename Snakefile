@@ -21,12 +21,14 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/knn.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/lm.smk"
 
 
 # On a cluster, the summary and its figures are made where snakemake runs.
 localrules:
     all,
     aggregate,
+    lm_aggregate,
 
 
 rule all:

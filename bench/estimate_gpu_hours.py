@@ -1,6 +1,7 @@
 """Estimate the GPU hours of a paper config from counted FLOPs (an estimate, not a measurement).
 
-    .venv/bin/python bench/estimate_gpu_hours.py config/paper/cifar100.yaml config/paper/imagenet.yaml
+    .venv/bin/python bench/estimate_gpu_hours.py config/paper/cifar100.yaml config/paper/imagenet.yaml \
+        config/paper/lm.yaml
 
 Training costs 3 forward passes' FLOPs per image and epoch (forward + backward), counted with
 torch.utils.flop_counter on one image of the dataset's size; embedding one forward pass per datastore, val and
@@ -8,6 +9,11 @@ test image; the neighbour search 2·d·N·Q. The sum is divided by an assumed su
 --tflops (default 100 TFLOP/s, about a third of an H100's dense bf16 peak, what ImageNet-size convnets with
 bf16 autocast and channels_last sustain) for images larger than 64 px, and --tflops-small (default 10 TFLOP/s)
 for 32×32 images, where narrow convolutions are bound by memory and kernel launches rather than arithmetic.
+
+Language models: forward FLOPs per token counted on one window of `context` tokens; training 3 forward passes
+per token and epoch over the train split's byte budget (byte tokens; a BPE tokenizer has about 4 bytes per
+token, so this overestimates), the datastore one forward pass per kept position and query, the search
+2·d·N·Q per datastore fraction (exact-search FLOPs: an upper bound for IVF-PQ), at --tflops.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from resmem.config import load
+from resmem.lm import build_lm
 from resmem.models import build_model
 
 # Images per pool of the real datasets (the config's split carves val from train).
@@ -59,6 +66,40 @@ def estimate(path: str, tflops: float, tflops_small: float) -> list[str]:
     return lines
 
 
+def lm_forward_flops_per_token(spec: dict, vocab_size: int, context: int) -> float:
+    model = build_lm(spec, vocab_size, context).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, context, dtype=torch.long))
+    return float(counter.get_total_flops()) / context
+
+
+def estimate_lm(path: str, tflops: float) -> list[str]:
+    config = load(path)
+    lines = []
+    for name, exp in config["lm_experiments"].items():
+        budget = exp["corpus"]["max_bytes"]
+        if any(budget[s] is None for s in ("train", "val", "test")):
+            lines.append(f"{path} [{name}]: set corpus.max_bytes for every split to estimate")
+            continue
+        n_train = budget["train"] // exp["datastore"]["stride"]
+        n_store = min(n_train, exp["datastore"]["max_tokens"] or n_train)
+        n_query = 2 * min(exp["eval_tokens"], budget["val"], budget["test"])
+        total, runs = 0.0, 0
+        for spec in exp["models"].values():
+            flops = lm_forward_flops_per_token(spec, 256, exp["context"])
+            per_seed = 3 * flops * budget["train"] * exp["train"]["epochs"]  # training
+            per_seed += flops * (n_store + n_query)  # datastore keys and query states
+            per_seed += sum(2 * spec["n_embd"] * f * n_store * n_query for f in exp["datastore"]["fractions"])
+            total += per_seed * len(exp["seeds"])
+            runs += len(exp["seeds"])
+        hours = total / (tflops * 1e12) / 3600
+        lines.append(
+            f"{path} [{name}]: {runs} models × seeds, {total / 1e15:,.0f} PFLOP, "
+            f"about {hours:,.0f} GPU hours at {tflops:g} TFLOP/s sustained (estimate)"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+")
@@ -66,7 +107,7 @@ def main() -> None:
     parser.add_argument("--tflops-small", type=float, default=10.0, help="assumed sustained TFLOP/s, 32x32 images")
     args = parser.parse_args()
     for path in args.configs:
-        print("\n".join(estimate(path, args.tflops, args.tflops_small)))
+        print("\n".join(estimate(path, args.tflops, args.tflops_small) + estimate_lm(path, args.tflops)))
 
 
 if __name__ == "__main__":

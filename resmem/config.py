@@ -67,8 +67,29 @@ def validate(config: dict, schema_path=SCHEMA) -> dict:
     return config
 
 
+# Top-level sections that hold named experiments, each kind with its own rules and outputs.
+EXPERIMENT_KINDS = ("experiments", "lm_experiments", "regression")
+
+
+def experiment_names(config: dict, kind: str) -> list[str]:
+    return list(config.get(kind) or {})
+
+
 def check_semantics(config: dict) -> None:
     """What a JSON schema cannot say."""
+    seen: dict[str, str] = {}
+    for kind in EXPERIMENT_KINDS:
+        for name in experiment_names(config, kind):
+            if name in seen:
+                raise ConfigError(
+                    f"invalid config at {kind}.{name}: the name is also used in {seen[name]}; "
+                    "every experiment needs its own name (it becomes results/<name>/)"
+                )
+            seen[name] = kind
+    if not seen:
+        raise ConfigError(
+            f"invalid config at <top level>: no experiment; name at least one under {', '.join(EXPERIMENT_KINDS)}"
+        )
     for name, experiment in config["experiments"].items():
         for model, spec in experiment["models"].items():
             depth = spec.get("depth")
@@ -77,6 +98,30 @@ def check_semantics(config: dict) -> None:
                     f"invalid config at experiments.{name}.models.{model}.depth: {depth} is not 6n+2; "
                     "use 8, 14, 20, 32, 44, 56 or 110"
                 )
+    for name, experiment in (config.get("lm_experiments") or {}).items():
+        _check_lm(f"lm_experiments.{name}", experiment)
+
+
+def _check_lm(at: str, experiment: dict) -> None:
+    corpus, knn = experiment["corpus"], experiment["knn"]
+    if corpus["name"] == "text" and not corpus["path"]:
+        raise ConfigError(f"invalid config at {at}.corpus.path: the text corpus needs a file or folder; set path")
+    if corpus["tokenizer"] == "bpe" and not corpus["tokenizer_file"]:
+        raise ConfigError(
+            f"invalid config at {at}.corpus.tokenizer_file: the bpe tokenizer needs a tokenizers JSON file; set it "
+            "or use tokenizer: bytes"
+        )
+    for model, spec in experiment["models"].items():
+        if spec["n_embd"] % spec["n_head"]:
+            raise ConfigError(
+                f"invalid config at {at}.models.{model}.n_head: {spec['n_head']} heads do not divide "
+                f"n_embd = {spec['n_embd']}"
+            )
+        if knn["index"] == "ivfpq" and spec["n_embd"] % knn["pq_m"]:
+            raise ConfigError(
+                f"invalid config at {at}.knn.pq_m: {knn['pq_m']} codes do not divide the key dimension "
+                f"n_embd = {spec['n_embd']} of model {model}"
+            )
 
 
 def _deepest(error):

@@ -118,6 +118,53 @@ def resmem_predict(
     )
 
 
+def kernel_prefix_means(
+    dist: np.ndarray,
+    idx: np.ndarray,
+    ks,
+    sigmas,
+    neighbour_vectors,
+    width: int,
+    chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
+    progress=None,
+):
+    """Kernel-weighted means Σ_{j<k} w_j v_j of the neighbours' vectors for every k in `ks` and every σ at once,
+    from one neighbour search at k_max (w normalized over each k-prefix, as in `neighbour_weights`).
+
+    Yields (start, stop, i, mean): the queries start:stop, the position i of k in `ks`, and mean shaped
+    (queries, len(sigmas), width). `neighbour_vectors(rows)` returns the vectors of training rows (any shape)
+    shaped rows.shape + (width,): ResMem's residuals, kNN-LM's one-hot next tokens.
+
+    Neighbours are sorted, so the prefix sums grow segment by segment between consecutive grid values of k:
+    each segment is one batched matmul (Q, S, L) @ (Q, L, width) that serves every σ. Queries are processed in
+    chunks and vectors are gathered one segment at a time, so that no block exceeds `chunk_bytes`
+    (chunk × k_max × width float64) whatever the number of queries, and no N×width matrix is ever held.
+    """
+    ks = np.asarray(ks, dtype=np.int64)
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    order = np.argsort(ks, kind="stable")
+    k_sorted = ks[order]
+    k_max = int(k_sorted[-1])
+    if k_sorted[0] < 1 or k_max > dist.shape[1]:
+        raise ValueError(f"every k must lie in [1, {dist.shape[1]}] (neighbours searched); got {ks.tolist()}")
+    dist = np.asarray(dist)[:, :k_max]
+    idx = np.asarray(idx)[:, :k_max]
+    chunk = max(1, int(chunk_bytes // (k_max * width * 8)))
+    bounds = np.concatenate([[0], k_sorted])
+    for start in range(0, len(dist), chunk):
+        stop = min(start + chunk, len(dist))
+        u = _unnormalized_weights(dist[start:stop].astype(np.float64), sigmas)  # (Q, S, k_max)
+        total = np.zeros((stop - start, len(sigmas), width))
+        norm = np.zeros((stop - start, len(sigmas), 1))
+        for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            if hi > lo:
+                total += u[:, :, lo:hi] @ neighbour_vectors(idx[start:stop, lo:hi])  # (Q, S, L) @ (Q, L, width)
+                norm += u[:, :, lo:hi].sum(axis=2, keepdims=True)
+            yield start, stop, int(order[j]), total / norm
+        if progress is not None:
+            progress.update(stop - start)
+
+
 def sweep_correct(
     train_logits: np.ndarray,
     train_labels: np.ndarray,
@@ -133,45 +180,26 @@ def sweep_correct(
 ) -> np.ndarray:
     """Number of correct ResMem predictions for every (T, k, σ) from one neighbour search at k_max.
 
-    Returns an int64 array of shape (len(temperatures), len(ks), len(sigmas)), in the order given.
-    Neighbours are sorted, so the k-prefix sums Σ_{j<k} u_j r_j grow segment by segment between
-    consecutive grid values of k: each segment is one batched matmul (Q, S, L) @ (Q, L, C) that serves
-    every σ at once. Queries are processed in chunks, and the neighbours' residuals are computed from their
-    gathered logits one segment at a time, so that no block exceeds `chunk_bytes` (chunk × k_max × C
-    float64) whatever the number of queries, and no N×C residual matrix is held (train_logits may be a
-    memmap of an ImageNet-size datastore).
+    Returns an int64 array of shape (len(temperatures), len(ks), len(sigmas)), in the order given. The
+    neighbours' residuals are computed from their gathered logits segment by segment (see
+    `kernel_prefix_means`), so train_logits may be a memmap of an ImageNet-size datastore, or any object that
+    computes the logits of the rows it is indexed with (`resmem.tokens.KeyLogits`).
     """
-    ks = np.asarray(ks, dtype=np.int64)
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    order = np.argsort(ks, kind="stable")
-    k_sorted = ks[order]
-    k_max = int(k_sorted[-1])
-    if k_sorted[0] < 1 or k_max > dist.shape[1]:
-        raise ValueError(f"every k must lie in [1, {dist.shape[1]}] (neighbours searched); got {ks.tolist()}")
-    dist = np.asarray(dist)[:, :k_max]
-    idx = np.asarray(idx)[:, :k_max]
-    _check_neighbours(dist, idx, len(train_labels))
+    _check_neighbours(np.asarray(dist), np.asarray(idx), len(train_labels))
     query_labels = np.asarray(query_labels)
-    n_query, n_classes = np.shape(query_logits)
-    chunk = max(1, int(chunk_bytes // (k_max * n_classes * 8)))
-    bounds = np.concatenate([[0], k_sorted])
-
+    n_classes = np.shape(query_logits)[1]
     correct = np.zeros((len(temperatures), len(ks), len(sigmas)), dtype=np.int64)
     for t, temperature in enumerate(temperatures):
-        for start in range(0, n_query, chunk):
-            stop = min(start + chunk, n_query)
-            u = _unnormalized_weights(dist[start:stop].astype(np.float64), sigmas)  # (Q, S, k_max)
-            base = softmax(query_logits[start:stop], temperature)[:, None, :]
-            y = query_labels[start:stop, None]
-            memory = np.zeros((stop - start, len(sigmas), n_classes))
-            norm = np.zeros((stop - start, len(sigmas), 1))
-            for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-                if hi > lo:
-                    block = gathered_residuals(train_logits, train_labels, idx[start:stop, lo:hi], temperature)
-                    memory += u[:, :, lo:hi] @ block  # (Q, S, L) @ (Q, L, C)
-                    norm += u[:, :, lo:hi].sum(axis=2, keepdims=True)
-                pred = (base + memory / norm).argmax(axis=2)  # (Q, S)
-                correct[t, order[j]] += (pred == y).sum(axis=0)
-            if progress is not None:
-                progress.update(stop - start)
+
+        def residuals_of(rows, temperature=temperature):
+            return gathered_residuals(train_logits, train_labels, rows, temperature)
+
+        base_start = None
+        for start, stop, i, memory in kernel_prefix_means(
+            dist, idx, ks, sigmas, residuals_of, n_classes, chunk_bytes, progress
+        ):
+            if start != base_start:  # the base probabilities of a query chunk serve every k
+                base, base_start = softmax(query_logits[start:stop], temperature)[:, None, :], start
+            pred = (base + memory).argmax(axis=2)  # (Q, S)
+            correct[t, i] += (pred == query_labels[start:stop, None]).sum(axis=0)
     return correct

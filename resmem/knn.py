@@ -44,21 +44,30 @@ def build_index(
     kind: str = "flat",
     nlist: int | None = None,
     seed: int = 0,
+    pq_m: int = 8,
+    pq_bits: int = 8,
 ):
     """An L2 index over the training embeddings, returned on the CPU (ready for faiss.write_index).
 
     kind "flat" is exact; "ivf" (IndexIVFFlat, for large datastores) clusters the vectors into `nlist` lists,
-    trained on a sample of at most 256 per list, and searches `nprobe` of them. Built on the GPU when faiss
-    sees one and `device` allows; `log` says which."""
+    trained on a sample of at most 256 per list, and searches `nprobe` of them; "ivfpq" (IndexIVFPQ, kNN-LM's
+    choice for 100M-entry stores) also compresses each vector to `pq_m` codes of `pq_bits` bits, so its
+    distances are approximate (see `exact_distances`). Built on the GPU when faiss sees one and `device`
+    allows; `log` says which."""
     import faiss
 
     n, dim = train_embeddings.shape
-    if kind == "ivf":
+    if kind in ("ivf", "ivfpq"):
         nlist = nlist or default_nlist(n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+        elif dim % pq_m:
+            raise ValueError(f"pq_m = {pq_m} must divide the key dimension {dim}")
+        else:
+            index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, pq_m, pq_bits)
         sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 256 * nlist), replace=False))
         index.train(prepare(train_embeddings[sample], normalize))
-        log.info("IVF index: %d lists trained on %d vectors", nlist, len(sample))
+        log.info("%s index: %d lists trained on %d vectors", kind, nlist, len(sample))
     else:
         index = faiss.IndexFlatL2(dim)
     on_gpu = faiss_gpu_count(device) > 0
@@ -103,6 +112,18 @@ def search(
         if progress is not None:
             progress.update(stop - start)
     return dist, idx
+
+
+def exact_distances(
+    train_embeddings: np.ndarray, queries: np.ndarray, idx: np.ndarray, normalize: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Euclidean distances to neighbours that an approximate (PQ) index found, rows re-sorted by them:
+    (distances, indices). Costs Q×k×d, nothing next to the search."""
+    q = prepare(queries, normalize)
+    neighbours = prepare(train_embeddings[idx.ravel()], normalize).reshape(*idx.shape, -1)
+    dist = np.sqrt(((neighbours - q[:, None, :]) ** 2).sum(axis=2))
+    order = np.argsort(dist, axis=1, kind="stable")
+    return np.take_along_axis(dist, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
 def exact_search(

@@ -94,7 +94,6 @@ def train(
     from resmem.device import torch_device
     from resmem.models import build_model, count_parameters
     from resmem.train import seed_everything
-    from resmem.train import train as fit
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
@@ -118,23 +117,37 @@ def train(
         fraction,
         dev,
     )
-    checkpoint = Path(model_path).with_name("train_checkpoint.pt")  # not an output: survives a killed job
-    start = time.perf_counter()
-    history = fit(model, loaders["train"], loaders["val"], train_cfg, seed, dev, checkpoint)
     meta = {
-        "parameters": count_parameters(model),
-        "device": str(dev),
         "num_classes": data.num_classes,
         "in_channels": data.train.channels,
         "model": model_spec,
-        "train": train_cfg,
-        "seed": seed,
         "train_fraction": fraction,
         "train_examples": len(loaders["train"]),
+        "config": config,
+    }
+    fit_and_save(model, loaders["train"], loaders["val"], train_cfg, seed, dev, model_path, log_path, meta_path, meta)
+
+
+def fit_and_save(model, train_loader, val_loader, train_cfg, seed, dev, model_path, log_path, meta_path, meta) -> None:
+    """Train (resuming from the checkpoint beside `model_path`), then write the model with its metadata, the
+    per-epoch log and the metadata as JSON: parameters, device, recipe, seed, time, versions and `meta`."""
+    import torch
+
+    from resmem.models import count_parameters
+    from resmem.train import train as fit
+
+    checkpoint = Path(model_path).with_name("train_checkpoint.pt")  # not an output: survives a killed job
+    start = time.perf_counter()
+    history = fit(model, train_loader, val_loader, train_cfg, seed, dev, checkpoint)
+    meta = {
+        "parameters": count_parameters(model),
+        "device": str(dev),
+        "train": train_cfg,
+        "seed": seed,
         "seconds": time.perf_counter() - start,
         "final": history[-1],
         "versions": io.package_versions(),
-        "config": config,
+        **meta,
     }
     with io.atomic_path(model_path) as tmp:
         torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
@@ -209,17 +222,93 @@ def load_embeddings(path, split_path=None) -> dict[str, np.ndarray]:
 
 
 def index(
-    embeddings_path, split_path, out_path, normalize: bool, device: str, kind: str = "flat", nlist: int | None = None
+    embeddings_path,
+    split_path,
+    out_path,
+    normalize: bool,
+    device: str,
+    kind: str = "flat",
+    nlist: int | None = None,
+    pq_m: int = 8,
+    pq_bits: int = 8,
 ) -> None:
     import faiss
 
     from resmem.knn import build_index
 
     train_emb = load_embeddings(embeddings_path, split_path)["train_emb"]
-    built = build_index(train_emb, normalize=normalize, device=device, kind=kind, nlist=nlist)
+    built = build_index(train_emb, normalize, device, kind=kind, nlist=nlist, pq_m=pq_m, pq_bits=pq_bits)
     log.info("%s L2 index: %d vectors of dim %d", kind, built.ntotal, built.d)
     with io.atomic_path(out_path) as tmp:
         faiss.write_index(built, str(tmp))
+
+
+def read_index(index_path, datastore_path, n_train: int):
+    """A faiss index file, checked to hold the datastore's `n_train` vectors."""
+    import faiss
+
+    try:
+        built = faiss.read_index(str(index_path))
+    except RuntimeError as exc:
+        raise ArtifactError(f"{index_path}: cannot be read ({exc}); delete it and rerun index") from exc
+    if built.ntotal != n_train:
+        raise ArtifactError(
+            f"{index_path} holds {built.ntotal} vectors but {datastore_path} has {n_train} "
+            "training rows; delete the index and rerun"
+        )
+    return built
+
+
+def search_splits(
+    built, train, queries: dict, k_max: int, normalize: bool, device: str, query_chunk: int, nprobe: int,
+    recall_sample: int,
+) -> tuple[dict, dict]:  # fmt: skip
+    """One search at k_max for each query split ({split: vectors}) → ({<split>_dist, <split>_idx}, report).
+
+    The report records the index, the search speed and, for an approximate index, its recall@k_max against
+    exact search over `train` on a fixed sample of the test queries. A PQ index's distances are replaced by
+    exact ones (and rows re-sorted by them), so the kernel weights never see quantization error."""
+    import sys
+
+    import faiss
+    from tqdm import tqdm
+
+    from resmem.knn import exact_distances, exact_search, recall_at_k, search
+
+    out = {}
+    start = time.perf_counter()
+    for s, vectors in queries.items():
+        with tqdm(total=len(vectors), desc=f"search {s}", unit="query", file=sys.stderr) as bar:
+            dist, idx = search(
+                built, vectors, k_max, normalize=normalize, device=device, chunk_size=query_chunk, progress=bar,
+                nprobe=nprobe,
+            )  # fmt: skip
+        if isinstance(built, faiss.IndexIVFPQ):
+            dist, idx = exact_distances(train, vectors, idx, normalize)
+        out[f"{s}_dist"], out[f"{s}_idx"] = dist, idx
+    seconds = time.perf_counter() - start
+    n_queries = sum(len(v) for v in queries.values())
+    approximate = isinstance(built, faiss.IndexIVF)
+    report = {
+        "index": type(built).__name__,
+        "ntotal": int(built.ntotal),
+        "dim": int(built.d),
+        "k_max": k_max,
+        "queries": n_queries,
+        "seconds": seconds,
+        "queries_per_second": n_queries / max(seconds, 1e-9),
+        "nlist": int(built.nlist) if approximate else None,
+        "nprobe": nprobe if approximate else None,
+        "recall_at_k_max": 1.0,
+        "recall_sample": 0,
+    }
+    if approximate:  # measure what the approximation costs, on a fixed sample of the test queries
+        test = queries["test"]
+        sample = np.sort(np.random.default_rng(0).permutation(len(test))[:recall_sample])
+        _, exact = exact_search(train, test[sample], k_max, normalize)
+        report.update(recall_at_k_max=recall_at_k(out["test_idx"][sample], exact), recall_sample=len(sample))
+        log.info("recall@%d on %d test queries: %.4f", k_max, len(sample), report["recall_at_k_max"])
+    return out, report
 
 
 def neighbours(
@@ -234,65 +323,18 @@ def neighbours(
     nprobe: int = 16,
     recall_sample: int = 1000,
 ) -> None:
-    """One search at k_max for val and test. The report records the index, the search speed and, for an
-    approximate (IVF) index, its recall@k_max against exact search on a sample of the queries."""
-    import sys
-
-    import faiss
-    from tqdm import tqdm
-
-    from resmem.knn import exact_search, recall_at_k, search
-
+    """One search at k_max for val and test (see `search_splits`)."""
     arrays = load_embeddings(embeddings_path)
-    try:
-        built = faiss.read_index(str(index_path))
-    except RuntimeError as exc:
-        raise ArtifactError(f"{index_path}: cannot be read ({exc}); delete it and rerun index") from exc
     n_train = len(arrays["train_y"])
-    if built.ntotal != n_train:
-        raise ArtifactError(
-            f"{index_path} holds {built.ntotal} vectors but {embeddings_path} has {n_train} "
-            "training rows; delete the index and rerun"
-        )
+    built = read_index(index_path, embeddings_path, n_train)
     if k_max > n_train:
         raise ConfigError(
             f"config key knn.k: the largest k ({k_max}) exceeds the training split's {n_train} examples; lower it"
         )
-    out = {}
-    start = time.perf_counter()
-    for s in QUERY_SPLITS:
-        with tqdm(total=len(arrays[f"{s}_emb"]), desc=f"search {s}", unit="query", file=sys.stderr) as bar:
-            out[f"{s}_dist"], out[f"{s}_idx"] = search(
-                built,
-                arrays[f"{s}_emb"],
-                k_max,
-                normalize=normalize,
-                device=device,
-                chunk_size=query_chunk,
-                progress=bar,
-                nprobe=nprobe,
-            )
-    seconds = time.perf_counter() - start
-    queries = sum(len(arrays[f"{s}_emb"]) for s in QUERY_SPLITS)
-    approximate = isinstance(built, faiss.IndexIVF)
-    report = {
-        "index": type(built).__name__,
-        "ntotal": int(built.ntotal),
-        "dim": int(built.d),
-        "k_max": k_max,
-        "queries": queries,
-        "seconds": seconds,
-        "queries_per_second": queries / max(seconds, 1e-9),
-        "nlist": int(built.nlist) if approximate else None,
-        "nprobe": nprobe if approximate else None,
-        "recall_at_k_max": 1.0,
-        "recall_sample": 0,
-    }
-    if approximate:  # measure what the approximation costs, on a fixed sample of the test queries
-        sample = np.random.default_rng(0).permutation(len(arrays["test_emb"]))[:recall_sample]
-        _, exact = exact_search(arrays["train_emb"], arrays["test_emb"][np.sort(sample)], k_max, normalize)
-        report.update(recall_at_k_max=recall_at_k(out["test_idx"][np.sort(sample)], exact), recall_sample=len(sample))
-        log.info("IVF recall@%d on %d test queries: %.4f", k_max, len(sample), report["recall_at_k_max"])
+    queries = {s: arrays[f"{s}_emb"] for s in QUERY_SPLITS}
+    out, report = search_splits(
+        built, arrays["train_emb"], queries, k_max, normalize, device, query_chunk, nprobe, recall_sample
+    )
     io.save_npz(out_path, **out)
     io.write_json(report_path, report)
 

@@ -57,27 +57,30 @@ def sweep_table(embeddings: dict, neighbours: dict, ks, sigmas, temperatures, ch
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 
-def select(sweep: pd.DataFrame) -> dict:
-    """The (k, σ, T) with the best val accuracy, and the test accuracy there.
+def select(sweep: pd.DataFrame, third: str = "temperature", metric: str = "accuracy", higher_is_better=True) -> dict:
+    """The (k, σ, `third`) with the best val `metric`, and the test value there. `third` is the grid's third
+    parameter: ResMem's temperature T, kNN-LM's interpolation weight λ.
 
-    Ties go to the smaller k (less memory), then the larger σ (smoother weights), then the smaller T."""
+    Ties go to the smaller k (less memory), then the larger σ (smoother weights), then the smaller `third`.
+    Base-model rows have k = 0; gain = test value − base test value."""
     grid = sweep[sweep.k > 0]
     val = grid[grid.split == "val"].copy()
     val["neg_sigma"] = -val.sigma
     best = val.sort_values(
-        ["accuracy", "k", "neg_sigma", "temperature"], ascending=[False, True, True, True], kind="mergesort"
+        [metric, "k", "neg_sigma", third], ascending=[not higher_is_better, True, True, True], kind="mergesort"
     ).iloc[0]
-    key = (grid.k == best.k) & np.isclose(grid.sigma, best.sigma) & np.isclose(grid.temperature, best.temperature)
-    test = grid[key & (grid.split == "test")].accuracy.iloc[0]
-    base = sweep[sweep.k == 0].set_index("split").accuracy
+    key = (grid.k == best.k) & np.isclose(grid.sigma, best.sigma) & np.isclose(grid[third], best[third])
+    test = grid[key & (grid.split == "test")][metric].iloc[0]
+    base = sweep[sweep.k == 0].set_index("split")[metric]
+    better = "best" if higher_is_better else "lowest"
     return {
         "k": int(best.k),
         "sigma": float(best.sigma),
-        "temperature": float(best.temperature),
-        "val_accuracy": float(best.accuracy),
-        "test_accuracy": float(test),
-        "base_val_accuracy": float(base["val"]),
-        "base_test_accuracy": float(base["test"]),
+        third: float(best[third]),
+        f"val_{metric}": float(best[metric]),
+        f"test_{metric}": float(test),
+        f"base_val_{metric}": float(base["val"]),
+        f"base_test_{metric}": float(base["test"]),
         "gain": float(test - base["test"]),
-        "rule": "best val accuracy; ties: smaller k, then larger sigma, then smaller temperature",
+        "rule": f"{better} val {metric}; ties: smaller k, then larger sigma, then smaller {third}",
     }

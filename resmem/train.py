@@ -63,11 +63,12 @@ def use_amp(cfg: dict, device: torch.device) -> bool:
 @torch.inference_mode()
 def accuracy(model: nn.Module, loader: Loader, amp: bool = False) -> float:
     model.eval()
-    correct = 0
+    correct = total = 0
     with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=amp):
         for x, y in loader.epoch():
-            correct += (model(x).argmax(1) == y).sum().item()
-    return correct / max(len(loader), 1)
+            correct += (model(x).argmax(-1) == y).sum().item()
+            total += y.numel()
+    return correct / max(total, 1)
 
 
 def train(
@@ -124,15 +125,15 @@ def train(
         total_loss, correct, seen = 0.0, 0, 0
         for x, y in train_loader.epoch(seed=seed * 1_000_003 + epoch, drop_single=True):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = forward(x)
-                loss = loss_fn(logits, y)
+                logits = forward(x)  # (batch, classes), or (batch, positions, vocabulary) for a language model
+                loss = loss_fn(logits.flatten(0, -2), y.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+            total_loss += loss.item() * y.numel()
+            correct += (logits.argmax(-1) == y).sum().item()
+            seen += y.numel()
         row = {
             "epoch": epoch + 1,
             "loss": total_loss / seen,

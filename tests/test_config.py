@@ -140,14 +140,18 @@ def test_shipped_configs_are_valid():
 def test_every_key_is_documented_in_config_readme():
     readme = (REPO / "config" / "README.md").read_text()
     schema = yaml.safe_load(SCHEMA.read_text())
-    keys = set(schema["properties"])
-    keys |= set(schema["$defs"]["experiment"]["properties"])
-    for section in ("dataset", "train", "embed", "knn"):
-        keys |= set(schema["$defs"]["experiment"]["properties"][section]["properties"])
-    keys |= set(schema["$defs"]["model"]["properties"])
-    for case in schema["$defs"]["model"]["allOf"]:
-        keys |= set(case["then"]["properties"])
-    keys |= set(schema["$defs"]["experiment"]["properties"]["dataset"]["properties"]["subsample"]["properties"])
+    keys = set()
+
+    def collect(node):
+        if isinstance(node, dict):
+            keys.update(node.get("properties", {}))
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(schema)
     undocumented = sorted(k for k in keys if f"`{k}`" not in readme)
     assert not undocumented
 

@@ -30,6 +30,8 @@ rule aggregate:
         "results/{experiment}/logs/aggregate.log",
     benchmark:
         "results/{experiment}/benchmarks/aggregate.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments"),
     conda:
         "../../envs/resmem.yaml"
     threads: 1

@@ -1,3 +1,4 @@
+import re
 import sys
 from pathlib import Path
 
@@ -9,8 +10,8 @@ from snakemake.exceptions import WorkflowError
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
-from resmem.config import ConfigError, validate as validate_config
-from resmem.artifacts import FIGURES
+from resmem.config import ConfigError, experiment_names, validate as validate_config
+from resmem.artifacts import FIGURES, LM_FIGURES
 
 try:
     validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -23,6 +24,14 @@ wildcard_constraints:
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     fraction=r"[0-9.e-]+",
     seed=r"\d+",
+
+
+def names_regex(kind):
+    """A wildcard constraint that admits only the experiment names of one kind (a top-level config section),
+    so that rules of different kinds writing the same file names never compete for an output.
+    """
+    names = experiment_names(config, kind)
+    return "|".join(re.escape(name) for name in names) if names else "(?!)"
 
 
 def gpu_request(wildcards):
@@ -80,4 +89,65 @@ def experiment_outputs(name):
 
 
 def final_outputs():
-    return [path for name in config["experiments"] for path in experiment_outputs(name)]
+    outputs = [
+        path for name in config["experiments"] for path in experiment_outputs(name)
+    ]
+    outputs += [
+        path
+        for name in config["lm_experiments"]
+        for path in lm_experiment_outputs(name)
+    ]
+    return outputs
+
+
+def lm_experiment(wildcards):
+    return config["lm_experiments"][wildcards.experiment]
+
+
+def lm_runs(name):
+    """(model, seed, datastore fraction label) of every run of a language-model experiment, in config order."""
+    exp = config["lm_experiments"][name]
+    return [
+        (model, seed, fraction_label(fraction))
+        for model in exp["models"]
+        for seed in exp["seeds"]
+        for fraction in exp["datastore"]["fractions"]
+    ]
+
+
+def lm_run_files(filename):
+    """Input function: `filename` of every run (model × seed × datastore fraction) of the wildcards' experiment."""
+
+    def files(wildcards):
+        return [
+            f"results/{wildcards.experiment}/{model}/seed{seed}/store{fraction}/{filename}"
+            for model, seed, fraction in lm_runs(wildcards.experiment)
+        ]
+
+    return files
+
+
+def lm_model_files(filename):
+    """Input function: `filename` of every run of the wildcards' experiment, at the model level (one per
+    model × seed, repeated for each datastore fraction so that it lines up with lm_run_files).
+    """
+
+    def files(wildcards):
+        return [
+            f"results/{wildcards.experiment}/{model}/seed{seed}/{filename}"
+            for model, seed, _ in lm_runs(wildcards.experiment)
+        ]
+
+    return files
+
+
+def lm_experiment_outputs(name):
+    base = f"results/{name}"
+    figures = [
+        f"{base}/figures/{fig}.{ext}" for fig in LM_FIGURES for ext in ("png", "pdf")
+    ]
+    return [
+        f"{base}/summary.csv",
+        f"{base}/summary.md",
+        f"{base}/provenance.json",
+    ] + figures

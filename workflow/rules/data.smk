@@ -5,6 +5,8 @@ rule split:
         "results/{experiment}/logs/split.log",
     benchmark:
         "results/{experiment}/benchmarks/split.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments"),
     conda:
         "../../envs/resmem.yaml"
     threads: 1

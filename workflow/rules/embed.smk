@@ -8,6 +8,8 @@ rule embed:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/embed.log",
     benchmark:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/embed.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments"),
     conda:
         "../../envs/resmem.yaml"
     threads: 1

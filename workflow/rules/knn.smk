@@ -8,6 +8,8 @@ rule index:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/index.log",
     benchmark:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/index.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments"),
     conda:
         "../../envs/resmem.yaml"
     threads: 1
@@ -19,6 +21,8 @@ rule index:
         normalize=lambda w: experiment(w)["knn"]["normalize"],
         kind=lambda w: experiment(w)["knn"]["index"],
         nlist=lambda w: experiment(w)["knn"]["nlist"],
+        pq_m=lambda w: experiment(w)["knn"]["pq_m"],
+        pq_bits=lambda w: experiment(w)["knn"]["pq_bits"],
     script:
         "../scripts/index.py"
 
@@ -35,6 +39,8 @@ rule neighbors:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/neighbors.log",
     benchmark:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/neighbors.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments"),
     conda:
         "../../envs/resmem.yaml"
     threads: 1

@@ -8,6 +8,8 @@ rule sweep:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/sweep.log",
     benchmark:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/sweep.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments"),
     conda:
         "../../envs/resmem.yaml"
     threads: 1
@@ -33,6 +35,8 @@ rule select:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/select.log",
     benchmark:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/select.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments"),
     conda:
         "../../envs/resmem.yaml"
     threads: 1
@@ -54,6 +58,8 @@ rule confidence:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/confidence.log",
     benchmark:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/confidence.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments"),
     conda:
         "../../envs/resmem.yaml"
     threads: 1

@@ -9,6 +9,8 @@ rule train:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/logs/train.log",
     benchmark:
         "results/{experiment}/{model}/frac{fraction}/seed{seed}/benchmarks/train.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments"),
     conda:
         "../../envs/resmem.yaml"
     threads: 1

@@ -12,4 +12,6 @@ with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
         device=sm.config["device"],
         kind=sm.params.kind,
         nlist=sm.params.nlist,
+        pq_m=sm.params.pq_m,
+        pq_bits=sm.params.pq_bits,
     )

@@ -1,0 +1,125 @@
+"""The transformer, its token windows, and the token datastore against the model's own hidden states."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from resmem import io, lm_stages
+from resmem.config import validate
+from resmem.lm import GPT, TokenWindows, datastore_positions, hidden_states
+from resmem.lm_stages import RowSubset, datastore_rows, load_datastore
+
+CONTEXT = 16
+
+
+def tiny_config(**train):
+    spec = {"models": {"m": {"n_layer": 1, "n_head": 2, "n_embd": 16}}, "context": CONTEXT}
+    spec["train"] = {"epochs": 2, "batch_size": 8, "lr": 0.01, **train}
+    return validate({"lm_experiments": {"x": spec}})["lm_experiments"]["x"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    # A repeating pattern with noise: learnable in a few steps, not trivially.
+    base = np.tile(np.arange(40, 72, dtype=np.int32), 200)
+    tokens = {s: np.where(rng.random(n) < 0.1, rng.integers(0, 256, n), base[:n]).astype(np.int32)
+              for s, n in (("train", 4000), ("val", 900), ("test", 900))}  # fmt: skip
+    io.save_npz(tmp_path / "corpus.npz", **{f"{s}_tokens": t for s, t in tokens.items()})
+    io.write_json(tmp_path / "corpus.json", {"vocab_size": 256})
+    return tmp_path, tokens
+
+
+def test_causal_model_sees_no_future_token():
+    torch.manual_seed(0)
+    model = GPT(50, CONTEXT, n_layer=2, n_head=2, n_embd=16).eval()
+    x = torch.randint(0, 50, (2, CONTEXT))
+    changed = x.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 50
+    with torch.inference_mode():
+        a, b = model.hidden(x), model.hidden(changed)
+        # Tied output layer: logits are the hidden state times the token embedding.
+        torch.testing.assert_close(model(x), a @ model.token_embedding.weight.T)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_token_windows_cover_the_array_and_shift_targets_by_one():
+    tokens = np.arange(100, dtype=np.int32)
+    loader = TokenWindows(tokens, 8, batch_size=5, device=torch.device("cpu"))
+    assert len(loader) == 12  # (100 - 1) // 8
+    batches = list(loader.epoch())
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert x.shape == (12, 8) and torch.equal(x.flatten(), torch.arange(96)) and torch.equal(y, x + 1)
+    shuffled = torch.cat([b[0] for b in loader.epoch(seed=3)])
+    again = torch.cat([b[0] for b in loader.epoch(seed=3)])
+    assert torch.equal(shuffled, again)
+    assert torch.equal(shuffled[:, 1:] - shuffled[:, :-1], torch.ones(len(shuffled), 7))  # whole windows
+
+
+def test_datastore_positions_stride_and_budget():
+    assert datastore_positions(101, 10).tolist() == list(range(100))
+    assert datastore_positions(101, 10, stride=3).tolist() == list(range(0, 100, 3))
+    thinned = datastore_positions(1001, 10, budget=7)
+    assert len(thinned) == 7 and thinned[0] == 0 and thinned[-1] == 999 and np.all(np.diff(thinned) > 0)
+
+
+def test_hidden_states_are_the_models_own_at_every_position():
+    torch.manual_seed(0)
+    model = GPT(256, CONTEXT, n_layer=1, n_head=2, n_embd=16)
+    tokens = np.random.default_rng(0).integers(0, 256, 300).astype(np.int32)
+    positions = np.array([0, 5, 15, 16, 17, 100, 250])
+    blocks = list(hidden_states(model, tokens, positions, CONTEXT, batch_size=2, device=torch.device("cpu")))
+    keys = np.concatenate([b[0] for b in blocks])
+    following = np.concatenate([b[1] for b in blocks])
+    assert following.tolist() == tokens[positions + 1].tolist()
+    with torch.inference_mode():
+        for key, p in zip(keys, positions, strict=True):
+            start = p // CONTEXT * CONTEXT
+            window = torch.from_numpy(tokens[start : start + CONTEXT].astype(np.int64))[None]
+            np.testing.assert_allclose(key, model.hidden(window)[0, p - start].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_trained_datastore_round_trips(corpus):
+    root, tokens = corpus
+    cfg = tiny_config()
+    lm_stages.train(
+        root / "corpus.npz", root / "corpus.json", root / "model.pt", root / "log.csv", root / "meta.json",
+        cfg["models"]["m"], cfg["train"], CONTEXT, 500, seed=0, device="cpu", threads=1, config={},
+    )  # fmt: skip
+    history = np.genfromtxt(root / "log.csv", delimiter=",", names=True)
+    assert len(history) == 2 and history["loss"][1] < history["loss"][0]
+    lm_stages.datastore(
+        root / "corpus.npz", root / "model.pt", root / "ds.npz", root / "ds.json", stride=2, max_tokens=1000,
+        eval_tokens=300, batch_size=4, amp=False, device="cpu", threads=1,
+    )  # fmt: skip
+    arrays = load_datastore(root / "ds.npz")
+    assert arrays["train_keys"].dtype == np.float16 and arrays["val_keys"].dtype == np.float32
+    assert len(arrays["train_pos"]) == 1000 and len(arrays["val_pos"]) == len(arrays["test_pos"]) == 300
+    for split in ("train", "val", "test"):
+        assert arrays[f"{split}_next"].tolist() == tokens[split][arrays[f"{split}_pos"] + 1].tolist()
+    model, _ = lm_stages.load_lm(root / "model.pt")
+    positions = arrays["train_pos"][[0, 1, 500, 999]]
+    direct = np.concatenate([b[0] for b in hidden_states(model, tokens["train"], positions, CONTEXT, 4, "cpu")])
+    np.testing.assert_allclose(arrays["train_keys"][[0, 1, 500, 999]], direct, rtol=2e-3, atol=2e-3)  # float16
+    np.testing.assert_array_equal(arrays["head_weight"], model.token_embedding.weight.detach().numpy())
+    report = json.loads((root / "ds.json").read_text())
+    assert report["entries"] == {"train": 1000, "val": 300, "test": 300} and report["tokens_per_second"] > 0
+
+
+def test_datastore_fractions_are_nested_and_row_subsets_read_lazily():
+    half, quarter = datastore_rows(1000, 0.5), datastore_rows(1000, 0.25)
+    assert len(half) == 500 and len(quarter) == 250 and set(quarter) <= set(half)
+    assert np.array_equal(datastore_rows(1000, 1.0), np.arange(1000))
+    data = np.arange(20).reshape(10, 2)
+    subset = RowSubset(data, np.array([1, 4, 7]))
+    assert subset.shape == (3, 2) and subset[1:].tolist() == [[8, 9], [14, 15]]
+
+
+def test_truncated_datastore_is_named(tmp_path):
+    io.save_npz(tmp_path / "ds.npz", train_keys=np.zeros((3, 2), np.float16))
+    with pytest.raises(io.ArtifactError, match="ds.npz: missing arrays"):
+        load_datastore(tmp_path / "ds.npz")

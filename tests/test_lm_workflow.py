@@ -1,0 +1,126 @@
+"""A tiny language-model experiment end to end: artifacts, the datastore-size study, caching and reruns."""
+
+import json
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from resmem.artifacts import DATASTORE_KEYS, LM_FIGURES, LM_SUMMARY_COLUMNS, LM_SWEEP_COLUMNS, NEIGHBOUR_KEYS
+from resmem.tokens import select
+from tests.conftest import REPO, planned_jobs, snakemake
+
+MODELS = ("gpt_l1_d16", "gpt_l1_d32")
+LM_SMOKE = {
+    "device": "cpu",
+    "lm_experiments": {
+        "lm_smoke": {
+            "corpus": {"name": "stdlib", "max_bytes": {"train": 40_000, "val": 6_000, "test": 6_000}},
+            "models": {
+                "gpt_l1_d16": {"n_layer": 1, "n_head": 2, "n_embd": 16},
+                "gpt_l1_d32": {"n_layer": 1, "n_head": 2, "n_embd": 32},
+            },
+            "context": 32,
+            "train": {"epochs": 1, "batch_size": 16, "lr": 0.003},
+            "datastore": {"fractions": [0.5, 1.0], "max_tokens": 20_000},
+            "eval_tokens": 1_000,
+            "knn": {"k": [1, 4, 8], "sigma": [0.3, 3.0], "temperature": [1.0, 2.0], "lam": [0.0, 0.5]},
+        }
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("lm")
+    config = workdir / "lm.yaml"
+    config.write_text(yaml.safe_dump(LM_SMOKE, sort_keys=False))
+    proc = snakemake(workdir, configfile=config)
+    return {"workdir": workdir, "config": config, "results": workdir / "results" / "lm_smoke", "proc": proc}
+
+
+def test_corpus_and_datastore(lm_run):
+    results = lm_run["results"]
+    meta = json.loads((results / "corpus.json").read_text())
+    assert meta["vocab_size"] == 256 and meta["python_version"]
+    with np.load(results / "corpus.npz") as corpus:
+        train_tokens = corpus["train_tokens"]
+        for split, budget in (("train", 40_000), ("val", 6_000), ("test", 6_000)):
+            # Byte tokens: the budget's bytes plus a two-byte separator after each file.
+            tokens = len(corpus[f"{split}_tokens"])
+            assert tokens == meta["splits"][split]["tokens"] and budget - 3 <= meta["splits"][split]["bytes"] <= budget
+            assert tokens == meta["splits"][split]["bytes"] + 2 * meta["splits"][split]["documents"]
+    with np.load(results / "gpt_l1_d16" / "seed0" / "datastore.npz") as store:
+        assert sorted(store.files) == sorted(DATASTORE_KEYS)
+        assert store["train_keys"].dtype == np.float16 and store["train_keys"].shape == (20_000, 16)
+        assert store["val_keys"].shape == (1_000, 16) and store["head_weight"].shape == (256, 16)
+        assert np.array_equal(store["train_next"], train_tokens[store["train_pos"] + 1])
+    report = json.loads((results / "gpt_l1_d16" / "seed0" / "datastore.json").read_text())
+    assert report["entries"] == {"train": 20_000, "val": 1_000, "test": 1_000} and report["tokens_per_second"] > 0
+
+
+@pytest.mark.parametrize("fraction", ["0.5", "1"])
+def test_store_artifacts(lm_run, fraction):
+    run = lm_run["results"] / "gpt_l1_d32" / "seed0" / f"store{fraction}"
+    entries = 20_000 * float(fraction)
+    assert faiss.read_index(str(run / "index.faiss")).ntotal == entries
+    with np.load(run / "neighbors.npz") as found:
+        assert sorted(found.files) == sorted(NEIGHBOUR_KEYS) and found["test_idx"].shape == (1_000, 8)
+        rows = np.unique(found["test_idx"])
+    if fraction == "0.5":  # indices refer to datastore rows of the nested subset
+        from resmem.lm_stages import datastore_rows
+
+        assert set(rows) <= set(datastore_rows(20_000, 0.5))
+    search = json.loads((run / "search.json").read_text())
+    assert search["ntotal"] == entries and search["tokens_per_second"] > 0
+    sweep = pd.read_csv(run / "sweep.csv")
+    assert list(sweep.columns) == list(LM_SWEEP_COLUMNS)
+    per_split = 1 + 3 * 2 * 2 + 3 * 2 * 2  # base + ResMem k×σ×T + kNN-LM k×σ×λ
+    assert len(sweep) == 2 * per_split
+    assert json.loads((run / "selected.json").read_text()) == select(sweep)
+
+
+def test_summary_figures_and_provenance(lm_run):
+    results = lm_run["results"]
+    summary = pd.read_csv(results / "summary.csv")
+    assert list(summary.columns) == list(LM_SUMMARY_COLUMNS)
+    assert len(summary) == 4 and sorted(summary.datastore_size.unique()) == [10_000, 20_000]
+    assert (summary.resmem_gain == summary.resmem_test_acc - summary.base_test_acc).all()
+    params = summary.groupby("model").parameters.first()
+    assert params["gpt_l1_d16"] < params["gpt_l1_d32"]
+    markdown = (results / "summary.md").read_text()
+    assert "| gpt_l1_d32 |" in markdown and "ResMem has no perplexity" in markdown
+    for figure in LM_FIGURES:
+        assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000
+        assert (results / "figures" / f"{figure}.pdf").exists()
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert provenance["corpus"]["python_version"] and provenance["corpus"]["sha256"]
+    assert provenance["config"]["lm_experiments"]["lm_smoke"]["context"] == 32
+    assert "torch" in provenance["versions"]
+
+
+def test_rerun_is_a_no_op_and_a_lambda_change_reruns_only_the_sweep(lm_run):
+    proc = snakemake(lm_run["workdir"], "-n", configfile=lm_run["config"])
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    config = yaml.safe_load(lm_run["config"].read_text())
+    config["lm_experiments"]["lm_smoke"]["knn"]["lam"] = [0.0, 0.25]
+    changed = lm_run["workdir"] / "lambda.yaml"
+    changed.write_text(yaml.safe_dump(config, sort_keys=False))
+    planned = planned_jobs(snakemake(lm_run["workdir"], "-n", configfile=changed).stdout)
+    assert planned == {"lm_sweep": 4, "lm_select": 4, "lm_aggregate": 1, "all": 1}
+
+
+def test_lm_paper_config_dry_runs_offline(tmp_path):
+    import re
+
+    proc = snakemake(tmp_path, "-n", configfile=REPO / "config" / "paper" / "lm.yaml")
+    planned = planned_jobs(proc.stdout)
+    stores = 4 * 4  # models × datastore fractions
+    assert planned == {
+        "lm_corpus": 1, "lm_train": 4, "lm_datastore": 4, "lm_index": stores, "lm_neighbors": stores,
+        "lm_sweep": stores, "lm_select": stores, "lm_aggregate": 1, "all": 1,
+    }  # fmt: skip
+    readme = (REPO / "README.md").read_text()
+    assert re.search(rf"\| `config/paper/lm.yaml` \| {sum(planned.values())} \|", readme)

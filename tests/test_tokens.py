@@ -1,0 +1,143 @@
+"""Token-level ResMem and kNN-LM against independent brute-force implementations on a tiny vocabulary."""
+
+import numpy as np
+import pytest
+from sklearn.neighbors import NearestNeighbors
+
+from resmem.knn import build_index, search
+from resmem.tokens import KeyLogits, knnlm_sweep, select, sweep_table
+
+VOCAB, DIM = 7, 5
+KS, SIGMAS, TEMPERATURES, LAMBDAS = [1, 3, 8], [0.05, 0.5, 5.0], [0.5, 1.0, 2.0], [0.0, 0.25, 0.75, 1.0]
+
+
+def datastore(seed=0, n_train=300, n_query=80):
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(VOCAB, DIM)).astype(np.float32)
+    bias = rng.normal(size=VOCAB).astype(np.float32)
+    keys = rng.normal(size=(n_train, DIM)).astype(np.float16)
+    arrays = {"train_keys": keys, "train_next": rng.integers(0, VOCAB, n_train), "head_weight": weight}
+    arrays["head_bias"] = bias
+    for split in ("val", "test"):
+        arrays[f"{split}_keys"] = rng.normal(size=(n_query, DIM)).astype(np.float32)
+        arrays[f"{split}_next"] = rng.integers(0, VOCAB, n_query)
+    return arrays
+
+
+def neighbours(arrays, k):
+    index = build_index(arrays["train_keys"], device="cpu")
+    out = {}
+    for split in ("val", "test"):
+        out[f"{split}_dist"], out[f"{split}_idx"] = search(index, arrays[f"{split}_keys"], k, device="cpu")
+    return out
+
+
+def softmax_rows(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def brute_force(arrays, split, k, sigma, temperature=1.0, lam=None):
+    """Per query, with scikit-learn's exact neighbours and the formulas written out: ResMem's argmax, or with
+    `lam` kNN-LM's (argmax, p(y))."""
+    keys = arrays["train_keys"].astype(np.float64)
+    weight, bias = arrays["head_weight"].astype(np.float64), arrays["head_bias"].astype(np.float64)
+    dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(keys).kneighbors(arrays[f"{split}_keys"])
+    preds, p_true = [], []
+    for q, h in enumerate(arrays[f"{split}_keys"].astype(np.float64)):
+        w = np.exp(-(dist[q] - dist[q].min()) / sigma)
+        w /= w.sum()
+        values = arrays["train_next"][idx[q]]
+        if lam is None:
+            residual = np.eye(VOCAB)[values] - softmax_rows((keys[idx[q]] @ weight.T + bias) / temperature)
+            preds.append(np.argmax(softmax_rows((h @ weight.T + bias) / temperature) + w @ residual))
+        else:
+            p = lam * (w @ np.eye(VOCAB)[values]) + (1 - lam) * softmax_rows(h @ weight.T + bias)
+            preds.append(np.argmax(p))
+            p_true.append(p[arrays[f"{split}_next"][q]])
+    return np.array(preds), np.array(p_true)
+
+
+def test_key_logits_equal_the_output_layer_applied_to_keys():
+    arrays = datastore()
+    logits = KeyLogits(arrays["train_keys"], arrays["head_weight"], arrays["head_bias"])
+    rows = np.array([[3, 1], [0, 299]])
+    expected = arrays["train_keys"][rows].astype(np.float32) @ arrays["head_weight"].T + arrays["head_bias"]
+    np.testing.assert_allclose(logits[rows], expected, rtol=1e-6)
+    np.testing.assert_array_equal(logits[5:9], logits[np.arange(5, 9)])
+    assert logits.shape == (300, VOCAB) and len(logits) == 300
+
+
+def test_token_resmem_equals_brute_force():
+    arrays = datastore()
+    table = sweep_table(arrays, neighbours(arrays, max(KS)), KS, SIGMAS, TEMPERATURES, LAMBDAS)
+    resmem = table[table.method == "resmem"]
+    for split in ("val", "test"):
+        labels = arrays[f"{split}_next"]
+        for k in KS:
+            for sigma in SIGMAS:
+                for temperature in TEMPERATURES:
+                    expected = (brute_force(arrays, split, k, sigma, temperature)[0] == labels).mean()
+                    row = resmem[
+                        (resmem.split == split)
+                        & (resmem.k == k)
+                        & np.isclose(resmem.sigma, sigma)
+                        & np.isclose(resmem.temperature, temperature)
+                    ]
+                    assert row.accuracy.item() == pytest.approx(expected), (split, k, sigma, temperature)
+
+
+def test_knnlm_equals_the_interpolation_formula():
+    arrays = datastore(1)
+    found = neighbours(arrays, max(KS))
+    query_logits = KeyLogits(arrays["val_keys"], arrays["head_weight"], arrays["head_bias"])
+    correct, nll = knnlm_sweep(
+        query_logits, arrays["val_next"], found["val_dist"], found["val_idx"], arrays["train_next"],
+        KS, SIGMAS, LAMBDAS, chunk_bytes=20_000,
+    )  # fmt: skip
+    for i, k in enumerate(KS):
+        for s, sigma in enumerate(SIGMAS):
+            for j, lam in enumerate(LAMBDAS):
+                preds, p_true = brute_force(arrays, "val", k, sigma, lam=lam)
+                assert correct[i, s, j] == (preds == arrays["val_next"]).sum(), (k, sigma, lam)
+                # Logits and distances are float32 here, float64 in the reference.
+                with np.errstate(divide="ignore"):
+                    assert nll[i, s, j] == pytest.approx(-np.log(p_true).sum(), rel=1e-6)
+
+
+def test_lambda_zero_is_the_base_model_and_perplexities_are_consistent():
+    arrays = datastore(2)
+    table = sweep_table(arrays, neighbours(arrays, 8), [8], [0.5], [1.0], [0.0, 0.5])
+    for split in ("val", "test"):
+        base = table[(table.method == "base") & (table.split == split)].iloc[0]
+        logits = arrays[f"{split}_keys"] @ arrays["head_weight"].T + arrays["head_bias"]
+        p = softmax_rows(logits.astype(np.float64))
+        labels = arrays[f"{split}_next"]
+        assert base.accuracy == pytest.approx((logits.argmax(1) == labels).mean())
+        assert base.perplexity == pytest.approx(np.exp(-np.log(p[np.arange(len(p)), labels]).mean()))
+        knn0 = table[(table.method == "knnlm") & (table.split == split) & (table.lam == 0.0)].iloc[0]
+        assert knn0.accuracy == base.accuracy and knn0.perplexity == pytest.approx(base.perplexity)
+    assert table[table.method == "resmem"].perplexity.isna().all()  # ResMem's sum is not a distribution
+
+
+def test_memorization_at_k1_on_training_positions():
+    """A training position queried against the datastore with k = 1 is its own nearest neighbour and gets
+    its own next token back, for ResMem at any σ and T, and for kNN-LM at λ = 1."""
+    arrays = datastore(3, n_train=200)
+    arrays["val_keys"] = arrays["train_keys"].astype(np.float32)
+    arrays["val_next"] = arrays["train_next"]
+    arrays["test_keys"], arrays["test_next"] = arrays["val_keys"][:50], arrays["val_next"][:50]
+    table = sweep_table(arrays, neighbours(arrays, 1), [1], [1e-3, 1.0, 100.0], [0.5, 1.0, 2.0], [1.0])
+    assert (table[table.method.isin(["resmem", "knnlm"])].accuracy == 1.0).all()
+    assert (table[table.method == "base"].accuracy < 0.5).all()
+
+
+def test_selection_picks_each_methods_best_val_point():
+    arrays = datastore(4)
+    table = sweep_table(arrays, neighbours(arrays, max(KS)), KS, SIGMAS, TEMPERATURES, LAMBDAS)
+    chosen = select(table)
+    val = table[table.split == "val"]
+    assert chosen["resmem"]["val_accuracy"] == val[val.method == "resmem"].accuracy.max()
+    assert chosen["knnlm"]["val_accuracy"] == val[val.method == "knnlm"].accuracy.max()
+    assert chosen["knnlm_perplexity"]["val_perplexity"] == val[val.method == "knnlm"].perplexity.min()
+    assert set(chosen["knnlm"]) >= {"k", "sigma", "lam", "test_accuracy", "gain"}
