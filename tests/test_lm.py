@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from resmem import io, lm_stages
-from resmem.config import validate
+from resmem.config import ConfigError, validate
 from resmem.lm import GPT, TokenWindows, datastore_positions, hidden_states
 from resmem.lm_stages import RowSubset, datastore_rows, load_datastore
 
@@ -123,3 +123,75 @@ def test_truncated_datastore_is_named(tmp_path):
     io.save_npz(tmp_path / "ds.npz", train_keys=np.zeros((3, 2), np.float16))
     with pytest.raises(io.ArtifactError, match="ds.npz: missing arrays"):
         load_datastore(tmp_path / "ds.npz")
+
+
+def test_ivfpq_index_reports_recall_and_exact_distances(tmp_path):
+    """The IVF-PQ option: approximate neighbours, but the distances handed to the kernel are exact ones,
+    rows sorted by them, and recall@k against exact search is reported on a sample."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(20, 16)) * 4
+    keys = (centers[rng.integers(0, 20, 6000)] + rng.normal(size=(6000, 16))).astype(np.float16)
+    queries = {s: (centers[rng.integers(0, 20, 300)] + rng.normal(size=(300, 16))).astype(np.float32)
+               for s in ("val", "test")}  # fmt: skip
+    store = {"train_keys": keys, "train_next": rng.integers(0, 256, 6000), "train_pos": np.arange(6000)}
+    for s, q in queries.items():
+        store.update({f"{s}_keys": q, f"{s}_next": rng.integers(0, 256, 300), f"{s}_pos": np.arange(300)})
+    io.save_npz(tmp_path / "ds.npz", **store, head_weight=np.zeros((256, 16), np.float32), head_bias=np.zeros(256))
+    lm_stages.index(tmp_path / "ds.npz", tmp_path / "pq.faiss", 0.5, False, "ivfpq", 16, 4, 8, "cpu")
+    lm_stages.neighbours(
+        tmp_path / "pq.faiss", tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "search.json", fraction=0.5,
+        k_max=10, normalize=False, device="cpu", query_chunk=100, nprobe=4, recall_sample=200,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "search.json").read_text())
+    assert report["index"] == "IndexIVFPQ" and report["ntotal"] == 3000 and report["recall_sample"] == 200
+    assert 0.3 < report["recall_at_k_max"] < 1.0  # approximate, but finds most true neighbours
+    found = io.load_npz(tmp_path / "nb.npz", ["test_dist", "test_idx"])
+    assert set(np.unique(found["test_idx"])) <= set(datastore_rows(6000, 0.5))
+    exact = np.linalg.norm(keys[found["test_idx"]].astype(np.float32) - queries["test"][:, None], axis=2)
+    np.testing.assert_allclose(found["test_dist"], exact, rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(found["test_dist"], axis=1) >= 0)
+
+
+LM_BAD = {
+    "heads do not divide the width": (
+        lambda x: x["models"]["m"].update(n_head=3),
+        "lm_experiments.x.models.m.n_head",
+        "do not divide",
+    ),
+    "text corpus without a path": (lambda x: x.update(corpus={"name": "text"}), "lm_experiments.x.corpus.path", ""),
+    "bpe without a file": (
+        lambda x: x.update(corpus={"tokenizer": "bpe"}),
+        "lm_experiments.x.corpus.tokenizer_file",
+        "tokenizers JSON",
+    ),
+    "pq codes do not divide the width": (
+        lambda x: x.update(knn={"index": "ivfpq", "pq_m": 5}),
+        "lm_experiments.x.knn.pq_m",
+        "do not divide",
+    ),
+    "lambda above 1": (lambda x: x.update(knn={"lam": [0.5, 1.5]}), "lm_experiments.x.knn.lam[1]", "maximum of 1"),
+    "zero context": (lambda x: x.update(context=0), "lm_experiments.x.context", "minimum of 1"),
+    "unknown corpus": (lambda x: x.update(corpus={"name": "pile"}), "lm_experiments.x.corpus.name", "not one of"),
+    "empty fractions": (lambda x: x.update(datastore={"fractions": []}), "lm_experiments.x.datastore.fractions", ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LM_BAD))
+def test_bad_lm_config_names_the_key(case):
+    edit, key, problem = LM_BAD[case]
+    experiment = {"models": {"m": {"n_layer": 1, "n_head": 2, "n_embd": 16}}}
+    edit(experiment)
+    with pytest.raises(ConfigError) as info:
+        validate({"lm_experiments": {"x": experiment}})
+    assert f"invalid config at {key}" in str(info.value) and problem in str(info.value)
+
+
+def test_experiment_names_are_unique_across_kinds():
+    config = {
+        "experiments": {"same": {"models": {"c": {"arch": "small_cnn"}}}},
+        "lm_experiments": {"same": {"models": {"m": {}}}},
+    }
+    with pytest.raises(ConfigError, match="lm_experiments.same: the name is also used in experiments"):
+        validate(config)
+    with pytest.raises(ConfigError, match="no experiment"):
+        validate({})
