@@ -22,6 +22,7 @@ include: "workflow/rules/knn.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/lm.smk"
+include: "workflow/rules/regression.smk"
 
 
 # On a cluster, the summary and its figures are made where snakemake runs.
@@ -29,6 +30,7 @@ localrules:
     all,
     aggregate,
     lm_aggregate,
+    regression_report,
 
 
 rule all:

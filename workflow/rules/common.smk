@@ -97,6 +97,10 @@ def final_outputs():
         for name in config["lm_experiments"]
         for path in lm_experiment_outputs(name)
     ]
+    for name in config["regression"]:
+        base = f"results/{name}"
+        outputs += [f"{base}/risk.csv", f"{base}/summary.md", f"{base}/provenance.json"]
+        outputs += [f"{base}/figures/risk_vs_n.{ext}" for ext in ("png", "pdf")]
     return outputs
 
 

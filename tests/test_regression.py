@@ -1,0 +1,98 @@
+"""The stylized regression study: its estimators against scikit-learn, the documented shape of its risk curves,
+and its two workflow rules."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.linear_model import LinearRegression
+from sklearn.neighbors import KNeighborsRegressor
+
+from resmem.config import ConfigError, validate
+from resmem.knn import exact_search
+from resmem.regression import RISK_COLUMNS, best_linear_risk, fit_linear, knn_means, risk_table, simulate
+from tests.conftest import snakemake
+
+
+def study(**overrides):
+    return validate({"regression": {"r": overrides}})["regression"]["r"]
+
+
+def test_estimators_equal_scikit_learn():
+    cfg = study()
+    rng = np.random.default_rng(0)
+    x, y = simulate(500, cfg, rng)
+    queries, _ = simulate(200, cfg, rng)
+    base = fit_linear(x, y)
+    np.testing.assert_allclose(base(queries), LinearRegression().fit(x, y).predict(queries), atol=1e-10)
+    ks = [1, 3, 8, 32]
+    idx = exact_search(x, queries, max(ks))[1]
+    residuals = y - base(x)
+    knn, resmem = knn_means(y, idx, ks), knn_means(residuals, idx, ks)
+    for i, k in enumerate(ks):
+        reference = KNeighborsRegressor(n_neighbors=k, algorithm="brute")
+        np.testing.assert_allclose(knn[i], reference.fit(x, y).predict(queries), atol=1e-10)
+        on_residuals = reference.fit(x, residuals).predict(queries)
+        np.testing.assert_allclose(resmem[i] + base(queries), base(queries) + on_residuals, atol=1e-10)
+
+
+def test_risk_curves_have_the_documented_shape():
+    """The base model plateaus at the best linear risk, far above the noise floor; ResMem keeps falling,
+    beats the base model clearly and pure kNN at the largest n."""
+    cfg = study(n_train=[200, 1000, 8000], n_test=4000, seeds=[0])
+    table = risk_table(cfg).set_index(["n", "method"]).test_mse
+    plateau, floor = best_linear_risk(cfg), cfg["noise"] ** 2
+    assert table[(8000, "base")] == pytest.approx(plateau, rel=0.15) and plateau > 2 * floor
+    resmem = [table[(n, "resmem")] for n in (200, 1000, 8000)]
+    assert resmem[0] > resmem[1] > resmem[2] > floor
+    assert resmem[2] < 0.6 * table[(8000, "base")]
+    assert resmem[2] < table[(8000, "knn")]
+
+
+def test_risk_table_is_deterministic_and_complete():
+    cfg = study(n_train=[50, 300], n_test=500, seeds=[0, 1], k=[1, 4, 64])
+    first, second = risk_table(cfg), risk_table(cfg)
+    pd.testing.assert_frame_equal(first, second)
+    assert list(first.columns) == list(RISK_COLUMNS) and len(first) == 2 * 2 * 3
+    assert set(first[first.method == "base"].k) == {0}
+    assert first[first.n == 50].k.max() <= 40  # k never exceeds the training part of n (50 − 10 validation)
+
+
+BAD = {
+    "empty sizes": ({"n_train": []}, "regression.r.n_train", "should be non-empty"),
+    "k zero": ({"k": [0, 4]}, "regression.r.k[0]", "minimum of 1"),
+    "val fraction 1.5": ({"val_fraction": 1.5}, "regression.r.val_fraction", "maximum of 1"),
+    "negative noise": ({"noise": -0.1}, "regression.r.noise", "minimum of 0"),
+    "unknown key": ({"size": 3}, "regression.r", "'size' was unexpected"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_regression_config_names_the_key(case):
+    overrides, key, problem = BAD[case]
+    with pytest.raises(ConfigError) as info:
+        study(**overrides)
+    assert f"invalid config at {key}" in str(info.value) and problem in str(info.value)
+
+
+def test_workflow_runs_a_regression_study_alone(tmp_path):
+    config = tmp_path / "regression.yaml"
+    tiny = {"dim": 2, "n_train": [50, 200], "n_test": 500, "seeds": [0, 1], "k": [1, 4, 16]}
+    config.write_text(yaml.safe_dump({"regression": {"tiny": tiny}}))
+    snakemake(tmp_path, configfile=config)
+    results = tmp_path / "results" / "tiny"
+    risk = pd.read_csv(results / "risk.csv")
+    assert list(risk.columns) == list(RISK_COLUMNS) and len(risk) == 2 * 2 * 3
+    pd.testing.assert_frame_equal(risk, risk_table(study(**tiny)), check_exact=False, rtol=1e-12)
+    assert (results / "figures" / "risk_vs_n.png").stat().st_size > 10_000
+    assert (results / "figures" / "risk_vs_n.pdf").exists()
+    summary = (results / "summary.md").read_text()
+    assert "| 200 |" in summary and "ResMem" in summary and "Noise floor 0.01" in summary
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert provenance["config"]["regression"]["tiny"]["n_train"] == [50, 200] and provenance[
+        "noise_floor"
+    ] == pytest.approx(0.01)
+    proc = snakemake(tmp_path, "-n", configfile=config)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
