@@ -95,7 +95,7 @@ class TokenWindows:
     memory_format = torch.contiguous_format  # what resmem.train expects of a loader
 
     def __init__(self, tokens: np.ndarray, context: int, batch_size: int, device: torch.device):
-        self.tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+        self.tokens = tokens  # int32, possibly a memmap of billions of tokens: only batches are read and widened
         self.context, self.batch_size, self.device = context, batch_size, device
 
     def windows(self, offset: int = 0) -> int:
@@ -105,8 +105,8 @@ class TokenWindows:
         return self.windows()
 
     def batch(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = starts[:, None] + torch.arange(self.context + 1)
-        chunk = self.tokens[rows].to(self.device, non_blocking=True)
+        rows = starts.numpy()[:, None] + np.arange(self.context + 1)
+        chunk = torch.from_numpy(self.tokens[rows].astype(np.int64)).to(self.device, non_blocking=True)
         return chunk[:, :-1], chunk[:, 1:]
 
     def epoch(self, seed: int | None = None, drop_single: bool = False):
@@ -125,10 +125,11 @@ def datastore_positions(n_tokens: int, context: int, stride: int = 1, budget: in
     """Sorted positions p whose next token p+1 the datastore (or a query split) holds: every `stride`-th
     position of the evaluation windows, thinned evenly to at most `budget` positions."""
     usable = max(0, (n_tokens - 1) // context) * context
-    positions = np.arange(0, usable, stride, dtype=np.int64)
-    if budget is not None and len(positions) > budget:
-        positions = positions[np.unique(np.linspace(0, len(positions) - 1, budget).round().astype(np.int64))]
-    return positions
+    count = -(-usable // stride)  # positions 0, stride, 2·stride, … below usable
+    if budget is None or count <= budget:
+        return np.arange(0, usable, stride, dtype=np.int64)
+    # Thinned without materializing all `count` positions (billions for a large corpus).
+    return stride * np.unique(np.linspace(0, count - 1, budget).round().astype(np.int64))
 
 
 @torch.inference_mode()

@@ -124,3 +124,12 @@ def test_lm_paper_config_dry_runs_offline(tmp_path):
     }  # fmt: skip
     readme = (REPO / "README.md").read_text()
     assert re.search(rf"\| `config/paper/lm.yaml` \| {sum(planned.values())} \|", readme)
+
+
+def test_report_holds_the_lm_figures_with_captions(lm_run):
+    proc = snakemake(lm_run["workdir"], "--report", "results/report.html", configfile=lm_run["config"])
+    assert "Report created" in proc.stdout + proc.stderr
+    html = (lm_run["workdir"] / "results" / "report.html").read_text()
+    for figure in LM_FIGURES:
+        assert f"{figure}.png" in html
+    assert "gpt_l1_d16, gpt_l1_d32" in html and "datastore fractions 0.5, 1.0" in html and "corpus stdlib" in html
