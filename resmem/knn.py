@@ -26,7 +26,11 @@ def _to_gpu(index):
     import faiss
 
     resources = faiss.StandardGpuResources()
-    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
+    options = faiss.GpuClonerOptions()
+    # An IVF-PQ index's lookup tables of 64 codes × 8 bits exceed a GPU's 48 KiB of shared memory in float32
+    # (faiss issue 1178); float16 tables only touch the approximate distances, which `exact_distances` replaces.
+    options.useFloat16 = isinstance(index, faiss.IndexIVFPQ)
+    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index, options)
     gpu_index.referenced_resources = resources  # keep the resources alive as long as the index
     return gpu_index
 
