@@ -244,11 +244,10 @@ def sweep(datastore_path, neighbours_path, out_path, ks, sigmas, temperatures, l
     arrays = load_datastore(datastore_path)
     found = io.load_npz(neighbours_path, NEIGHBOUR_KEYS)
     for s in QUERY_SPLITS:
-        if found[f"{s}_idx"].shape != (len(arrays[f"{s}_next"]), found[f"{s}_idx"].shape[1]) or found[f"{s}_idx"].shape[
-            1
-        ] < max(ks):
+        rows, searched = found[f"{s}_idx"].shape
+        if rows != len(arrays[f"{s}_next"]) or searched < max(ks):
             raise ArtifactError(
-                f"{neighbours_path}: {found[f'{s}_idx'].shape} {s} neighbours do not fit {datastore_path} "
+                f"{neighbours_path}: {rows} × {searched} {s} neighbours do not fit {datastore_path} "
                 f"({len(arrays[f'{s}_next'])} queries) and k up to {max(ks)}; delete it and rerun lm_neighbors"
             )
     table = sweep_table(arrays, found, ks, sigmas, temperatures, lambdas, int(sweep_chunk_mb * 2**20))

@@ -195,3 +195,17 @@ def test_experiment_names_are_unique_across_kinds():
         validate(config)
     with pytest.raises(ConfigError, match="no experiment"):
         validate({})
+
+
+def test_neighbours_that_do_not_fit_the_datastore_are_named(tmp_path):
+    rng = np.random.default_rng(0)
+    store = {f"{s}_{kind}": np.zeros(n, np.int64) for s, n in (("train", 50), ("val", 20), ("test", 20))
+             for kind in ("next", "pos")}  # fmt: skip
+    store.update(train_keys=rng.normal(size=(50, 4)).astype(np.float16), val_keys=np.zeros((20, 4), np.float32))
+    store.update(test_keys=np.zeros((20, 4), np.float32), head_weight=np.zeros((256, 4), np.float32))
+    io.save_npz(tmp_path / "ds.npz", **store, head_bias=np.zeros(256, np.float32))
+    short = {f"{s}_{kind}": np.zeros((10, 4), np.float32 if kind == "dist" else np.int64)
+             for s in ("val", "test") for kind in ("dist", "idx")}  # fmt: skip
+    io.save_npz(tmp_path / "nb.npz", **short)
+    with pytest.raises(io.ArtifactError, match=r"nb.npz: 10 × 4 val neighbours do not fit .*ds.npz \(20 queries\)"):
+        lm_stages.sweep(tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "s.csv", [1, 4], [1.0], [1.0], [0.5], 16)
