@@ -1,0 +1,91 @@
+"""Benchmark: a token datastore's index and search, flat vs IVF-PQ, through the workflow's own stage functions.
+
+    .venv/bin/python bench/bench_datastore.py            # 1,000,000 keys (d = 64, float16) × 2 × 10,000 queries
+    .venv/bin/python bench/bench_datastore.py --quick    # 100,000 keys, for a check in seconds
+
+Keys are clustered like hidden states (a mixture of Gaussians). For each index kind the script builds the
+index (`resmem.lm_stages.index`), runs the one search at k = 64 for val and test (`resmem.lm_stages.neighbours`:
+IVF-PQ distances recomputed exactly, recall@64 against exact search on 1,000 test queries) and then the sweep
+of ResMem and kNN-LM (`resmem.lm_stages.sweep`, V = 256), each in its own process so that peak memory is its
+own, and prints times, tokens/s, recall and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from resmem import io, lm_stages
+
+K = 64
+VOCAB = 256
+
+
+def make_datastore(path: Path, n: int, n_query: int, dim: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    centers = 3.0 * rng.normal(size=(4096, dim)).astype(np.float32)
+
+    def draw(rows):
+        return centers[rng.integers(0, len(centers), rows)] + rng.normal(size=(rows, dim)).astype(np.float32)
+
+    arrays = {"train_keys": draw(n).astype(np.float16), "train_next": rng.integers(0, VOCAB, n)}
+    arrays["train_pos"] = np.arange(n)
+    for split in ("val", "test"):
+        arrays.update({f"{split}_keys": draw(n_query), f"{split}_next": rng.integers(0, VOCAB, n_query)})
+        arrays[f"{split}_pos"] = np.arange(n_query)
+    weight = rng.normal(size=(VOCAB, dim)).astype(np.float32) / np.sqrt(dim)
+    io.save_npz(path, **arrays, head_weight=weight, head_bias=np.zeros(VOCAB, np.float32))
+
+
+def stage(name, *args) -> dict:
+    """Run lm_stages.<name>(*args) (or make_datastore) in this child process; its wall time and peak memory."""
+    start = time.perf_counter()
+    (make_datastore if name == "make_datastore" else getattr(lm_stages, name))(*args)
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def in_child(name, *args) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(stage, (name, *args))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n, n_query, dim = (100_000, 2_000, 64) if args.quick else (1_000_000, 10_000, 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        in_child("make_datastore", tmp / "ds.npz", n, n_query, dim)  # a child too: peak RSS survives fork + exec
+        print(f"datastore: {n:,} keys of dim {dim} (float16), 2 × {n_query:,} queries, k = {K}, V = {VOCAB}")
+        for kind, nlist in (("flat", None), ("ivfpq", None)):
+            index = in_child("index", tmp / "ds.npz", tmp / f"{kind}.faiss", 1.0, False, kind, nlist, 16, 8, "cpu")
+            search = in_child(
+                "neighbours", tmp / f"{kind}.faiss", tmp / "ds.npz", tmp / f"{kind}.npz", tmp / f"{kind}.json", 1.0, K,
+                False, "cpu", 16384, 16, 1000,
+            )  # fmt: skip
+            sweep = in_child(
+                "sweep", tmp / "ds.npz", tmp / f"{kind}.npz", tmp / f"{kind}.csv", [1, 4, 16, 64], [0.3, 1.0, 3.0],
+                [1.0], [0.0, 0.25, 0.5], 256,
+            )  # fmt: skip
+            report = json.loads((tmp / f"{kind}.json").read_text())
+            print(
+                f"{kind:>6}: index {index['seconds']:.1f} s ({index['peak_mib']:.0f} MiB) | search "
+                f"{search['seconds']:.1f} s, {report['tokens_per_second']:,.0f} queries/s, recall@{K} "
+                f"{report['recall_at_k_max']:.3f} ({search['peak_mib']:.0f} MiB) | sweep {sweep['seconds']:.1f} s "
+                f"({sweep['peak_mib']:.0f} MiB)"
+            )
+
+
+if __name__ == "__main__":
+    main()
