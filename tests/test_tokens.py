@@ -141,3 +141,25 @@ def test_selection_picks_each_methods_best_val_point():
     assert chosen["knnlm"]["val_accuracy"] == val[val.method == "knnlm"].accuracy.max()
     assert chosen["knnlm_perplexity"]["val_perplexity"] == val[val.method == "knnlm"].perplexity.min()
     assert set(chosen["knnlm"]) >= {"k", "sigma", "lam", "test_accuracy", "gain"}
+
+
+def test_readme_snippet_for_your_own_language_model_runs():
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    code = readme[readme.index("from resmem.knn import build_index, search") :]
+    code = code[: code.index("```")]
+    rng = np.random.default_rng(0)
+    scope = {
+        "keys": rng.normal(size=(500, 8)).astype(np.float16),
+        "next": rng.integers(0, 20, 500),
+        "val_h": rng.normal(size=(40, 8)).astype(np.float32),
+        "val_y": rng.integers(0, 20, 40),
+        "test_h": rng.normal(size=(30, 8)).astype(np.float32),
+        "test_y": rng.integers(0, 20, 30),
+        "W": rng.normal(size=(20, 8)).astype(np.float32),
+        "b": np.zeros(20, np.float32),
+    }
+    exec(code, scope)
+    table = scope["table"]
+    assert set(table.method) == {"base", "resmem", "knnlm"} and len(table) == 2 * (1 + 3 * 3 + 3 * 3 * 2)
