@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -209,3 +210,39 @@ def test_neighbours_that_do_not_fit_the_datastore_are_named(tmp_path):
     io.save_npz(tmp_path / "nb.npz", **short)
     with pytest.raises(io.ArtifactError, match=r"nb.npz: 10 × 4 val neighbours do not fit .*ds.npz \(20 queries\)"):
         lm_stages.sweep(tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "s.csv", [1, 4], [1.0], [1.0], [0.5], 16)
+
+
+def test_bpe_text_corpus_end_to_end_through_the_stages(tmp_path):
+    """A vocabulary other than bytes flows from the corpus through the model, the datastore and the sweep."""
+    from tests.test_corpus import train_bpe
+
+    tokenizer_file = train_bpe(tmp_path / "bpe.json", eos=True)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(40):
+        (texts / f"{i}.txt").write_text(f"def hello_{i % 7}(world):\n    return world * {i}\n" * 5)
+    corpus = {"name": "text", "path": str(texts), "tokenizer": "bpe", "tokenizer_file": str(tokenizer_file)}
+    corpus.update(val_fraction=0.25, test_fraction=0.25)
+    cfg = validate({"lm_experiments": {"x": {"models": {"m": {"n_layer": 1, "n_head": 2, "n_embd": 16}},
+                                             "corpus": corpus, "context": 8}}})["lm_experiments"]["x"]  # fmt: skip
+    cfg["train"].update(epochs=1, batch_size=8, lr=0.01)
+    lm_stages.corpus(tmp_path / "corpus.npz", tmp_path / "corpus.json", cfg["corpus"])
+    vocab = json.loads((tmp_path / "corpus.json").read_text())["vocab_size"]
+    assert vocab > 256
+    lm_stages.train(
+        tmp_path / "corpus.npz", tmp_path / "corpus.json", tmp_path / "model.pt", tmp_path / "log.csv",
+        tmp_path / "meta.json", cfg["models"]["m"], cfg["train"], 8, 200, seed=0, device="cpu", threads=1, config={},
+    )  # fmt: skip
+    lm_stages.datastore(
+        tmp_path / "corpus.npz", tmp_path / "model.pt", tmp_path / "ds.npz", tmp_path / "ds.json", stride=1,
+        max_tokens=None, eval_tokens=100, batch_size=8, amp=False, device="cpu", threads=1,
+    )  # fmt: skip
+    assert load_datastore(tmp_path / "ds.npz")["head_weight"].shape == (vocab, 16)
+    lm_stages.index(tmp_path / "ds.npz", tmp_path / "i.faiss", 1.0, False, "flat", None, 8, 8, "cpu")
+    lm_stages.neighbours(
+        tmp_path / "i.faiss", tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "s.json", 1.0, 4, False, "cpu",
+        1000, 1, 10,
+    )  # fmt: skip
+    lm_stages.sweep(tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "sw.csv", [1, 4], [1.0], [1.0], [0.5], 16)
+    table = pd.read_csv(tmp_path / "sw.csv")
+    assert set(table.method) == {"base", "resmem", "knnlm"} and table.accuracy.between(0, 1).all()
