@@ -1,11 +1,12 @@
 """The paper's stylized regression study (Sec. 4) as an experiment: ResMem's test risk vs the base model's.
 
-Target y = βᵀx + a·g(x) + ε on x ~ Uniform[−1, 1]^d, with g(x) = Π_j sin(ω π x_j), a product of sines whose
-best linear approximation is zero on the symmetric cube, ε ~ N(0, noise²). The base model is ordinary least
-squares with an intercept (limited capacity: it cannot express g), pure kNN regression averages the k nearest
-training targets, and ResMem adds to the base prediction the average of the k nearest training residuals
-y_i − base(x_i). As the training set grows, the base model's risk plateaus at noise² + a²·E[g²] while ResMem's
-keeps falling toward noise², faster than pure kNN, whose neighbourhoods must also average out the linear part.
+Target y = βᵀx + a·g(x) + ε on x ~ Uniform[−1, 1]^d, with g(x) = Π_j sin(ω π x_j), a product of sines that
+(for d ≥ 2) is orthogonal to every linear function on the symmetric cube, and ε ~ N(0, noise²). The base model
+is ordinary least squares with an intercept (limited capacity: it cannot express g), pure kNN regression averages
+the k nearest training targets, and ResMem adds to the base prediction the average of the k nearest training
+residuals y_i − base(x_i). As the training set grows, the base model's risk plateaus at noise² + a²·E[g²] while
+ResMem's keeps falling toward noise², faster than pure kNN, whose neighbourhoods must also average out the
+linear part.
 
 k is chosen per run by validation MSE (a fixed share of each n, ties to the smaller k); every method is scored
 on one large test set per seed.
@@ -114,6 +115,8 @@ def summary_markdown(table: pd.DataFrame, experiment: str, cfg: dict, linear_ris
 
 def plot_risk(table: pd.DataFrame, experiment: str, cfg: dict, linear_risk: float, png, pdf) -> None:
     """Test MSE (left) and excess risk over the noise floor (right) vs n, log-log, mean ± std over seeds."""
+    from matplotlib.ticker import NullFormatter
+
     from resmem.report import BASE_COLOR, RESMEM_COLOR, _save, plt
 
     styles = {
@@ -132,21 +135,31 @@ def plot_risk(table: pd.DataFrame, experiment: str, cfg: dict, linear_risk: floa
             ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], label=label, color=color, marker=marker,
                         capsize=3, linewidth=1.8)  # fmt: skip
         ax.axhline(linear_risk - (noise if excess else 0.0), color=BASE_COLOR, linestyle=":", linewidth=1.2,
-                   label="best linear predictor")  # fmt: skip
-        if not excess:
-            ax.axhline(noise, color="k", linestyle="--", linewidth=1, label="noise floor")
+                   label="best linear predictor (noise² + approximation error)")  # fmt: skip
+        if not excess:  # the excess risk's floor is 0, off a log axis
+            ax.axhline(noise, color="k", linestyle="--", linewidth=1, label="noise floor (noise²)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # Ticks at the sizes actually run, compact (500, 2k, 20k): log-axis minor labels collide on short ranges.
+        sizes = sorted(table.n.unique())
+        ax.set_xticks(sizes, [f"{n / 1000:g}k" if n >= 1000 else f"{n}" for n in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training-set size n (log scale)")
         ax.set_ylabel("excess test risk, MSE − noise²" if excess else "test risk (MSE)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    # One legend for both panels, below them, where it hides no curve: the methods, then the reference lines.
+    handles, labels = axes[0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i] not in [style[0] for style in styles.values()])
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncol=5,
+               fontsize=8, frameon=False)  # fmt: skip
     seeds = table.seed.nunique()
+    omega = "" if cfg["frequency"] == 1 else f"{cfg['frequency']:g}"
     fig.suptitle(
-        f"{experiment}: test risk vs n on y = βᵀx + {cfg['nonlinear_scale']:g}·Π_j sin({cfg['frequency']:g}π·x_j) + ε, "
-        f"|β| = {cfg['linear_scale']:g} "
-        f"(d = {cfg['dim']}, noise σ = {cfg['noise']:g})\nmean ± std over {seeds} seed{'s' if seeds != 1 else ''}; "
-        "k of kNN and ResMem chosen by validation MSE",
+        f"{experiment}: test risk vs n on y = βᵀx + {cfg['nonlinear_scale']:g}·Π_j sin({omega}π·x_j) + ε, "
+        f"|β| = {cfg['linear_scale']:g} (d = {cfg['dim']}, noise σ = {cfg['noise']:g})\n"
+        f"mean ± std over {seeds} seed{'s' if seeds != 1 else ''}; k of kNN and ResMem chosen from "
+        f"{', '.join(str(k) for k in sorted(cfg['k']))} by validation MSE "
+        f"({cfg['val_fraction']:g} of each n held out; ties: smaller k)",
         fontsize=10,
     )
     _save(fig, png, pdf)

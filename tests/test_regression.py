@@ -38,6 +38,33 @@ def test_estimators_equal_scikit_learn():
         np.testing.assert_allclose(resmem[i] + base(queries), base(queries) + on_residuals, atol=1e-10)
 
 
+def test_one_search_with_prefix_sums_equals_a_search_per_k():
+    """knn_means reuses the neighbours of one search at the largest k: the same as searching at each k."""
+    rng = np.random.default_rng(1)
+    x, values, queries = rng.normal(size=(300, 3)), rng.normal(size=300), rng.normal(size=(50, 3))
+    ks = [1, 2, 5, 17, 64]
+    means = knn_means(values, exact_search(x, queries, max(ks))[1], ks)
+    assert means.shape == (len(ks), len(queries))
+    for row, k in zip(means, ks, strict=True):
+        np.testing.assert_allclose(row, values[exact_search(x, queries, k)[1]].mean(axis=1), rtol=1e-12)
+
+
+def test_least_squares_equals_lstsq_on_the_design_with_an_intercept():
+    x, y = np.random.default_rng(2).normal(size=(100, 5)), np.random.default_rng(3).normal(size=100)
+    coef = np.linalg.lstsq(np.column_stack([np.ones(100), x]), y, rcond=None)[0]
+    np.testing.assert_allclose(fit_linear(x, y)(x[:7]), coef[0] + x[:7] @ coef[1:], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dim, frequency", [(2, 1.0), (4, 1.0), (3, 1.5)])
+def test_best_linear_risk_equals_the_analytic_value(dim, frequency):
+    """For d ≥ 2 the sines are orthogonal to linear functions, so the best linear predictor is βᵀx and its risk
+    noise² + a²·Π_j E[sin²(ω π x_j)], with E[sin²(ω π x)] = 1/2 − sin(2 ω π)/(4 ω π) on Uniform[−1, 1]."""
+    cfg = study(dim=dim, frequency=frequency)
+    mean_square = 0.5 - np.sin(2 * np.pi * frequency) / (4 * np.pi * frequency)
+    analytic = cfg["noise"] ** 2 + cfg["nonlinear_scale"] ** 2 * mean_square**dim
+    assert best_linear_risk(cfg) == pytest.approx(analytic, rel=0.01)
+
+
 def test_risk_curves_have_the_documented_shape():
     """The base model plateaus at the best linear risk, far above the noise floor; ResMem keeps falling,
     beats the base model clearly and pure kNN at the largest n."""
@@ -66,6 +93,9 @@ BAD = {
     "val fraction 1.5": ({"val_fraction": 1.5}, "regression.r.val_fraction", "maximum of 1"),
     "negative noise": ({"noise": -0.1}, "regression.r.noise", "minimum of 0"),
     "unknown key": ({"size": 3}, "regression.r", "'size' was unexpected"),
+    "n too small": ({"n_train": [5, 100]}, "regression.r.n_train[0]", "minimum of 10"),
+    "empty k grid": ({"k": []}, "regression.r.k", "should be non-empty"),
+    "zero frequency": ({"frequency": 0}, "regression.r.frequency", "minimum of 0"),
 }
 
 
@@ -80,7 +110,7 @@ def test_bad_regression_config_names_the_key(case):
 def test_workflow_runs_a_regression_study_alone(tmp_path):
     config = tmp_path / "regression.yaml"
     tiny = {"dim": 2, "n_train": [50, 200], "n_test": 500, "seeds": [0, 1], "k": [1, 4, 16]}
-    config.write_text(yaml.safe_dump({"regression": {"tiny": tiny}}))
+    config.write_text(yaml.safe_dump({"experiments": {}, "regression": {"tiny": tiny}}))
     snakemake(tmp_path, configfile=config)
     results = tmp_path / "results" / "tiny"
     risk = pd.read_csv(results / "risk.csv")
