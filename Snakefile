@@ -15,12 +15,7 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/embed.smk"
-include: "workflow/rules/knn.smk"
-include: "workflow/rules/sweep.smk"
-include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/vision.smk"
 include: "workflow/rules/lm.smk"
 include: "workflow/rules/regression.smk"
 

@@ -4,9 +4,9 @@
     .venv/bin/python bench/bench_datastore.py --quick    # 100,000 keys, for a check in seconds
 
 Keys are clustered like hidden states (a mixture of Gaussians). For each index kind the script builds the
-index (`resmem.lm_stages.index`), runs the one search at k = 64 for val and test (`resmem.lm_stages.neighbours`:
+index (`resmem.lm.stages.index`), runs the one search at k = 64 for val and test (`resmem.lm.stages.neighbors`:
 IVF-PQ distances recomputed exactly, recall@64 against exact search on 1,000 test queries) and then the sweep
-of ResMem and kNN-LM (`resmem.lm_stages.sweep`, V = 256), each in its own process so that peak memory is its
+of ResMem and kNN-LM (`resmem.lm.stages.sweep`, V = 256), each in its own process so that peak memory is its
 own, and prints times, tokens/s, recall and peak RSS.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resmem import io, lm_stages
+from resmem import io
+from resmem.lm import stages as lm_stages
 
 K = 64
 VOCAB = 256
@@ -69,19 +70,18 @@ def main() -> None:
         in_child("make_datastore", tmp / "ds.npz", n, n_query, dim)  # a child too: peak RSS survives fork + exec
         print(f"datastore: {n:,} keys of dim {dim} (float16), 2 × {n_query:,} queries, k = {K}, V = {VOCAB}")
         for kind, nlist in (("flat", None), ("ivfpq", None)):
-            index = in_child("index", tmp / "ds.npz", tmp / f"{kind}.faiss", 1.0, False, kind, nlist, 16, 8, "cpu")
-            search = in_child(
-                "neighbours", tmp / f"{kind}.faiss", tmp / "ds.npz", tmp / f"{kind}.npz", tmp / f"{kind}.json", 1.0, K,
-                False, "cpu", 16384, 16, 1000,
-            )  # fmt: skip
-            sweep = in_child(
-                "sweep", tmp / "ds.npz", tmp / f"{kind}.npz", tmp / f"{kind}.csv", [1, 4, 16, 64], [0.3, 1.0, 3.0],
-                [1.0], [0.0, 0.25, 0.5], 256,
-            )  # fmt: skip
+            knn = {"normalize": False, "index": kind, "nlist": nlist, "pq_m": 16, "pq_bits": 8, "k_max": K,
+                   "query_chunk": 16384, "nprobe": 16, "recall_sample": 1000, "k": [1, 4, 16, 64],
+                   "sigma": [0.3, 1.0, 3.0], "temperature": [1.0], "lam": [0.0, 0.25, 0.5], "sweep_chunk_mb": 256}
+            built = {"index": tmp / f"{kind}.faiss", "rows": tmp / f"{kind}_rows.npz"}
+            index = in_child("index", tmp / "ds.npz", built, 1.0, knn, "cpu")
+            found = {"neighbors": tmp / f"{kind}.npz", "report": tmp / f"{kind}.json"}
+            search = in_child("neighbors", built["index"], built["rows"], tmp / "ds.npz", found, 1.0, knn, "cpu")
+            sweep = in_child("sweep", tmp / "ds.npz", found["neighbors"], tmp / f"{kind}.csv", knn)
             report = json.loads((tmp / f"{kind}.json").read_text())
             print(
                 f"{kind:>6}: index {index['seconds']:.1f} s ({index['peak_mib']:.0f} MiB) | search "
-                f"{search['seconds']:.1f} s, {report['tokens_per_second']:,.0f} queries/s, recall@{K} "
+                f"{search['seconds']:.1f} s, {report['queries_per_second']:,.0f} queries/s, recall@{K} "
                 f"{report['recall_at_k_max']:.3f} ({search['peak_mib']:.0f} MiB) | sweep {sweep['seconds']:.1f} s "
                 f"({sweep['peak_mib']:.0f} MiB)"
             )

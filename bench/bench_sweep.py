@@ -114,7 +114,7 @@ def main() -> None:
     slow = run_isolated(baseline, size)
     print(f"baseline: {slow['seconds']:8.1f} s, peak RSS {slow['peak_mib']:.0f} MiB", flush=True)
 
-    # Identical at every grid point, up to neighbours at tied distances (none in continuous random data).
+    # Identical at every grid point, up to neighbors at tied distances (none in continuous random data).
     mismatch = np.abs(fast["accuracy"] - slow["accuracy"]).max()
     print(
         f"speed-up: {slow['seconds'] / fast['seconds']:.1f}x; largest accuracy difference {mismatch:.2e}; "

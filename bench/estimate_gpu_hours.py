@@ -5,7 +5,7 @@
 
 Training costs 3 forward passes' FLOPs per image and epoch (forward + backward), counted with
 torch.utils.flop_counter on one image of the dataset's size; embedding one forward pass per datastore, val and
-test image; the neighbour search 2·d·N·Q. The sum is divided by an assumed sustained throughput:
+test image; the neighbor search 2·d·N·Q. The sum is divided by an assumed sustained throughput:
 --tflops (default 100 TFLOP/s, about a third of an H100's dense bf16 peak, what ImageNet-size convnets with
 bf16 autocast and channels_last sustain) for images larger than 64 px, and --tflops-small (default 10 TFLOP/s)
 for 32×32 images, where narrow convolutions are bound by memory and kernel launches rather than arithmetic.
@@ -24,8 +24,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from resmem.config import load
-from resmem.lm import build_lm
-from resmem.models import build_model
+from resmem.lm.model import build_lm
+from resmem.vision.models import build_model
 
 # Images per pool of the real datasets (the config's split carves val from train).
 POOLS = {"cifar100": (50_000, 10_000, 100, 32), "imagenet": (1_281_167, 50_000, 1000, None)}

@@ -1,4 +1,5 @@
-"""Config validation against workflow/schemas/config.schema.yaml, with messages that name the key."""
+"""Config validation against the schema shipped inside the package (resmem/config.schema.yaml), with messages
+that name the key. The workflow validates with this same file."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
 class ConfigError(ValueError):

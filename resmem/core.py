@@ -1,6 +1,6 @@
 """The ResMem math (arXiv 2302.01576, Algorithm 1), on plain numpy arrays so that it serves any model.
 
-Training split: base logits z (N×C), labels y (N,). A query split: logits z' (Q×C) and its neighbours in the
+Training split: base logits z (N×C), labels y (N,). A query split: logits z' (Q×C) and its neighbors in the
 training embeddings, sorted by ascending Euclidean distance (not squared), as `resmem.knn.search` returns them.
 
     residual    r_i = onehot(y_i) - softmax(z_i / T)
@@ -41,16 +41,16 @@ def gathered_residuals(train_logits, train_labels, rows: np.ndarray, temperature
     return residuals(train_logits[flat], np.asarray(train_labels)[flat], temperature).reshape(*rows.shape, -1)
 
 
-def _check_neighbours(dist: np.ndarray, idx: np.ndarray, n_train: int) -> None:
+def check_neighbors(dist: np.ndarray, idx: np.ndarray, n_train: int) -> None:
     if dist.shape != idx.shape or dist.ndim != 2:
-        raise ValueError(f"neighbour distances {dist.shape} and indices {idx.shape} must be equal 2-D arrays")
+        raise ValueError(f"neighbor distances {dist.shape} and indices {idx.shape} must be equal 2-D arrays")
     if idx.size and (idx.min() < 0 or idx.max() >= n_train):
         raise ValueError(
-            f"neighbour indices must lie in [0, {n_train}) (the training set); got [{idx.min()}, {idx.max()}]"
-            " — a negative index means the search asked for more neighbours than the datastore holds"
+            f"neighbor indices must lie in [0, {n_train}) (the training set); got [{idx.min()}, {idx.max()}]"
+            " — a negative index means the search asked for more neighbors than the datastore holds"
         )
     if np.any(np.diff(dist, axis=1) < 0):
-        raise ValueError("neighbour distances must be sorted ascending along each row")
+        raise ValueError("neighbor distances must be sorted ascending along each row")
 
 
 def _unnormalized_weights(dist: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
@@ -61,8 +61,8 @@ def _unnormalized_weights(dist: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     return np.exp(-shifted[:, None, :] / sigmas[None, :, None])
 
 
-def neighbour_weights(dist: np.ndarray, sigma: float) -> np.ndarray:
-    """Normalized kernel weights w_j over each row of sorted neighbour distances (Q×k)."""
+def neighbor_weights(dist: np.ndarray, sigma: float) -> np.ndarray:
+    """Normalized kernel weights w_j over each row of sorted neighbor distances (Q×k)."""
     dist = np.asarray(dist, dtype=np.float64)
     u = _unnormalized_weights(dist, np.array([sigma], dtype=np.float64))[:, 0, :]
     return u / u.sum(axis=1, keepdims=True)
@@ -77,14 +77,14 @@ def resmem_scores(
     sigma: float,
     temperature: float = 1.0,
 ) -> np.ndarray:
-    """softmax(z'/T) + Σ_j w_j r_j over all the neighbours given (Q×C). Slice dist/idx to [:, :k] for k.
+    """softmax(z'/T) + Σ_j w_j r_j over all the neighbors given (Q×C). Slice dist/idx to [:, :k] for k.
 
-    Only the neighbours' residuals are computed (from their logits), so train_logits may be a memmap of a
+    Only the neighbors' residuals are computed (from their logits), so train_logits may be a memmap of a
     datastore far larger than memory."""
     dist = np.asarray(dist, dtype=np.float64)
     idx = np.asarray(idx)
-    _check_neighbours(dist, idx, len(train_labels))
-    w = neighbour_weights(dist, sigma)
+    check_neighbors(dist, idx, len(train_labels))
+    w = neighbor_weights(dist, sigma)
     memory = np.einsum("qk,qkc->qc", w, gathered_residuals(train_logits, train_labels, idx, temperature))
     return softmax(query_logits, temperature) + memory
 
@@ -123,19 +123,19 @@ def kernel_prefix_means(
     idx: np.ndarray,
     ks,
     sigmas,
-    neighbour_vectors,
+    neighbor_vectors,
     width: int,
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
     progress=None,
 ):
-    """Kernel-weighted means Σ_{j<k} w_j v_j of the neighbours' vectors for every k in `ks` and every σ at once,
-    from one neighbour search at k_max (w normalized over each k-prefix, as in `neighbour_weights`).
+    """Kernel-weighted means Σ_{j<k} w_j v_j of the neighbors' vectors for every k in `ks` and every σ at once,
+    from one neighbor search at k_max (w normalized over each k-prefix, as in `neighbor_weights`).
 
     Yields (start, stop, i, mean): the queries start:stop, the position i of k in `ks`, and mean shaped
-    (queries, len(sigmas), width). `neighbour_vectors(rows)` returns the vectors of training rows (any shape)
+    (queries, len(sigmas), width). `neighbor_vectors(rows)` returns the vectors of training rows (any shape)
     shaped rows.shape + (width,): ResMem's residuals, kNN-LM's one-hot next tokens.
 
-    Neighbours are sorted, so the prefix sums grow segment by segment between consecutive grid values of k:
+    Neighbors are sorted, so the prefix sums grow segment by segment between consecutive grid values of k:
     each segment is one batched matmul (Q, S, L) @ (Q, L, width) that serves every σ. Queries are processed in
     chunks and vectors are gathered one segment at a time, so that no block exceeds `chunk_bytes`
     (chunk × k_max × width float64) whatever the number of queries, and no N×width matrix is ever held.
@@ -146,7 +146,7 @@ def kernel_prefix_means(
     k_sorted = ks[order]
     k_max = int(k_sorted[-1])
     if k_sorted[0] < 1 or k_max > dist.shape[1]:
-        raise ValueError(f"every k must lie in [1, {dist.shape[1]}] (neighbours searched); got {ks.tolist()}")
+        raise ValueError(f"every k must lie in [1, {dist.shape[1]}] (neighbors searched); got {ks.tolist()}")
     dist = np.asarray(dist)[:, :k_max]
     idx = np.asarray(idx)[:, :k_max]
     chunk = max(1, int(chunk_bytes // (k_max * width * 8)))
@@ -158,7 +158,7 @@ def kernel_prefix_means(
         norm = np.zeros((stop - start, len(sigmas), 1))
         for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             if hi > lo:
-                total += u[:, :, lo:hi] @ neighbour_vectors(idx[start:stop, lo:hi])  # (Q, S, L) @ (Q, L, width)
+                total += u[:, :, lo:hi] @ neighbor_vectors(idx[start:stop, lo:hi])  # (Q, S, L) @ (Q, L, width)
                 norm += u[:, :, lo:hi].sum(axis=2, keepdims=True)
             yield start, stop, int(order[j]), total / norm
         if progress is not None:
@@ -178,14 +178,14 @@ def sweep_correct(
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
     progress=None,
 ) -> np.ndarray:
-    """Number of correct ResMem predictions for every (T, k, σ) from one neighbour search at k_max.
+    """Number of correct ResMem predictions for every (T, k, σ) from one neighbor search at k_max.
 
     Returns an int64 array of shape (len(temperatures), len(ks), len(sigmas)), in the order given. The
-    neighbours' residuals are computed from their gathered logits segment by segment (see
+    neighbors' residuals are computed from their gathered logits segment by segment (see
     `kernel_prefix_means`), so train_logits may be a memmap of an ImageNet-size datastore, or any object that
-    computes the logits of the rows it is indexed with (`resmem.tokens.KeyLogits`).
+    computes the logits of the rows it is indexed with (`resmem.lm.tokens.KeyLogits`).
     """
-    _check_neighbours(np.asarray(dist), np.asarray(idx), len(train_labels))
+    check_neighbors(np.asarray(dist), np.asarray(idx), len(train_labels))
     query_labels = np.asarray(query_labels)
     n_classes = np.shape(query_logits)[1]
     correct = np.zeros((len(temperatures), len(ks), len(sigmas)), dtype=np.int64)
@@ -203,3 +203,21 @@ def sweep_correct(
             pred = (base + memory).argmax(axis=2)  # (Q, S)
             correct[t, i] += (pred == query_labels[start:stop, None]).sum(axis=0)
     return correct
+
+
+def accuracy_by_confidence(logits: np.ndarray, labels: np.ndarray, predictions: np.ndarray, bins: int = 10):
+    """Correct counts of the base model (argmax of `logits`) and of other `predictions` (ResMem's) in
+    equal-width bins of the base model's confidence, its largest softmax probability: where ResMem helps."""
+    import pandas as pd
+
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(softmax(logits).max(axis=1), edges[1:-1]), 0, bins - 1)
+    return pd.DataFrame(
+        {
+            "bin_lo": edges[:-1],
+            "bin_hi": edges[1:],
+            "count": np.bincount(which, minlength=bins),
+            "base_correct": np.bincount(which, weights=logits.argmax(1) == labels, minlength=bins).astype(int),
+            "resmem_correct": np.bincount(which, weights=predictions == labels, minlength=bins).astype(int),
+        }
+    )

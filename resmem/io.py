@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -169,3 +170,25 @@ def git_commit(repo_dir) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")
+
+
+def source_hash(package_dir=None) -> str:
+    """sha256 of the package's source: every *.py and *.yaml file below `package_dir` (default: the installed
+    resmem package), __pycache__ skipped, as sorted relative POSIX paths and bytes. Beside a '-dirty' commit it
+    tells which uncommitted code a result came from; it does not depend on where the package lies."""
+    if package_dir is None:
+        import resmem
+
+        package_dir = Path(resmem.__file__).parent
+    root = Path(package_dir)
+    files = sorted(
+        (path.relative_to(root).as_posix(), path)
+        for path in root.rglob("*")
+        if path.suffix in (".py", ".yaml") and "__pycache__" not in path.relative_to(root).parts and path.is_file()
+    )
+    digest = hashlib.sha256()
+    for name, path in files:
+        data = path.read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())  # the length delimits a file from the next
+        digest.update(data)
+    return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""Exact Euclidean nearest neighbours with faiss, on the GPU when faiss sees one and the device allows."""
+"""Exact Euclidean nearest neighbors with faiss, on the GPU when faiss sees one and the device allows."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def search(
     """The k nearest training examples of every query: (Euclidean distances, indices), both Q×k, sorted.
     For an IVF index, `nprobe` lists are searched per query."""
     if k > index.ntotal:
-        raise ValueError(f"k = {k} neighbours asked for, but the index holds only {index.ntotal} vectors")
+        raise ValueError(f"k = {k} neighbors asked for, but the index holds only {index.ntotal} vectors")
     import faiss
 
     if isinstance(index, faiss.IndexIVF):
@@ -118,14 +118,62 @@ def search(
     return dist, idx
 
 
+def search_queries(index, vectors, queries: dict, k_max: int, knn: dict, device: str = "auto") -> tuple[dict, dict]:
+    """One search at k_max for each query split ({split: query vectors}) over `index`, which holds `vectors`:
+    ({<split>_dist, <split>_idx}, report). `knn` is an experiment's knn section (normalize, query_chunk,
+    nprobe, recall_sample).
+
+    The report records the index, the search speed and, for an approximate index, its recall@k_max against
+    exact search over `vectors` on a fixed sample of the test queries. A PQ index's distances are replaced by
+    exact ones (and rows re-sorted by them), so the kernel weights never see quantization error."""
+    import sys
+    import time
+
+    import faiss
+    from tqdm import tqdm
+
+    normalize = knn["normalize"]
+    found = {}
+    start = time.perf_counter()
+    for split, q in queries.items():
+        with tqdm(total=len(q), desc=f"search {split}", unit="query", file=sys.stderr) as bar:
+            dist, idx = search(index, q, k_max, normalize, device, knn["query_chunk"], bar, knn["nprobe"])
+        if isinstance(index, faiss.IndexIVFPQ):
+            dist, idx = exact_distances(vectors, q, idx, normalize)
+        found[f"{split}_dist"], found[f"{split}_idx"] = dist, idx
+    seconds = time.perf_counter() - start
+    n_queries = sum(len(q) for q in queries.values())
+    approximate = isinstance(index, faiss.IndexIVF)
+    report = {
+        "index": type(index).__name__,
+        "ntotal": int(index.ntotal),
+        "dim": int(index.d),
+        "k_max": k_max,
+        "queries": n_queries,
+        "seconds": seconds,
+        "queries_per_second": n_queries / max(seconds, 1e-9),
+        "nlist": int(index.nlist) if approximate else None,
+        "nprobe": knn["nprobe"] if approximate else None,
+        "recall_at_k_max": 1.0,
+        "recall_sample": 0,
+    }
+    if approximate:  # measure what the approximation costs, on a fixed sample of the test queries
+        test = queries["test"]
+        sample = np.sort(np.random.default_rng(0).permutation(len(test))[: knn["recall_sample"]])
+        _, exact = exact_search(vectors, test[sample], k_max, normalize)
+        report.update(recall_at_k_max=recall_at_k(found["test_idx"][sample], exact), recall_sample=len(sample))
+        log.info("recall@%d on %d test queries: %.4f", k_max, len(sample), report["recall_at_k_max"])
+    return found, report
+
+
 def exact_distances(
     train_embeddings: np.ndarray, queries: np.ndarray, idx: np.ndarray, normalize: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact Euclidean distances to neighbours that an approximate (PQ) index found, rows re-sorted by them:
+    """Exact Euclidean distances to neighbors that an approximate (PQ) index found, rows re-sorted by them:
     (distances, indices). Costs Q×k×d, nothing next to the search."""
     q = prepare(queries, normalize)
-    neighbours = prepare(train_embeddings[idx.ravel()], normalize).reshape(*idx.shape, -1)
-    dist = np.sqrt(((neighbours - q[:, None, :]) ** 2).sum(axis=2))
+    neighbors = prepare(train_embeddings[idx.ravel()], normalize).reshape(*idx.shape, -1)
+    dist = np.sqrt(((neighbors - q[:, None, :]) ** 2).sum(axis=2))
     order = np.argsort(dist, axis=1, kind="stable")
     return np.take_along_axis(dist, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
@@ -133,7 +181,7 @@ def exact_distances(
 def exact_search(
     train_embeddings: np.ndarray, queries: np.ndarray, k: int, normalize: bool = False, chunk_size: int = 262_144
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours by brute force over the datastore in chunks (it may be a memmap larger than
+    """Exact k nearest neighbors by brute force over the datastore in chunks (it may be a memmap larger than
     memory), merged in a heap: the reference that an approximate index's recall is measured against."""
     import faiss
 
@@ -151,6 +199,14 @@ def exact_search(
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean share of each query's exact k neighbours that the index also returned."""
-    k = exact.shape[1]
-    return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(found, exact, strict=True)]))
+    """Mean share of each query's exact k neighbors that the index also returned (distinct ids per row; a -1,
+    no neighbor, in both rows counts once)."""
+    import faiss
+
+    if len(found) != len(exact):
+        raise ValueError(f"recall_at_k: {len(found)} rows of found neighbors vs {len(exact)} exact ones")
+    if not len(exact):
+        return float("nan")
+    # faiss drops -1 from a row before intersecting; shifting ids by one keeps it, as np.intersect1d did.
+    found, exact = (np.ascontiguousarray(a, dtype=np.int64) + 1 for a in (found, exact))
+    return faiss.eval_intersection(found, exact) / (exact.shape[0] * exact.shape[1])

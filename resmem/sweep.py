@@ -12,10 +12,10 @@ from resmem.artifacts import QUERY_SPLITS, SWEEP_COLUMNS
 from resmem.core import sweep_correct
 
 
-def sweep_table(embeddings: dict, neighbours: dict, ks, sigmas, temperatures, chunk_bytes: int) -> pd.DataFrame:
+def sweep_table(embeddings: dict, neighbors: dict, ks, sigmas, temperatures, chunk_bytes: int) -> pd.DataFrame:
     """Accuracy at every (k, σ, T) on val and test, plus one base-model row per split with k = 0.
 
-    `embeddings` holds train_logits/train_y and <split>_logits/<split>_y; `neighbours` holds
+    `embeddings` holds train_logits/train_y and <split>_logits/<split>_y; `neighbors` holds
     <split>_dist/<split>_idx from one search at the largest k."""
     rows = []
     for split in QUERY_SPLITS:
@@ -34,8 +34,8 @@ def sweep_table(embeddings: dict, neighbours: dict, ks, sigmas, temperatures, ch
                 embeddings["train_y"],
                 logits,
                 labels,
-                neighbours[f"{split}_dist"],
-                neighbours[f"{split}_idx"],
+                neighbors[f"{split}_dist"],
+                neighbors[f"{split}_idx"],
                 ks,
                 sigmas,
                 temperatures,

@@ -12,16 +12,29 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from resmem.io import atomic_path
-from resmem.loader import Loader
 
 log = logging.getLogger(__name__)
+
+
+class Loader(Protocol):
+    """What training asks of a data source: batches (x, y) on `device`, in a seeded order for training."""
+
+    device: torch.device
+    memory_format: torch.memory_format  # channels_last when the model should be converted to it
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, seed: int | None = None, drop_single: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ...
 
 
 def seed_everything(seed: int) -> None:
@@ -36,11 +49,15 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    # Decay weight matrices and kernels only, not biases or norm gains (as nanoGPT): those set offsets and scales.
+    params = [p for p in model.parameters() if p.requires_grad]  # named_parameters order, tied weights once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg["weight_decay"]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     if cfg["optimizer"] == "adam":
-        return torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    return torch.optim.SGD(
-        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"]
-    )
+        return torch.optim.AdamW(groups, lr=cfg["lr"])
+    return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True)
 
 
 def lr_factor(step: int, total_steps: int, cfg: dict, steps_per_epoch: int) -> float:
@@ -96,7 +113,8 @@ def train(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     amp = use_amp(cfg, device)
     forward = torch.compile(model) if cfg["compile"] and device.type == "cuda" else model
-    fingerprint = json.dumps({"cfg": cfg, "seed": seed}, sort_keys=True)
+    # The optimizer's layout is part of what a checkpoint must match (v2: biases and norm weights undecayed).
+    fingerprint = json.dumps({"cfg": cfg, "seed": seed, "optimizer_groups": "v2"}, sort_keys=True)
 
     history: list[dict] = []
     if checkpoint is not None and Path(checkpoint).exists():
@@ -162,12 +180,5 @@ def train(
     return history
 
 
-@torch.inference_mode()
-def extract(model: nn.Module, loader: Loader, amp: bool = False):
-    """Yield (penultimate features, logits) float32 numpy blocks of the loader's examples, in order, in eval
-    mode: callers stream them to disk instead of holding a whole split in memory."""
-    model.to(loader.device).eval()
-    with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=amp):
-        for x, _ in loader.epoch():
-            f = model.features(x)
-            yield f.float().cpu().numpy(), model.head(f).float().cpu().numpy()
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # a tied weight counts once

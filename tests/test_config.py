@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from resmem.config import SCHEMA, ConfigError, load, validate
-from resmem.data import DATASETS
-from resmem.models import MODELS
+from resmem.vision.data import DATASETS
+from resmem.vision.models import MODELS
 from tests.conftest import REPO, snakemake, write_config
 
 

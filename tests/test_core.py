@@ -1,4 +1,4 @@
-"""The ResMem math against an independent brute-force implementation (scikit-learn neighbours, scipy softmax)."""
+"""The ResMem math against an independent brute-force implementation (scikit-learn neighbors, scipy softmax)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from scipy.special import softmax as scipy_softmax
 from sklearn.neighbors import NearestNeighbors
 
 from resmem import ResMem
-from resmem.core import neighbour_weights, residuals, resmem_predict, resmem_scores, sweep_correct
+from resmem.core import neighbor_weights, residuals, resmem_predict, resmem_scores, sweep_correct
 from resmem.knn import build_index, search
 
 
@@ -87,7 +87,7 @@ def test_memorization_at_k1_returns_training_labels(problem):
     assert (base != p["train_y"]).mean() > 0.2  # the base model alone does not memorize
 
 
-def test_tiny_sigma_gives_no_nan_and_follows_the_nearest_neighbour(problem):
+def test_tiny_sigma_gives_no_nan_and_follows_the_nearest_neighbor(problem):
     p = problem
     train = (p["train_logits"], p["train_y"])
     scores = resmem_scores(p["query_logits"], p["dist"][:, :16], p["idx"][:, :16], *train, sigma=1e-12)
@@ -97,9 +97,9 @@ def test_tiny_sigma_gives_no_nan_and_follows_the_nearest_neighbour(problem):
 
 
 def test_huge_sigma_gives_uniform_weights(problem):
-    weights = neighbour_weights(problem["dist"][:, :10], sigma=1e12)
+    weights = neighbor_weights(problem["dist"][:, :10], sigma=1e12)
     np.testing.assert_allclose(weights, np.full_like(weights, 0.1), rtol=1e-9)
-    np.testing.assert_allclose(neighbour_weights(problem["dist"][:, :10], 0.3).sum(1), 1.0)
+    np.testing.assert_allclose(neighbor_weights(problem["dist"][:, :10], 0.3).sum(1), 1.0)
 
 
 def test_sweep_equals_per_point_evaluation(problem):
@@ -136,14 +136,14 @@ def test_resmem_improves_a_weak_base_model(problem):
     assert correct[0, 0, 0] > base + 0.1 * len(p["query_y"])
 
 
-def test_bad_neighbours_are_rejected(problem):
+def test_bad_neighbors_are_rejected(problem):
     p = problem
     train = (p["train_logits"], p["train_y"])
     with pytest.raises(ValueError, match="sorted ascending"):
         resmem_scores(p["query_logits"], p["dist"][:, ::-1][:, :5], p["idx"][:, :5], *train, 1.0)
     bad_idx = p["idx"][:, :5].copy()
     bad_idx[0, 4] = -1
-    with pytest.raises(ValueError, match="more neighbours than the datastore holds"):
+    with pytest.raises(ValueError, match="more neighbors than the datastore holds"):
         resmem_scores(p["query_logits"], p["dist"][:, :5], bad_idx, *train, 1.0)
     with pytest.raises(ValueError, match="every k must lie in"):
         sweep_correct(

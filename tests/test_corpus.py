@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resmem import corpus
 from resmem.config import ConfigError
-from resmem.corpus import SPLITS, build_corpus, make_tokenizer
+from resmem.lm import corpus
+from resmem.lm.corpus import SPLITS, build_corpus
+from resmem.lm.tokenizers import make_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 BUDGET = {"train": 300_000, "val": 40_000, "test": 40_000}

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from resmem.config import ConfigError
-from resmem.data import load_dataset, make_split, train_subset
-from resmem.loader import CROP_PADDING, Loader, crop_flip
+from resmem.vision.data import load_dataset, make_split, train_subset
+from resmem.vision.loader import CROP_PADDING, Loader, crop_flip
 
 CPU = torch.device("cpu")
 

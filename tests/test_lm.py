@@ -7,13 +7,27 @@ import pandas as pd
 import pytest
 import torch
 
-from resmem import io, lm_stages
+from resmem import io
 from resmem.config import ConfigError, validate
-from resmem.lm import GPT, TokenWindows, datastore_positions, hidden_states
-from resmem.lm_stages import RowSubset, datastore_rows, load_datastore
+from resmem.lm import stages as lm_stages
+from resmem.lm.model import GPT, TokenWindows, datastore_positions, hidden_states
+from resmem.lm.stages import RowSubset, datastore_rows, load_datastore
 
 CONTEXT = 16
 
+
+
+def knn(**settings) -> dict:
+    """A language-model experiment's knn section with the schema's defaults, `settings` and k_max (as the rules
+    pass it): small grids for the tests."""
+    defaults = validate({"lm_experiments": {"x": {"models": {"m": {}}}}})["lm_experiments"]["x"]["knn"]
+    section = {**defaults, "k": [1, 4], "sigma": [1.0], "temperature": [1.0], "lam": [0.5], "sweep_chunk_mb": 16}
+    section.update(settings)
+    return {**section, "k_max": max(section["k"])}
+
+
+def search_outputs(root):
+    return {"neighbors": root / "nb.npz", "report": root / "search.json"}
 
 def tiny_config(**train):
     spec = {"models": {"m": {"n_layer": 1, "n_head": 2, "n_embd": 16}}, "context": CONTEXT}
@@ -87,16 +101,14 @@ def test_hidden_states_are_the_models_own_at_every_position():
 def test_trained_datastore_round_trips(corpus):
     root, tokens = corpus
     cfg = tiny_config()
-    lm_stages.train(
-        root / "corpus.npz", root / "corpus.json", root / "model.pt", root / "log.csv", root / "meta.json",
-        cfg["models"]["m"], cfg["train"], CONTEXT, 500, seed=0, device="cpu", threads=1, config={},
-    )  # fmt: skip
+    out = {"model": root / "model.pt", "train_log": root / "log.csv", "meta": root / "meta.json"}
+    lm_stages.train(root / "corpus.npz", root / "corpus.json", out, cfg["models"]["m"], cfg["train"], CONTEXT, 500,
+                    seed=0, device="cpu", threads=1, config={})  # fmt: skip
     history = np.genfromtxt(root / "log.csv", delimiter=",", names=True)
     assert len(history) == 2 and history["loss"][1] < history["loss"][0]
-    lm_stages.datastore(
-        root / "corpus.npz", root / "model.pt", root / "ds.npz", root / "ds.json", stride=2, max_tokens=1000,
-        eval_tokens=300, batch_size=4, amp=False, device="cpu", threads=1,
-    )  # fmt: skip
+    store = {"stride": 2, "max_tokens": 1000, "batch_size": 4}
+    lm_stages.datastore(root / "corpus.npz", root / "model.pt", root / "ds.npz", root / "ds.json", store, 300,
+                        amp=False, device="cpu", threads=1)  # fmt: skip
     arrays = load_datastore(root / "ds.npz")
     assert arrays["train_keys"].dtype == np.float16 and arrays["val_keys"].dtype == np.float32
     assert len(arrays["train_pos"]) == 1000 and len(arrays["val_pos"]) == len(arrays["test_pos"]) == 300
@@ -127,7 +139,7 @@ def test_truncated_datastore_is_named(tmp_path):
 
 
 def test_ivfpq_index_reports_recall_and_exact_distances(tmp_path):
-    """The IVF-PQ option: approximate neighbours, but the distances handed to the kernel are exact ones,
+    """The IVF-PQ option: approximate neighbors, but the distances handed to the kernel are exact ones,
     rows sorted by them, and recall@k against exact search is reported on a sample."""
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(20, 16)) * 4
@@ -138,14 +150,14 @@ def test_ivfpq_index_reports_recall_and_exact_distances(tmp_path):
     for s, q in queries.items():
         store.update({f"{s}_keys": q, f"{s}_next": rng.integers(0, 256, 300), f"{s}_pos": np.arange(300)})
     io.save_npz(tmp_path / "ds.npz", **store, head_weight=np.zeros((256, 16), np.float32), head_bias=np.zeros(256))
-    lm_stages.index(tmp_path / "ds.npz", tmp_path / "pq.faiss", 0.5, False, "ivfpq", 16, 4, 8, "cpu")
-    lm_stages.neighbours(
-        tmp_path / "pq.faiss", tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "search.json", fraction=0.5,
-        k_max=10, normalize=False, device="cpu", query_chunk=100, nprobe=4, recall_sample=200,
-    )  # fmt: skip
+    index = {"index": tmp_path / "pq.faiss", "rows": tmp_path / "rows.npz"}
+    lm_stages.index(tmp_path / "ds.npz", index, 0.5, knn(index="ivfpq", nlist=16, pq_m=4), "cpu")
+    lm_stages.neighbors(index["index"], index["rows"], tmp_path / "ds.npz", search_outputs(tmp_path), 0.5,
+                         knn(k=[10], query_chunk=100, nprobe=4, recall_sample=200), "cpu")  # fmt: skip
     report = json.loads((tmp_path / "search.json").read_text())
     assert report["index"] == "IndexIVFPQ" and report["ntotal"] == 3000 and report["recall_sample"] == 200
-    assert 0.3 < report["recall_at_k_max"] < 1.0  # approximate, but finds most true neighbours
+    assert report["datastore_fraction"] == 0.5
+    assert 0.3 < report["recall_at_k_max"] < 1.0  # approximate, but finds most true neighbors
     found = io.load_npz(tmp_path / "nb.npz", ["test_dist", "test_idx"])
     assert set(np.unique(found["test_idx"])) <= set(datastore_rows(6000, 0.5))
     exact = np.linalg.norm(keys[found["test_idx"]].astype(np.float32) - queries["test"][:, None], axis=2)
@@ -198,7 +210,7 @@ def test_experiment_names_are_unique_across_kinds():
         validate({})
 
 
-def test_neighbours_that_do_not_fit_the_datastore_are_named(tmp_path):
+def test_neighbors_that_do_not_fit_the_datastore_are_named(tmp_path):
     rng = np.random.default_rng(0)
     store = {f"{s}_{kind}": np.zeros(n, np.int64) for s, n in (("train", 50), ("val", 20), ("test", 20))
              for kind in ("next", "pos")}  # fmt: skip
@@ -208,8 +220,8 @@ def test_neighbours_that_do_not_fit_the_datastore_are_named(tmp_path):
     short = {f"{s}_{kind}": np.zeros((10, 4), np.float32 if kind == "dist" else np.int64)
              for s in ("val", "test") for kind in ("dist", "idx")}  # fmt: skip
     io.save_npz(tmp_path / "nb.npz", **short)
-    with pytest.raises(io.ArtifactError, match=r"nb.npz: 10 × 4 val neighbours do not fit .*ds.npz \(20 queries\)"):
-        lm_stages.sweep(tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "s.csv", [1, 4], [1.0], [1.0], [0.5], 16)
+    with pytest.raises(io.ArtifactError, match=r"nb.npz: 10 × 4 val neighbors do not fit .*ds.npz \(20 queries\)"):
+        lm_stages.sweep(tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "s.csv", knn(k=[1, 4]))
 
 
 def test_bpe_text_corpus_end_to_end_through_the_stages(tmp_path):
@@ -229,20 +241,16 @@ def test_bpe_text_corpus_end_to_end_through_the_stages(tmp_path):
     lm_stages.corpus(tmp_path / "corpus.npz", tmp_path / "corpus.json", cfg["corpus"])
     vocab = json.loads((tmp_path / "corpus.json").read_text())["vocab_size"]
     assert vocab > 256
-    lm_stages.train(
-        tmp_path / "corpus.npz", tmp_path / "corpus.json", tmp_path / "model.pt", tmp_path / "log.csv",
-        tmp_path / "meta.json", cfg["models"]["m"], cfg["train"], 8, 200, seed=0, device="cpu", threads=1, config={},
-    )  # fmt: skip
-    lm_stages.datastore(
-        tmp_path / "corpus.npz", tmp_path / "model.pt", tmp_path / "ds.npz", tmp_path / "ds.json", stride=1,
-        max_tokens=None, eval_tokens=100, batch_size=8, amp=False, device="cpu", threads=1,
-    )  # fmt: skip
+    out = {"model": tmp_path / "model.pt", "train_log": tmp_path / "log.csv", "meta": tmp_path / "meta.json"}
+    lm_stages.train(tmp_path / "corpus.npz", tmp_path / "corpus.json", out, cfg["models"]["m"], cfg["train"], 8, 200,
+                    seed=0, device="cpu", threads=1, config={})  # fmt: skip
+    lm_stages.datastore(tmp_path / "corpus.npz", tmp_path / "model.pt", tmp_path / "ds.npz", tmp_path / "ds.json",
+                        {"stride": 1, "max_tokens": None, "batch_size": 8}, 100, False, "cpu", threads=1)  # fmt: skip
     assert load_datastore(tmp_path / "ds.npz")["head_weight"].shape == (vocab, 16)
-    lm_stages.index(tmp_path / "ds.npz", tmp_path / "i.faiss", 1.0, False, "flat", None, 8, 8, "cpu")
-    lm_stages.neighbours(
-        tmp_path / "i.faiss", tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "s.json", 1.0, 4, False, "cpu",
-        1000, 1, 10,
-    )  # fmt: skip
-    lm_stages.sweep(tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "sw.csv", [1, 4], [1.0], [1.0], [0.5], 16)
+    index = {"index": tmp_path / "i.faiss", "rows": tmp_path / "rows.npz"}
+    lm_stages.index(tmp_path / "ds.npz", index, 1.0, knn(), "cpu")
+    lm_stages.neighbors(index["index"], index["rows"], tmp_path / "ds.npz", search_outputs(tmp_path), 1.0,
+                         knn(k=[4], query_chunk=1000, nprobe=1, recall_sample=10), "cpu")  # fmt: skip
+    lm_stages.sweep(tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "sw.csv", knn(k=[1, 4]))
     table = pd.read_csv(tmp_path / "sw.csv")
     assert set(table.method) == {"base", "resmem", "knnlm"} and table.accuracy.between(0, 1).all()

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from resmem.artifacts import DATASTORE_KEYS, LM_FIGURES, LM_SUMMARY_COLUMNS, LM_SWEEP_COLUMNS, NEIGHBOUR_KEYS
-from resmem.tokens import select
+from resmem.artifacts import NEIGHBOR_KEYS
+from resmem.lm.artifacts import DATASTORE_KEYS, LM_FIGURES, LM_SUMMARY_COLUMNS, LM_SWEEP_COLUMNS
+from resmem.lm.tokens import select
 from tests.conftest import REPO, planned_jobs, snakemake
 
 MODELS = ("gpt_l1_d16", "gpt_l1_d32")
@@ -67,14 +68,14 @@ def test_store_artifacts(lm_run, fraction):
     entries = 20_000 * float(fraction)
     assert faiss.read_index(str(run / "index.faiss")).ntotal == entries
     with np.load(run / "neighbors.npz") as found:
-        assert sorted(found.files) == sorted(NEIGHBOUR_KEYS) and found["test_idx"].shape == (1_000, 8)
+        assert sorted(found.files) == sorted(NEIGHBOR_KEYS) and found["test_idx"].shape == (1_000, 8)
         rows = np.unique(found["test_idx"])
     if fraction == "0.5":  # indices refer to datastore rows of the nested subset
-        from resmem.lm_stages import datastore_rows
+        from resmem.lm.stages import datastore_rows
 
         assert set(rows) <= set(datastore_rows(20_000, 0.5))
     search = json.loads((run / "search.json").read_text())
-    assert search["ntotal"] == entries and search["tokens_per_second"] > 0
+    assert search["ntotal"] == entries and search["queries_per_second"] > 0
     sweep = pd.read_csv(run / "sweep.csv")
     assert list(sweep.columns) == list(LM_SWEEP_COLUMNS)
     per_split = 1 + 3 * 2 * 2 + 3 * 2 * 2  # base + ResMem k×σ×T + kNN-LM k×σ×λ

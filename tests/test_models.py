@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from resmem.config import ConfigError, validate
-from resmem.models import MODELS, build_model, count_parameters
-from resmem.train import lr_factor
+from resmem.train import count_parameters, lr_factor
+from resmem.vision.models import MODELS, build_model
 
 FAMILIES = {
     "small_cnn width": [{"arch": "small_cnn", "width": w} for w in (1, 2, 4, 8, 32)],

@@ -1,12 +1,20 @@
 """Install metadata, conda environments, README, CI and lint agree with each other."""
 
+import importlib.util
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 
+from resmem import io
 from tests.conftest import REPO, SNAKEMAKE
 
 # pip name -> conda-forge name, where they differ; faiss-gpu (Linux x86_64 wheel) is faiss-cpu on conda-forge.
@@ -60,3 +68,79 @@ def test_snakefmt_is_clean():
 def test_ruff_is_clean():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_source_hash_follows_the_source_not_its_location(tmp_path):
+    package = tmp_path / "a" / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text('"""A fake package."""\n')
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "mod.py").write_text("X = 1\n")
+    (package / "config.schema.yaml").write_text("type: object\n")
+    before = io.source_hash(package)
+    assert len(before) == 64 and io.source_hash(shutil.copytree(package, tmp_path / "b" / "elsewhere")) == before
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\x00compiled")
+    (package / "notes.txt").write_text("neither .py nor .yaml")
+    assert io.source_hash(package) == before
+    (package / "sub" / "mod.py").write_text("X = 2\n")  # one byte
+    assert io.source_hash(package) != before
+    (package / "sub" / "mod.py").write_text("X = 1\n")
+    (package / "config.schema.yaml").write_text("type: array\n")
+    assert io.source_hash(package) != before
+    assert io.source_hash() == io.source_hash(REPO / "resmem")  # default: the package these tests import
+
+
+# The child reads resmem from SITE, not from the checkout: -S skips the .pth of the editable install, and cwd is
+# elsewhere. It reports what it found as JSON.
+INSTALLED_CHILD = """
+import json, sys
+import resmem, resmem.config, resmem.io
+report = {"file": resmem.__file__, "schema": str(resmem.config.SCHEMA), "hash": resmem.io.source_hash()}
+report["experiments"] = sorted(resmem.config.load(sys.argv[1])["experiments"])
+try:
+    resmem.config.load(sys.argv[2])
+except resmem.config.ConfigError as exc:
+    report["error"] = str(exc)
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("pip") is None or importlib.util.find_spec("setuptools") is None,
+    reason="building the wheel needs pip and setuptools in this interpreter (pip wheel --no-build-isolation)",
+)
+def test_installed_wheel_ships_the_schema_and_validates_configs(tmp_path):
+    # DIST_EXTRA_CONFIG (pypa/distutils#177) sends build/ and the egg-info to tmp_path, not into the checkout,
+    # where a stale build/lib could also slip removed modules into the wheel.
+    extra_config = tmp_path / "build.cfg"
+    extra_config.write_text(f"[build]\nbuild_base = {tmp_path / 'build'}\n[egg_info]\negg_base = {tmp_path}\n")
+    env = {**os.environ, "DIST_EXTRA_CONFIG": str(extra_config), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+    def pip(*args):
+        proc = subprocess.run([sys.executable, "-m", "pip", "-q", *args], cwd=tmp_path, env=env, capture_output=True)
+        assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+    pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "wheels", REPO)
+    (wheel,) = (tmp_path / "wheels").glob("resmem-*.whl")
+    pip("install", "--no-deps", "--no-index", "--target", tmp_path / "site", wheel)
+    bad = {"experiments": {"x": {"models": {"m": {"arch": "small_cnn"}}, "train": {"learning_rate": 0.1}}}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    paths = sysconfig.get_paths()  # the environment's site-packages, for numpy, snakemake, ...
+    site_path = os.pathsep.join([str(tmp_path / "site"), paths["purelib"], paths["platlib"]])
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", INSTALLED_CHILD, REPO / "config" / "smoke.yaml", tmp_path / "bad.yaml"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": site_path},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    installed = (tmp_path / "site" / "resmem").resolve()
+    assert Path(report["file"]).resolve() == installed / "__init__.py"
+    assert Path(report["schema"]).resolve() == installed / "config.schema.yaml"
+    assert report["experiments"] == ["smoke"]
+    assert "experiments.x.train" in report["error"] and "'learning_rate' was unexpected" in report["error"]
+    # Every source file of the checkout's package, subpackages and schema included, is in the wheel.
+    assert report["hash"] == io.source_hash(REPO / "resmem")

@@ -12,7 +12,7 @@ from sklearn.neighbors import KNeighborsRegressor
 
 from resmem.config import ConfigError, validate
 from resmem.knn import exact_search
-from resmem.regression import RISK_COLUMNS, best_linear_risk, fit_linear, knn_means, risk_table, simulate
+from resmem.regression.study import RISK_COLUMNS, best_linear_risk, fit_linear, knn_means, risk_table, simulate
 from tests.conftest import snakemake
 
 
@@ -39,7 +39,7 @@ def test_estimators_equal_scikit_learn():
 
 
 def test_one_search_with_prefix_sums_equals_a_search_per_k():
-    """knn_means reuses the neighbours of one search at the largest k: the same as searching at each k."""
+    """knn_means reuses the neighbors of one search at the largest k: the same as searching at each k."""
     rng = np.random.default_rng(1)
     x, values, queries = rng.normal(size=(300, 3)), rng.normal(size=300), rng.normal(size=(50, 3))
     ks = [1, 2, 5, 17, 64]

@@ -6,71 +6,72 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from resmem import io, stages
-from resmem.artifacts import EMBEDDING_KEYS, SWEEP_COLUMNS
-from resmem.config import ConfigError
+from resmem import io
+from resmem.artifacts import SWEEP_COLUMNS
+from resmem.config import ConfigError, validate
 from resmem.io import ArtifactError, atomic_path
+from resmem.knn import recall_at_k
+from resmem.vision import stages
+from resmem.vision.artifacts import EMBEDDING_KEYS
 
 N = {"train": 40, "val": 12, "test": 10}
+DEFAULT_KNN = validate({"experiments": {"x": {"models": {"m": {"arch": "small_cnn"}}}}})["experiments"]["x"]["knn"]
+
+
+def knn(**settings) -> dict:
+    """An experiment's knn section with the schema's defaults, `settings` and k_max (what the rules pass)."""
+    section = {**DEFAULT_KNN, "k": [1, 8], "sigma": [0.5], "temperature": [1.0], "sweep_chunk_mb": 1, **settings}
+    return {**section, "k_max": max(section["k"])}
 
 
 def write_artifacts(tmp_path, rows=N, classes=3, dim=4, split_rows=N):
     rng = np.random.default_rng(0)
-    arrays = {}
+    offsets = np.cumsum([0, *split_rows.values()])
+    parts = {f"{s}_idx": np.arange(a, b) for s, a, b in zip(split_rows, offsets[:-1], offsets[1:], strict=True)}
+    arrays = {"train_idx": parts["train_idx"][: rows["train"]]}
     for split, n in rows.items():
         arrays[f"{split}_emb"] = rng.normal(size=(n, dim)).astype(np.float32)
         arrays[f"{split}_logits"] = rng.normal(size=(n, classes)).astype(np.float32)
         arrays[f"{split}_y"] = rng.integers(0, classes, n).astype(np.int64)
     io.save_npz(tmp_path / "embeddings.npz", **arrays)
-    offsets = np.cumsum([0, *split_rows.values()])
-    io.save_npz(
-        tmp_path / "split.npz",
-        train_pool=np.int64(offsets[-1]),
-        test_pool=np.int64(offsets[-1]),
-        **{f"{s}_idx": np.arange(a, b) for s, a, b in zip(split_rows, offsets[:-1], offsets[1:], strict=True)},
-    )
-    return tmp_path / "embeddings.npz", tmp_path / "split.npz"
+    io.save_npz(tmp_path / "split.npz", train_pool=np.int64(offsets[-1]), test_pool=np.int64(offsets[-1]), **parts)
+    io.save_npz(tmp_path / "train_rows.npz", train_idx=parts["train_idx"])
+    return tmp_path / "embeddings.npz", tmp_path / "train_rows.npz"
+
+
+def search(tmp_path, emb, name: str, index="index.faiss", **settings) -> dict:
+    out = {"neighbors": tmp_path / f"{name}.npz", "report": tmp_path / f"{name}.json"}
+    stages.neighbors(tmp_path / index, emb, out, knn(**settings), "cpu")
+    return json.loads(out["report"].read_text())
 
 
 def test_stages_chain_without_snakemake(tmp_path):
-    emb, split = write_artifacts(tmp_path)
-    stages.index(emb, split, tmp_path / "index.faiss", normalize=False, device="cpu")
-    stages.neighbours(
-        tmp_path / "index.faiss",
-        emb,
-        tmp_path / "neighbors.npz",
-        tmp_path / "search.json",
-        k_max=8,
-        normalize=False,
-        device="cpu",
-        query_chunk=5,
-    )
-    stages.sweep(
-        emb,
-        tmp_path / "neighbors.npz",
-        tmp_path / "sweep.csv",
-        ks=[1, 8],
-        sigmas=[0.5],
-        temperatures=[1.0],
-        sweep_chunk_mb=1,
-    )
+    emb, rows = write_artifacts(tmp_path)
+    stages.index(emb, rows, tmp_path / "index.faiss", knn(), "cpu")
+    search(tmp_path, emb, "neighbors", query_chunk=5)
+    stages.sweep(emb, tmp_path / "neighbors.npz", tmp_path / "sweep.csv", knn())
     sweep = pd.read_csv(tmp_path / "sweep.csv")
     assert list(sweep.columns) == list(SWEEP_COLUMNS) and len(sweep) == 2 * 3
     stages.select(tmp_path / "sweep.csv", tmp_path / "selected.json")
     assert (tmp_path / "selected.json").exists()
 
 
-def test_embeddings_whose_rows_differ_from_the_split_name_the_file(tmp_path):
-    emb, split = write_artifacts(tmp_path, rows={**N, "val": N["val"] - 1})
-    with pytest.raises(ArtifactError, match=r"embeddings.npz: 11 val rows but .*split.npz has 12"):
-        stages.load_embeddings(emb, split)
+def test_embeddings_of_other_training_rows_name_the_file(tmp_path):
+    """The datastore is checked against the exact rows that train wrote, not only their count."""
+    emb, rows = write_artifacts(tmp_path)
+    io.save_npz(rows, train_idx=np.arange(1, N["train"] + 1))
+    with pytest.raises(ArtifactError, match=r"embeddings.npz: its datastore is not the training rows in .*train_rows"):
+        stages.load_embeddings(emb, rows)
+    with pytest.raises(ArtifactError, match=r"embeddings.npz: its datastore is not the training rows"):
+        stages.index(emb, rows, tmp_path / "index.faiss", knn(), "cpu")
+    assert not (tmp_path / "index.faiss").exists()
 
 
 def test_truncated_embeddings_name_the_file(tmp_path):
-    emb, split = write_artifacts(tmp_path)
+    emb, rows = write_artifacts(tmp_path)
     emb.write_bytes(emb.read_bytes()[:100])
     with pytest.raises(ArtifactError, match=r"embeddings.npz: cannot be read .*rerun"):
-        stages.load_embeddings(emb, split)
+        stages.load_embeddings(emb, rows)
 
 
 def test_missing_array_is_named(tmp_path):
@@ -92,41 +93,23 @@ def test_wrong_dtype_is_named(tmp_path):
 
 
 def test_k_larger_than_the_datastore_names_the_config_key(tmp_path):
-    emb, split = write_artifacts(tmp_path)
-    stages.index(emb, split, tmp_path / "index.faiss", normalize=False, device="cpu")
-    with pytest.raises(ConfigError, match=r"knn.k: the largest k \(41\) exceeds the training split's 40"):
-        stages.neighbours(
-            tmp_path / "index.faiss",
-            emb,
-            tmp_path / "nb.npz",
-            tmp_path / "nb.json",
-            k_max=41,
-            normalize=False,
-            device="cpu",
-            query_chunk=8,
-        )
+    emb, rows = write_artifacts(tmp_path)
+    stages.index(emb, rows, tmp_path / "index.faiss", knn(), "cpu")
+    with pytest.raises(ConfigError, match=r"knn.k: the largest k \(41\) exceeds the 40 datastore rows"):
+        search(tmp_path, emb, "nb", k=[41], query_chunk=8)
     assert not (tmp_path / "nb.npz").exists()
 
 
 def test_index_of_other_embeddings_is_named(tmp_path):
-    emb, split = write_artifacts(tmp_path)
-    stages.index(emb, split, tmp_path / "index.faiss", normalize=False, device="cpu")
+    emb, rows = write_artifacts(tmp_path)
+    stages.index(emb, rows, tmp_path / "index.faiss", knn(), "cpu")
     emb, _ = write_artifacts(tmp_path, rows={**N, "train": 30})
     with pytest.raises(ArtifactError, match=r"index.faiss holds 40 vectors but .*embeddings.npz has 30"):
-        stages.neighbours(
-            tmp_path / "index.faiss",
-            emb,
-            tmp_path / "nb.npz",
-            tmp_path / "nb.json",
-            k_max=4,
-            normalize=False,
-            device="cpu",
-            query_chunk=8,
-        )
+        search(tmp_path, emb, "nb", k=[4], query_chunk=8)
 
 
-def test_neighbours_of_other_queries_are_named(tmp_path):
-    emb, split = write_artifacts(tmp_path)
+def test_neighbors_of_other_queries_are_named(tmp_path):
+    emb, _ = write_artifacts(tmp_path)
     io.save_npz(
         tmp_path / "neighbors.npz",
         val_dist=np.zeros((5, 4), np.float32),
@@ -134,16 +117,8 @@ def test_neighbours_of_other_queries_are_named(tmp_path):
         test_dist=np.zeros((10, 4), np.float32),
         test_idx=np.zeros((10, 4), int),
     )
-    with pytest.raises(ArtifactError, match=r"neighbors.npz: 5 val rows but .*embeddings.npz has 12"):
-        stages.sweep(
-            emb,
-            tmp_path / "neighbors.npz",
-            tmp_path / "sweep.csv",
-            ks=[1],
-            sigmas=[1.0],
-            temperatures=[1.0],
-            sweep_chunk_mb=1,
-        )
+    with pytest.raises(ArtifactError, match=r"neighbors.npz: 5 × 4 val neighbors do not fit .*embeddings.npz \(12"):
+        stages.sweep(emb, tmp_path / "neighbors.npz", tmp_path / "sweep.csv", knn(k=[1], sigma=[1.0]))
     assert not (tmp_path / "sweep.csv").exists()
 
 
@@ -159,55 +134,32 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
 
 def test_ivf_index_reports_its_recall_against_exact_search(tmp_path):
     rows = {"train": 400, "val": 30, "test": 60}
-    emb, split = write_artifacts(tmp_path, rows=rows, dim=8, split_rows=rows)
-    stages.index(emb, split, tmp_path / "ivf.faiss", normalize=False, device="cpu", kind="ivf", nlist=8)
-    reports = {}
-    for nprobe in (1, 8):
-        stages.neighbours(
-            tmp_path / "ivf.faiss",
-            emb,
-            tmp_path / f"nb{nprobe}.npz",
-            tmp_path / f"nb{nprobe}.json",
-            k_max=10,
-            normalize=False,
-            device="cpu",
-            query_chunk=16,
-            nprobe=nprobe,
-            recall_sample=50,
-        )
-        reports[nprobe] = json.loads((tmp_path / f"nb{nprobe}.json").read_text())
+    emb, train_rows = write_artifacts(tmp_path, rows=rows, dim=8, split_rows=rows)
+    stages.index(emb, train_rows, tmp_path / "ivf.faiss", knn(index="ivf", nlist=8), "cpu")
+    reports = {
+        nprobe: search(tmp_path, emb, f"nb{nprobe}", "ivf.faiss", k=[10], query_chunk=16, nprobe=nprobe,
+                       recall_sample=50)  # fmt: skip
+        for nprobe in (1, 8)
+    }
     assert reports[8]["index"] == "IndexIVFFlat" and reports[8]["nlist"] == 8 and reports[8]["recall_sample"] == 50
     assert reports[8]["recall_at_k_max"] == 1.0  # all lists probed: exact
-    assert reports[1]["recall_at_k_max"] < 1.0  # one list of eight: misses neighbours in the others
+    assert reports[1]["recall_at_k_max"] < 1.0  # one list of eight: misses neighbors in the others
     assert reports[1]["queries"] == 90 and reports[1]["queries_per_second"] > 0
-    # An exhaustive IVF search finds the same neighbours as the flat index.
-    stages.index(emb, split, tmp_path / "flat.faiss", normalize=False, device="cpu")
-    stages.neighbours(
-        tmp_path / "flat.faiss",
-        emb,
-        tmp_path / "flat.npz",
-        tmp_path / "flat.json",
-        k_max=10,
-        normalize=False,
-        device="cpu",
-        query_chunk=16,
-    )
+    # An exhaustive IVF search finds the same neighbors as the flat index.
+    stages.index(emb, train_rows, tmp_path / "flat.faiss", knn(), "cpu")
+    flat_report = search(tmp_path, emb, "flat", "flat.faiss", k=[10], query_chunk=16)
     with np.load(tmp_path / "flat.npz") as flat, np.load(tmp_path / "nb8.npz") as ivf:
         np.testing.assert_array_equal(flat["test_idx"], ivf["test_idx"])
-    assert json.loads((tmp_path / "flat.json").read_text())["recall_at_k_max"] == 1.0
+    assert flat_report["recall_at_k_max"] == 1.0
 
 
-def test_streamed_npz_equals_the_concatenated_blocks_and_maps_back(tmp_path):
+def test_recall_at_k_is_the_mean_share_of_exact_neighbors_found():
     rng = np.random.default_rng(0)
-    blocks = [rng.normal(size=(n, 5)).astype(np.float32) for n in (7, 3, 11)]
-    labels = np.arange(21)
-    pieces = [("emb", b) for b in blocks] + [("y", labels)]
-    io.save_npz_streaming(tmp_path / "e.npz", iter(pieces), rows={"emb": 21, "y": 21})
-    arrays = io.load_npz(tmp_path / "e.npz", ["emb", "y"], mmap=True)
-    assert isinstance(arrays["emb"], np.memmap)
-    np.testing.assert_array_equal(arrays["emb"], np.concatenate(blocks))
-    np.testing.assert_array_equal(arrays["y"], labels)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz"]  # no scratch files left
-    with pytest.raises(ValueError, match=r"rows written vs expected \{'emb': \(21, 22\)\}"):
-        io.save_npz_streaming(tmp_path / "f.npz", iter(pieces), rows={"emb": 22, "y": 21})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz"]
+    exact = np.stack([rng.permutation(30)[:10] for _ in range(200)])  # distinct ids per row, as a search returns
+    found = np.where(rng.random(exact.shape) < 0.5, exact, rng.integers(0, 30, exact.shape))  # overlaps, repeats
+    found[:50, -3:], exact[:25, -2:] = -1, -1  # no neighbor (a datastore smaller than k): -1 in both counts once
+    expected = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found.tolist(), exact.tolist(), strict=True)])
+    assert 0.4 < expected < 0.9
+    # int32 and not C-contiguous (converted for faiss); order within a row does not matter
+    assert recall_at_k(found.astype(np.int32)[:, ::-1], exact) == pytest.approx(expected, abs=1e-12)
+    assert recall_at_k(exact[25:, ::-1], exact[25:]) == 1.0

@@ -5,7 +5,7 @@ import pytest
 from sklearn.neighbors import NearestNeighbors
 
 from resmem.knn import build_index, search
-from resmem.tokens import KeyLogits, knnlm_sweep, select, sweep_table
+from resmem.lm.tokens import KeyLogits, knnlm_sweep, select, sweep_table
 
 VOCAB, DIM = 7, 5
 KS, SIGMAS, TEMPERATURES, LAMBDAS = [1, 3, 8], [0.05, 0.5, 5.0], [0.5, 1.0, 2.0], [0.0, 0.25, 0.75, 1.0]
@@ -24,7 +24,7 @@ def datastore(seed=0, n_train=300, n_query=80):
     return arrays
 
 
-def neighbours(arrays, k):
+def neighbors(arrays, k):
     index = build_index(arrays["train_keys"], device="cpu")
     out = {}
     for split in ("val", "test"):
@@ -38,7 +38,7 @@ def softmax_rows(z):
 
 
 def brute_force(arrays, split, k, sigma, temperature=1.0, lam=None):
-    """Per query, with scikit-learn's exact neighbours and the formulas written out: ResMem's argmax, or with
+    """Per query, with scikit-learn's exact neighbors and the formulas written out: ResMem's argmax, or with
     `lam` kNN-LM's (argmax, p(y))."""
     keys = arrays["train_keys"].astype(np.float64)
     weight, bias = arrays["head_weight"].astype(np.float64), arrays["head_bias"].astype(np.float64)
@@ -70,7 +70,7 @@ def test_key_logits_equal_the_output_layer_applied_to_keys():
 
 def test_token_resmem_equals_brute_force():
     arrays = datastore()
-    table = sweep_table(arrays, neighbours(arrays, max(KS)), KS, SIGMAS, TEMPERATURES, LAMBDAS)
+    table = sweep_table(arrays, neighbors(arrays, max(KS)), KS, SIGMAS, TEMPERATURES, LAMBDAS)
     resmem = table[table.method == "resmem"]
     for split in ("val", "test"):
         labels = arrays[f"{split}_next"]
@@ -89,7 +89,7 @@ def test_token_resmem_equals_brute_force():
 
 def test_knnlm_equals_the_interpolation_formula():
     arrays = datastore(1)
-    found = neighbours(arrays, max(KS))
+    found = neighbors(arrays, max(KS))
     query_logits = KeyLogits(arrays["val_keys"], arrays["head_weight"], arrays["head_bias"])
     correct, nll = knnlm_sweep(
         query_logits, arrays["val_next"], found["val_dist"], found["val_idx"], arrays["train_next"],
@@ -107,7 +107,7 @@ def test_knnlm_equals_the_interpolation_formula():
 
 def test_lambda_zero_is_the_base_model_and_perplexities_are_consistent():
     arrays = datastore(2)
-    table = sweep_table(arrays, neighbours(arrays, 8), [8], [0.5], [1.0], [0.0, 0.5])
+    table = sweep_table(arrays, neighbors(arrays, 8), [8], [0.5], [1.0], [0.0, 0.5])
     for split in ("val", "test"):
         base = table[(table.method == "base") & (table.split == split)].iloc[0]
         logits = arrays[f"{split}_keys"] @ arrays["head_weight"].T + arrays["head_bias"]
@@ -121,20 +121,20 @@ def test_lambda_zero_is_the_base_model_and_perplexities_are_consistent():
 
 
 def test_memorization_at_k1_on_training_positions():
-    """A training position queried against the datastore with k = 1 is its own nearest neighbour and gets
+    """A training position queried against the datastore with k = 1 is its own nearest neighbor and gets
     its own next token back, for ResMem at any σ and T, and for kNN-LM at λ = 1."""
     arrays = datastore(3, n_train=200)
     arrays["val_keys"] = arrays["train_keys"].astype(np.float32)
     arrays["val_next"] = arrays["train_next"]
     arrays["test_keys"], arrays["test_next"] = arrays["val_keys"][:50], arrays["val_next"][:50]
-    table = sweep_table(arrays, neighbours(arrays, 1), [1], [1e-3, 1.0, 100.0], [0.5, 1.0, 2.0], [1.0])
+    table = sweep_table(arrays, neighbors(arrays, 1), [1], [1e-3, 1.0, 100.0], [0.5, 1.0, 2.0], [1.0])
     assert (table[table.method.isin(["resmem", "knnlm"])].accuracy == 1.0).all()
     assert (table[table.method == "base"].accuracy < 0.5).all()
 
 
 def test_selection_picks_each_methods_best_val_point():
     arrays = datastore(4)
-    table = sweep_table(arrays, neighbours(arrays, max(KS)), KS, SIGMAS, TEMPERATURES, LAMBDAS)
+    table = sweep_table(arrays, neighbors(arrays, max(KS)), KS, SIGMAS, TEMPERATURES, LAMBDAS)
     chosen = select(table)
     val = table[table.split == "val"]
     assert chosen["resmem"]["val_accuracy"] == val[val.method == "resmem"].accuracy.max()

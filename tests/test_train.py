@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import resmem.train as train_module
 from resmem.config import validate
-from resmem.data import load_dataset, make_split
-from resmem.loader import Loader
-from resmem.models import build_model
-from resmem.train import extract, seed_everything, train
+from resmem.train import seed_everything, train
+from resmem.vision.data import load_dataset, make_split
+from resmem.vision.loader import Loader
+from resmem.vision.models import build_model, extract
 
 CPU = torch.device("cpu")
 CFG = validate({"experiments": {"x": {"models": {"m": {"arch": "small_cnn"}}, "train": {"epochs": 3}}}})["experiments"][
@@ -87,6 +88,22 @@ def test_checkpoint_of_another_config_is_ignored(data, tmp_path):
     reference, _ = fit(data)
     resumed, _ = fit(data, checkpoint)
     assert_same_weights(state(reference), state(resumed))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_weight_decay_spares_biases_and_norm_weights(optimizer):
+    conv, norm, linear, frozen = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(2, 3), nn.LayerNorm(3)
+    frozen.requires_grad_(False)  # no grad: in neither group
+    head = nn.Linear(3, 3)
+    head.weight = linear.weight  # tied weights: one parameter, in one group once
+    model = nn.Sequential(conv, norm, linear, frozen, head)
+    opt = train_module.make_optimizer(model, {**CFG, "optimizer": optimizer, "weight_decay": 0.1})
+    decayed, plain = opt.param_groups
+    assert [id(p) for p in decayed["params"]] == [id(conv.weight), id(linear.weight)]
+    no_decay = (conv.bias, norm.weight, norm.bias, linear.bias, head.bias)
+    assert [id(p) for p in plain["params"]] == [id(p) for p in no_decay]
+    assert (decayed["weight_decay"], plain["weight_decay"]) == (0.1, 0.0)
+    assert isinstance(opt, torch.optim.AdamW if optimizer == "adam" else torch.optim.SGD)
 
 
 def test_extract_returns_penultimate_features_and_logits(data):

@@ -8,16 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from resmem.artifacts import (
-    CONFIDENCE_COLUMNS,
-    EMBEDDING_KEYS,
-    FIGURES,
-    NEIGHBOUR_KEYS,
-    SPLIT_KEYS,
-    SUMMARY_COLUMNS,
-    SWEEP_COLUMNS,
-)
+from resmem.artifacts import NEIGHBOR_KEYS, SWEEP_COLUMNS
 from resmem.sweep import select
+from resmem.vision.artifacts import EMBEDDING_KEYS, FIGURES, SPLIT_KEYS, SUMMARY_COLUMNS
 from tests.conftest import REPO, planned_jobs, snakemake, write_config
 
 MODELS = ("cnn_w1", "cnn_w4")
@@ -59,7 +52,7 @@ def test_run_artifacts(smoke_run, model):
     assert index.ntotal == len(train_emb)
 
     with np.load(run / "neighbors.npz") as nb:
-        assert sorted(nb.files) == sorted(NEIGHBOUR_KEYS)
+        assert sorted(nb.files) == sorted(NEIGHBOR_KEYS)
         assert nb["val_idx"].shape == (len(val_emb), 4)  # k_max of the smoke grid
         # Euclidean, not squared: the first distance equals the direct norm.
         direct = np.linalg.norm(val_emb[:20] - train_emb[nb["val_idx"][:20, 0]], axis=1)
@@ -83,7 +76,7 @@ def test_run_artifacts(smoke_run, model):
         assert (run / "benchmarks" / f"{rule}.tsv").exists()
 
     table = pd.read_csv(run / "confidence.csv")
-    assert list(table.columns) == list(CONFIDENCE_COLUMNS) and len(table) == 10
+    assert list(table.columns) == ["bin_lo", "bin_hi", "count", "base_correct", "resmem_correct"] and len(table) == 10
     assert table["count"].sum() == test_rows
     assert (table.base_correct <= table["count"]).all() and (table.resmem_correct <= table["count"]).all()
     test_acc = sweep[

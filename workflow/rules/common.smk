@@ -11,18 +11,29 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
 from resmem.config import ConfigError, experiment_names, validate as validate_config
-from resmem.artifacts import FIGURES, LM_FIGURES
+from resmem.lm.artifacts import LM_FIGURES
+from resmem.vision.artifacts import FIGURES
 
 try:
-    validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    validate_config(
+        config
+    )  # against the schema shipped in the package: resmem/config.schema.yaml
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+
+
+# Where every result lives: one folder per experiment, below it one per run.
+EXPERIMENT = "results/{experiment}"
+VISION_RUN = "results/{experiment}/{model}/frac{train_fraction}/seed{seed}"  # model × training fraction × seed
+LM_RUN = "results/{experiment}/{model}/seed{seed}"  # model × seed: the model and its token datastore
+LM_STORE = "results/{experiment}/{model}/seed{seed}/store{store_fraction}"  # a datastore fraction's search
 
 
 wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    fraction=r"[0-9.e-]+",
+    train_fraction=r"[0-9.e-]+",
+    store_fraction=r"[0-9.e-]+",
     seed=r"\d+",
 
 
@@ -32,6 +43,22 @@ def names_regex(kind):
     """
     names = experiment_names(config, kind)
     return "|".join(re.escape(name) for name in names) if names else "(?!)"
+
+
+def section(kind, name):
+    """Params: a whole config section of the wildcards' experiment (`experiments`, `lm_experiments`)."""
+    return lookup(dpath=f"{kind}/{{experiment}}/{name}", within=config)
+
+
+def settings(kind, name, *keys):
+    """Params: only `keys` of a config section, so that a job reruns only when they change; `k_max` stands for
+    the largest k of the knn section (one search at it serves the whole grid)."""
+
+    def values(wildcards):
+        part = config[kind][wildcards.experiment][name]
+        return {key: max(part["k"]) if key == "k_max" else part[key] for key in keys}
+
+    return values
 
 
 def gpu_request(wildcards):
@@ -44,114 +71,99 @@ def memory_mb(base):
     return lambda wildcards, attempt: base * attempt
 
 
-def experiment(wildcards):
-    return config["experiments"][wildcards.experiment]
+def sweep_memory_mb(kind):
+    """The sweep holds up to about three chunks of `knn.sweep_chunk_mb` at once."""
+
+    def mb(wildcards, attempt):
+        return (
+            1000 + 3 * config[kind][wildcards.experiment]["knn"]["sweep_chunk_mb"]
+        ) * attempt
+
+    return mb
 
 
 def fraction_label(fraction):
-    """How a training fraction appears in paths: frac1, frac0.25."""
+    """How a training or datastore fraction appears in paths: frac1, frac0.25, store0.5."""
     return f"{fraction:g}"
 
 
-def runs(name):
-    """(model, fraction label, seed) of every run of an experiment, in config order."""
-    exp = config["experiments"][name]
+def runs(kind, name):
+    """The wildcards of every run of an experiment, in config order: model, train_fraction, seed for images;
+    model, seed, store_fraction for language models."""
+    exp = config[kind][name]
+    if kind == "experiments":
+        return [
+            {"model": m, "train_fraction": fraction_label(f), "seed": s}
+            for m in exp["models"]
+            for f in exp["train_fractions"]
+            for s in exp["seeds"]
+        ]
     return [
-        (model, fraction_label(fraction), seed)
-        for model in exp["models"]
-        for fraction in exp["train_fractions"]
-        for seed in exp["seeds"]
+        {"model": m, "seed": s, "store_fraction": fraction_label(f)}
+        for m in exp["models"]
+        for s in exp["seeds"]
+        for f in exp["datastore"]["fractions"]
     ]
 
 
-def run_files(filename):
-    """Input function: `filename` of every run of the wildcards' experiment."""
+def run_files(kind, pattern):
+    """Input function: `pattern` (a path with run wildcards) for every run of the wildcards' experiment."""
 
     def files(wildcards):
         return [
-            f"results/{wildcards.experiment}/{model}/frac{fraction}/seed{seed}/{filename}"
-            for model, fraction, seed in runs(wildcards.experiment)
+            pattern.format(experiment=wildcards.experiment, **run)
+            for run in runs(kind, wildcards.experiment)
         ]
 
     return files
 
 
-def experiment_outputs(name):
-    base = f"results/{name}"
-    figures = [
-        f"{base}/figures/{fig}.{ext}" for fig in FIGURES for ext in ("png", "pdf")
-    ]
-    return [
-        f"{base}/summary.csv",
-        f"{base}/summary.md",
-        f"{base}/provenance.json",
-    ] + figures
+def experiment_runs(kind):
+    """Params: the runs of the wildcards' experiment, lined up with run_files."""
+    return lambda wildcards: runs(kind, wildcards.experiment)
 
 
-def final_outputs():
-    outputs = [
-        path for name in config["experiments"] for path in experiment_outputs(name)
-    ]
-    outputs += [
-        path
-        for name in config["lm_experiments"]
-        for path in lm_experiment_outputs(name)
-    ]
-    for name in config["regression"]:
-        base = f"results/{name}"
-        outputs += [f"{base}/risk.csv", f"{base}/summary.md", f"{base}/provenance.json"]
-        outputs += [f"{base}/figures/risk_vs_n.{ext}" for ext in ("png", "pdf")]
+def figure_outputs(figures):
+    """Outputs `<figure>_png` (in the report, captioned by workflow/report/<figure>.rst) and `<figure>_pdf`."""
+    outputs = {}
+    for fig in figures:
+        outputs[f"{fig}_png"] = report(
+            f"{EXPERIMENT}/figures/{fig}.png",
+            caption=f"../report/{fig}.rst",
+            category="{experiment}",
+            subcategory="figures",
+            labels={"figure": fig},
+        )
+        outputs[f"{fig}_pdf"] = f"{EXPERIMENT}/figures/{fig}.pdf"
     return outputs
 
 
-def lm_experiment(wildcards):
-    return config["lm_experiments"][wildcards.experiment]
+def summary_table(caption):
+    return report(
+        f"{EXPERIMENT}/summary.csv",
+        caption=caption,
+        category="{experiment}",
+        subcategory="tables",
+        labels={"table": "summary (per run)"},
+    )
 
 
-def lm_runs(name):
-    """(model, seed, datastore fraction label) of every run of a language-model experiment, in config order."""
-    exp = config["lm_experiments"][name]
-    return [
-        (model, seed, fraction_label(fraction))
-        for model in exp["models"]
-        for seed in exp["seeds"]
-        for fraction in exp["datastore"]["fractions"]
-    ]
-
-
-def lm_run_files(filename):
-    """Input function: `filename` of every run (model × seed × datastore fraction) of the wildcards' experiment."""
-
-    def files(wildcards):
-        return [
-            f"results/{wildcards.experiment}/{model}/seed{seed}/store{fraction}/{filename}"
-            for model, seed, fraction in lm_runs(wildcards.experiment)
-        ]
-
-    return files
-
-
-def lm_model_files(filename):
-    """Input function: `filename` of every run of the wildcards' experiment, at the model level (one per
-    model × seed, repeated for each datastore fraction so that it lines up with lm_run_files).
-    """
-
-    def files(wildcards):
-        return [
-            f"results/{wildcards.experiment}/{model}/seed{seed}/{filename}"
-            for model, seed, _ in lm_runs(wildcards.experiment)
-        ]
-
-    return files
-
-
-def lm_experiment_outputs(name):
-    base = f"results/{name}"
-    figures = [
-        f"{base}/figures/{fig}.{ext}" for fig in LM_FIGURES for ext in ("png", "pdf")
-    ]
-    return [
-        f"{base}/summary.csv",
-        f"{base}/summary.md",
-        f"{base}/provenance.json",
-    ] + figures
+def final_outputs():
+    outputs = []
+    for kind, figures in (
+        ("experiments", FIGURES),
+        ("lm_experiments", LM_FIGURES),
+        ("regression", ["risk_vs_n"]),
+    ):
+        for name in config[kind]:
+            base = EXPERIMENT.format(experiment=name)
+            outputs += [f"{base}/summary.md", f"{base}/provenance.json"]
+            outputs += [
+                f"{base}/figures/{fig}.{ext}"
+                for fig in figures
+                for ext in ("png", "pdf")
+            ]
+            outputs.append(
+                f"{base}/risk.csv" if kind == "regression" else f"{base}/summary.csv"
+            )
+    return outputs

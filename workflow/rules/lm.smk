@@ -1,15 +1,15 @@
-# Language-model experiments (lm_experiments): corpus → train → datastore → index → neighbours → sweep →
+# Language-model experiments (lm_experiments): corpus → train → datastore → index → neighbors → sweep →
 # select → aggregate, with one datastore per model and seed and the datastore-size study below it.
 
 
 rule lm_corpus:
     output:
-        corpus="results/{experiment}/corpus.npz",
-        meta="results/{experiment}/corpus.json",
+        corpus=f"{EXPERIMENT}/corpus.npz",
+        meta=f"{EXPERIMENT}/corpus.json",
     log:
-        "results/{experiment}/logs/corpus.log",
+        f"{EXPERIMENT}/logs/corpus.log",
     benchmark:
-        "results/{experiment}/benchmarks/corpus.tsv"
+        f"{EXPERIMENT}/benchmarks/corpus.tsv"
     wildcard_constraints:
         experiment=names_regex("lm_experiments"),
     conda:
@@ -19,23 +19,23 @@ rule lm_corpus:
         mem_mb=memory_mb(4000),
         runtime=60,
     params:
-        corpus=lambda w: lm_experiment(w)["corpus"],
+        corpus=section("lm_experiments", "corpus"),
     script:
         "../scripts/lm_corpus.py"
 
 
 rule lm_train:
     input:
-        corpus="results/{experiment}/corpus.npz",
-        corpus_meta="results/{experiment}/corpus.json",
+        corpus=f"{EXPERIMENT}/corpus.npz",
+        corpus_meta=f"{EXPERIMENT}/corpus.json",
     output:
-        model="results/{experiment}/{model}/seed{seed}/model.pt",
-        train_log="results/{experiment}/{model}/seed{seed}/train_log.csv",
-        meta="results/{experiment}/{model}/seed{seed}/train_meta.json",
+        model=f"{LM_RUN}/model.pt",
+        train_log=f"{LM_RUN}/train_log.csv",
+        meta=f"{LM_RUN}/train_meta.json",
     log:
-        "results/{experiment}/{model}/seed{seed}/logs/train.log",
+        f"{LM_RUN}/logs/train.log",
     benchmark:
-        "results/{experiment}/{model}/seed{seed}/benchmarks/train.tsv"
+        f"{LM_RUN}/benchmarks/train.tsv"
     wildcard_constraints:
         experiment=names_regex("lm_experiments"),
     conda:
@@ -46,25 +46,25 @@ rule lm_train:
         gpu=gpu_request,
         runtime=240,
     params:
-        model=lambda w: lm_experiment(w)["models"][w.model],
-        train=lambda w: lm_experiment(w)["train"],
-        context=lambda w: lm_experiment(w)["context"],
-        eval_tokens=lambda w: lm_experiment(w)["eval_tokens"],
+        model=section("lm_experiments", "models/{model}"),
+        train=section("lm_experiments", "train"),
+        context=section("lm_experiments", "context"),
+        eval_tokens=section("lm_experiments", "eval_tokens"),
     script:
         "../scripts/lm_train.py"
 
 
 rule lm_datastore:
     input:
-        corpus="results/{experiment}/corpus.npz",
-        model="results/{experiment}/{model}/seed{seed}/model.pt",
+        corpus=f"{EXPERIMENT}/corpus.npz",
+        model=f"{LM_RUN}/model.pt",
     output:
-        datastore="results/{experiment}/{model}/seed{seed}/datastore.npz",
-        report="results/{experiment}/{model}/seed{seed}/datastore.json",
+        datastore=f"{LM_RUN}/datastore.npz",
+        report=f"{LM_RUN}/datastore.json",
     log:
-        "results/{experiment}/{model}/seed{seed}/logs/datastore.log",
+        f"{LM_RUN}/logs/datastore.log",
     benchmark:
-        "results/{experiment}/{model}/seed{seed}/benchmarks/datastore.tsv"
+        f"{LM_RUN}/benchmarks/datastore.tsv"
     wildcard_constraints:
         experiment=names_regex("lm_experiments"),
     conda:
@@ -75,24 +75,25 @@ rule lm_datastore:
         gpu=gpu_request,
         runtime=120,
     params:
-        stride=lambda w: lm_experiment(w)["datastore"]["stride"],
-        max_tokens=lambda w: lm_experiment(w)["datastore"]["max_tokens"],
-        batch_size=lambda w: lm_experiment(w)["datastore"]["batch_size"],
-        eval_tokens=lambda w: lm_experiment(w)["eval_tokens"],
-        amp=lambda w: lm_experiment(w)["train"]["amp"],
+        datastore=settings(
+            "lm_experiments", "datastore", "stride", "max_tokens", "batch_size"
+        ),
+        eval_tokens=section("lm_experiments", "eval_tokens"),
+        amp=section("lm_experiments", "train/amp"),
     script:
         "../scripts/lm_datastore.py"
 
 
 rule lm_index:
     input:
-        datastore="results/{experiment}/{model}/seed{seed}/datastore.npz",
+        datastore=f"{LM_RUN}/datastore.npz",
     output:
-        index="results/{experiment}/{model}/seed{seed}/store{fraction}/index.faiss",
+        index=f"{LM_STORE}/index.faiss",
+        rows=f"{LM_STORE}/rows.npz",
     log:
-        "results/{experiment}/{model}/seed{seed}/store{fraction}/logs/index.log",
+        f"{LM_STORE}/logs/index.log",
     benchmark:
-        "results/{experiment}/{model}/seed{seed}/store{fraction}/benchmarks/index.tsv"
+        f"{LM_STORE}/benchmarks/index.tsv"
     wildcard_constraints:
         experiment=names_regex("lm_experiments"),
     conda:
@@ -103,11 +104,9 @@ rule lm_index:
         gpu=gpu_request,
         runtime=60,
     params:
-        normalize=lambda w: lm_experiment(w)["knn"]["normalize"],
-        kind=lambda w: lm_experiment(w)["knn"]["index"],
-        nlist=lambda w: lm_experiment(w)["knn"]["nlist"],
-        pq_m=lambda w: lm_experiment(w)["knn"]["pq_m"],
-        pq_bits=lambda w: lm_experiment(w)["knn"]["pq_bits"],
+        knn=settings(
+            "lm_experiments", "knn", "normalize", "index", "nlist", "pq_m", "pq_bits"
+        ),
     script:
         "../scripts/lm_index.py"
 
@@ -115,15 +114,16 @@ rule lm_index:
 # One search at the largest k serves the whole grid of ResMem and kNN-LM.
 rule lm_neighbors:
     input:
-        index="results/{experiment}/{model}/seed{seed}/store{fraction}/index.faiss",
-        datastore="results/{experiment}/{model}/seed{seed}/datastore.npz",
+        index=f"{LM_STORE}/index.faiss",
+        rows=f"{LM_STORE}/rows.npz",
+        datastore=f"{LM_RUN}/datastore.npz",
     output:
-        neighbors="results/{experiment}/{model}/seed{seed}/store{fraction}/neighbors.npz",
-        report="results/{experiment}/{model}/seed{seed}/store{fraction}/search.json",
+        neighbors=f"{LM_STORE}/neighbors.npz",
+        report=f"{LM_STORE}/search.json",
     log:
-        "results/{experiment}/{model}/seed{seed}/store{fraction}/logs/neighbors.log",
+        f"{LM_STORE}/logs/neighbors.log",
     benchmark:
-        "results/{experiment}/{model}/seed{seed}/store{fraction}/benchmarks/neighbors.tsv"
+        f"{LM_STORE}/benchmarks/neighbors.tsv"
     wildcard_constraints:
         experiment=names_regex("lm_experiments"),
     conda:
@@ -134,25 +134,29 @@ rule lm_neighbors:
         gpu=gpu_request,
         runtime=60,
     params:
-        k_max=lambda w: max(lm_experiment(w)["knn"]["k"]),
-        normalize=lambda w: lm_experiment(w)["knn"]["normalize"],
-        query_chunk=lambda w: lm_experiment(w)["knn"]["query_chunk"],
-        nprobe=lambda w: lm_experiment(w)["knn"]["nprobe"],
-        recall_sample=lambda w: lm_experiment(w)["knn"]["recall_sample"],
+        knn=settings(
+            "lm_experiments",
+            "knn",
+            "k_max",
+            "normalize",
+            "query_chunk",
+            "nprobe",
+            "recall_sample",
+        ),
     script:
         "../scripts/lm_neighbors.py"
 
 
 rule lm_sweep:
     input:
-        datastore="results/{experiment}/{model}/seed{seed}/datastore.npz",
-        neighbors="results/{experiment}/{model}/seed{seed}/store{fraction}/neighbors.npz",
+        datastore=f"{LM_RUN}/datastore.npz",
+        neighbors=f"{LM_STORE}/neighbors.npz",
     output:
-        sweep="results/{experiment}/{model}/seed{seed}/store{fraction}/sweep.csv",
+        sweep=f"{LM_STORE}/sweep.csv",
     log:
-        "results/{experiment}/{model}/seed{seed}/store{fraction}/logs/sweep.log",
+        f"{LM_STORE}/logs/sweep.log",
     benchmark:
-        "results/{experiment}/{model}/seed{seed}/store{fraction}/benchmarks/sweep.tsv"
+        f"{LM_STORE}/benchmarks/sweep.tsv"
     wildcard_constraints:
         experiment=names_regex("lm_experiments"),
     conda:
@@ -162,22 +166,28 @@ rule lm_sweep:
         mem_mb=memory_mb(2000),
         runtime=60,
     params:
-        k=lambda w: lm_experiment(w)["knn"]["k"],
-        sigma=lambda w: lm_experiment(w)["knn"]["sigma"],
-        temperature=lambda w: lm_experiment(w)["knn"]["temperature"],
-        lam=lambda w: lm_experiment(w)["knn"]["lam"],
-        sweep_chunk_mb=lambda w: lm_experiment(w)["knn"]["sweep_chunk_mb"],
+        knn=settings(
+            "lm_experiments",
+            "knn",
+            "k",
+            "sigma",
+            "temperature",
+            "lam",
+            "sweep_chunk_mb",
+        ),
     script:
         "../scripts/lm_sweep.py"
 
 
 rule lm_select:
     input:
-        sweep="results/{experiment}/{model}/seed{seed}/store{fraction}/sweep.csv",
+        sweep=f"{LM_STORE}/sweep.csv",
     output:
-        selected="results/{experiment}/{model}/seed{seed}/store{fraction}/selected.json",
+        selected=f"{LM_STORE}/selected.json",
     log:
-        "results/{experiment}/{model}/seed{seed}/store{fraction}/logs/select.log",
+        f"{LM_STORE}/logs/select.log",
+    benchmark:
+        f"{LM_STORE}/benchmarks/select.tsv"
     wildcard_constraints:
         experiment=names_regex("lm_experiments"),
     conda:
@@ -192,39 +202,20 @@ rule lm_select:
 
 rule lm_aggregate:
     input:
-        corpus_meta="results/{experiment}/corpus.json",
-        selected=lm_run_files("selected.json"),
-        search=lm_run_files("search.json"),
-        sweep=lm_run_files("sweep.csv"),
-        meta=lm_model_files("train_meta.json"),
+        corpus_meta=f"{EXPERIMENT}/corpus.json",
+        selected=run_files("lm_experiments", f"{LM_STORE}/selected.json"),
+        search=run_files("lm_experiments", f"{LM_STORE}/search.json"),
+        sweep=run_files("lm_experiments", f"{LM_STORE}/sweep.csv"),
+        meta=run_files("lm_experiments", f"{LM_RUN}/train_meta.json"),
     output:
-        **{
-            f"{fig}_png": report(
-                f"results/{{experiment}}/figures/{fig}.png",
-                caption=f"../report/{fig}.rst",
-                category="{experiment}",
-                subcategory="figures",
-                labels={"figure": fig},
-            )
-            for fig in LM_FIGURES
-        },
-        **{
-            f"{fig}_pdf": f"results/{{experiment}}/figures/{fig}.pdf"
-            for fig in LM_FIGURES
-        },
-        summary_csv=report(
-            "results/{experiment}/summary.csv",
-            caption="../report/lm_summary.rst",
-            category="{experiment}",
-            subcategory="tables",
-            labels={"table": "summary (per run)"},
-        ),
-        summary_md="results/{experiment}/summary.md",
-        provenance="results/{experiment}/provenance.json",
+        **figure_outputs(LM_FIGURES),
+        summary_csv=summary_table("../report/lm_summary.rst"),
+        summary_md=f"{EXPERIMENT}/summary.md",
+        provenance=f"{EXPERIMENT}/provenance.json",
     log:
-        "results/{experiment}/logs/aggregate.log",
+        f"{EXPERIMENT}/logs/aggregate.log",
     benchmark:
-        "results/{experiment}/benchmarks/aggregate.tsv"
+        f"{EXPERIMENT}/benchmarks/aggregate.tsv"
     wildcard_constraints:
         experiment=names_regex("lm_experiments"),
     conda:
@@ -234,7 +225,7 @@ rule lm_aggregate:
         mem_mb=memory_mb(2000),
         runtime=10,
     params:
-        runs=lambda w: lm_runs(w.experiment),
+        runs=experiment_runs("lm_experiments"),
         repo_dir=str(REPO),
     script:
         "../scripts/lm_aggregate.py"

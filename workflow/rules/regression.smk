@@ -3,11 +3,11 @@
 
 rule regression_risk:
     output:
-        risk="results/{experiment}/risk.csv",
+        risk=f"{EXPERIMENT}/risk.csv",
     log:
-        "results/{experiment}/logs/regression_risk.log",
+        f"{EXPERIMENT}/logs/regression_risk.log",
     benchmark:
-        "results/{experiment}/benchmarks/regression_risk.tsv"
+        f"{EXPERIMENT}/benchmarks/regression_risk.tsv"
     wildcard_constraints:
         experiment=names_regex("regression"),
     conda:
@@ -18,27 +18,29 @@ rule regression_risk:
         mem_mb=memory_mb(2000),
         runtime=10,
     params:
-        study=lambda w: config["regression"][w.experiment],
+        study=lookup(dpath="regression/{experiment}", within=config),
     script:
         "../scripts/regression_risk.py"
 
 
 rule regression_report:
     input:
-        risk="results/{experiment}/risk.csv",
+        risk=f"{EXPERIMENT}/risk.csv",
     output:
         png=report(
-            "results/{experiment}/figures/risk_vs_n.png",
+            f"{EXPERIMENT}/figures/risk_vs_n.png",
             caption="../report/regression_risk.rst",
             category="{experiment}",
             subcategory="figures",
             labels={"figure": "risk_vs_n"},
         ),
-        pdf="results/{experiment}/figures/risk_vs_n.pdf",
-        summary_md="results/{experiment}/summary.md",
-        provenance="results/{experiment}/provenance.json",
+        pdf=f"{EXPERIMENT}/figures/risk_vs_n.pdf",
+        summary_md=f"{EXPERIMENT}/summary.md",
+        provenance=f"{EXPERIMENT}/provenance.json",
     log:
-        "results/{experiment}/logs/regression_report.log",
+        f"{EXPERIMENT}/logs/regression_report.log",
+    benchmark:
+        f"{EXPERIMENT}/benchmarks/regression_report.tsv"
     wildcard_constraints:
         experiment=names_regex("regression"),
     conda:
@@ -48,7 +50,7 @@ rule regression_report:
         mem_mb=memory_mb(2000),
         runtime=10,
     params:
-        study=lambda w: config["regression"][w.experiment],
+        study=lookup(dpath="regression/{experiment}", within=config),
         repo_dir=str(REPO),
     script:
         "../scripts/regression_report.py"

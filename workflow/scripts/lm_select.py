@@ -1,6 +1,6 @@
-from resmem import lm_stages
+from resmem.lm import stages
 from resmem.logs import job_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]):
-    lm_stages.select(sm.input.sweep, sm.output.selected)
+    stages.select(sm.input.sweep, sm.output.selected)

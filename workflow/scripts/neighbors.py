@@ -1,18 +1,7 @@
-from resmem import stages
 from resmem.device import claim_gpu
 from resmem.logs import job_log
+from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
-    stages.neighbours(
-        sm.input.index,
-        sm.input.embeddings,
-        sm.output.neighbors,
-        sm.output.report,
-        k_max=sm.params.k_max,
-        normalize=sm.params.normalize,
-        device=sm.config["device"],
-        query_chunk=sm.params.query_chunk,
-        nprobe=sm.params.nprobe,
-        recall_sample=sm.params.recall_sample,
-    )
+    stages.neighbors(sm.input.index, sm.input.embeddings, dict(sm.output.items()), sm.params.knn, sm.config["device"])

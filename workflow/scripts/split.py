@@ -1,5 +1,5 @@
-from resmem import stages
 from resmem.logs import job_log
+from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]):

@@ -1,14 +1,6 @@
-from resmem import stages
 from resmem.logs import job_log
+from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]):
-    stages.sweep(
-        sm.input.embeddings,
-        sm.input.neighbors,
-        sm.output.sweep,
-        ks=sm.params.k,
-        sigmas=sm.params.sigma,
-        temperatures=sm.params.temperature,
-        sweep_chunk_mb=sm.params.sweep_chunk_mb,
-    )
+    stages.sweep(sm.input.embeddings, sm.input.neighbors, sm.output.sweep, sm.params.knn)

@@ -1,37 +1,20 @@
-"""Tables and figures of an experiment: what people look at, so every figure says what it shows."""
+"""Tables and figures of an image experiment: what people look at, so every figure says what it shows."""
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; never needs a display
+from resmem.plotting import BASE_COLOR, RESMEM_COLOR, errorbar_methods, panels, per_model, plot_sensitivity, plt, save
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from resmem.io import atomic_path  # noqa: E402
-
-SELECTION = "(k, σ, T) chosen by val accuracy"
-BASE_COLOR, RESMEM_COLOR = "#4C72B0", "#DD8452"
+RESMEM_SELECTION = "(k, σ, T) chosen by val accuracy"
+METHODS = (("DeepNet (base)", "base", BASE_COLOR, "o"), ("ResMem", "resmem", RESMEM_COLOR, "s"))
 MIN_BIN_COUNT = 10  # confidence bins with fewer test examples (pooled over seeds) are too noisy to draw
 
 
 def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
-    """Mean and std over seeds per model (or per `by` group), ordered by parameter count."""
-    stats = summary.groupby(list(by)).agg(
-        parameters=("parameters", "first"),
-        train_examples=("train_examples", "first"),
-        seeds=("seed", "count"),
-        base_mean=("base_test_acc", "mean"),
-        base_std=("base_test_acc", "std"),
-        resmem_mean=("resmem_test_acc", "mean"),
-        resmem_std=("resmem_test_acc", "std"),
-        gain_mean=("gain", "mean"),
-        gain_std=("gain", "std"),
-    )
-    stats = stats.fillna({"base_std": 0.0, "resmem_std": 0.0, "gain_std": 0.0})
-    return stats.sort_values(["parameters", *by[1:]], kind="mergesort")
+    """Mean and std over seeds of the accuracies and the gain per model (or `by` group), by parameter count."""
+    return per_model(summary, ("base_test_acc", "resmem_test_acc", "gain"), by, ("parameters", "train_examples"))
 
 
 TABLE_HEADER = ("model", "parameters", "train fraction", "train examples", "DeepNet", "ResMem", "gain")
@@ -47,8 +30,8 @@ def _table_rows(summary: pd.DataFrame, pm: str) -> list[list[str]]:
                 f"{int(r.parameters):,}",
                 f"{fraction:g}",
                 f"{int(r.train_examples):,}",
-                f"{100 * r.base_mean:.2f} {pm} {100 * r.base_std:.2f}",
-                f"{100 * r.resmem_mean:.2f} {pm} {100 * r.resmem_std:.2f}",
+                f"{100 * r.base_test_acc_mean:.2f} {pm} {100 * r.base_test_acc_std:.2f}",
+                f"{100 * r.resmem_test_acc_mean:.2f} {pm} {100 * r.resmem_test_acc_std:.2f}",
                 f"{100 * r.gain_mean:+.2f} {pm} {100 * r.gain_std:.2f}",
             ]
         )
@@ -59,7 +42,7 @@ def _caption(summary: pd.DataFrame, experiment: str) -> str:
     seeds = ", ".join(str(int(s)) for s in sorted(summary.seed.unique()))
     return (
         f"{experiment}: test accuracy (%) of the base network (DeepNet) and of ResMem, mean ± std over "
-        f"seeds {seeds}; ResMem at the {SELECTION} of each run."
+        f"seeds {seeds}; ResMem at the {RESMEM_SELECTION} of each run."
     )
 
 
@@ -97,35 +80,15 @@ def summary_latex(summary: pd.DataFrame, experiment: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save(fig, png, pdf) -> None:
-    for path in (png, pdf):
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=200, bbox_inches="tight")  # the temporary name keeps the suffix
-    plt.close(fig)
-
-
 def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
     stats = _per_model(summary)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for label, col, color, marker in (
-        ("DeepNet (base)", "base", BASE_COLOR, "o"),
-        ("ResMem", "resmem", RESMEM_COLOR, "s"),
-    ):
-        ax.errorbar(
-            stats.parameters,
-            100 * stats[f"{col}_mean"],
-            yerr=100 * stats[f"{col}_std"],
-            label=label,
-            color=color,
-            marker=marker,
-            capsize=3,
-            linewidth=1.8,
-        )
-    top = 100 * (stats.resmem_mean + stats.resmem_std).max()
+    errorbar_methods(ax, stats, METHODS)
+    top = 100 * (stats.resmem_test_acc_mean + stats.resmem_test_acc_std).max()
     for model, r in stats.iterrows():
         ax.annotate(
             f"{model}\n{100 * r.gain_mean:+.1f} pts",
-            (r.parameters, 100 * (r.resmem_mean + r.resmem_std)),
+            (r.parameters, 100 * (r.resmem_test_acc_mean + r.resmem_test_acc_std)),
             textcoords="offset points",
             xytext=(0, 6),
             ha="center",
@@ -139,12 +102,12 @@ def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> N
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(
         f"{experiment}: test accuracy vs model size\n"
-        f"mean ± std over {summary.seed.nunique()} seeds; ResMem at the {SELECTION}",
+        f"mean ± std over {summary.seed.nunique()} seeds; ResMem at the {RESMEM_SELECTION}",
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
-    _save(fig, png, pdf)
+    save(fig, png, pdf)
 
 
 def _at_selected_temperature(sweeps: pd.DataFrame) -> pd.DataFrame:
@@ -161,21 +124,12 @@ def _model_order(summary: pd.DataFrame) -> list[str]:
     return list(_per_model(summary).index)
 
 
-def _panels(n: int, width: float = 3.6, height: float = 3.2):
-    cols = min(n, 3)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, constrained_layout=True)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat[:n])
-
-
 def plot_accuracy_vs_k(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
     grid = _at_selected_temperature(sweeps)
     models = _model_order(summary)
     sigmas = sorted(grid.sigma.unique())
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(sigmas)))
-    fig, axes = _panels(len(models))
+    fig, axes = panels(len(models))
     for ax, model in zip(axes, models, strict=False):
         part = grid[grid.model == model]
         for sigma, color in zip(sigmas, colors, strict=True):
@@ -184,7 +138,7 @@ def plot_accuracy_vs_k(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: 
         ax.axhline(100 * part.base.iloc[0], color="k", linestyle="--", linewidth=1, label="DeepNet")
         ax.set_xscale("log", base=2)
         ax.set_title(model, fontsize=10)
-        ax.set_xlabel("k (neighbours)")
+        ax.set_xlabel("k (neighbors)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
@@ -193,14 +147,14 @@ def plot_accuracy_vs_k(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: 
         f"{summary.seed.nunique()} seeds, at each run's selected T)",
         fontsize=10,
     )
-    _save(fig, png, pdf)
+    save(fig, png, pdf)
 
 
 def plot_gain_heatmap(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
     grid = _at_selected_temperature(sweeps)
     models = _model_order(summary)
     limit = max(100 * grid.gain.abs().max(), 0.5)
-    fig, axes = _panels(len(models), width=3.8, height=3.4)
+    fig, axes = panels(len(models), width=3.8, height=3.4)
     image = None
     for ax, model in zip(axes, models, strict=False):
         table = grid[grid.model == model].pivot(index="k", columns="sigma", values="gain") * 100
@@ -230,7 +184,7 @@ def plot_gain_heatmap(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: s
         "run's selected T; boxes: cells selected by val accuracy)",
         fontsize=10,
     )
-    _save(fig, png, pdf)
+    save(fig, png, pdf)
 
 
 def plot_gain_vs_train_fraction(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
@@ -257,7 +211,7 @@ def plot_gain_vs_train_fraction(summary: pd.DataFrame, experiment: str, png, pdf
     ax.set_ylabel("ResMem test accuracy gain (points)")
     ax.set_title(
         f"{experiment}: ResMem gain vs training-set size\nmean ± std over {summary.seed.nunique()} "
-        f"seeds; ResMem at the {SELECTION}",
+        f"seeds; ResMem at the {RESMEM_SELECTION}",
         fontsize=10,
     )
     if len(fractions) == 1:  # say so rather than leave a reader puzzling over one column of points
@@ -272,49 +226,21 @@ def plot_gain_vs_train_fraction(summary: pd.DataFrame, experiment: str, png, pdf
         )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, png, pdf)
+    save(fig, png, pdf)
 
 
-def _selected_rows(summary: pd.DataFrame, sweeps: pd.DataFrame, fixed: tuple) -> pd.DataFrame:
-    """Sweep rows (val and test) that share each run's selected values of the `fixed` columns."""
-    chosen = summary[["model", "seed", *fixed]].rename(columns={c: f"chosen_{c}" for c in fixed})
-    rows = sweeps[sweeps.k > 0].merge(chosen, on=["model", "seed"])
-    for column in fixed:
-        rows = rows[np.isclose(rows[column], rows[f"chosen_{column}"])]
-    return rows
-
-
-def plot_sensitivity(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
+def plot_resmem_sensitivity(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
     """Accuracy vs k at each run's selected σ and T, and vs σ at its selected k and T, on val and test."""
-    models = _model_order(summary)
-    fig, axes = plt.subplots(len(models), 2, figsize=(8.0, 2.6 * len(models)), squeeze=False, constrained_layout=True)
-    base = sweeps[sweeps.k == 0].groupby(["model", "split"]).accuracy.mean()
-    for row, model in zip(axes, models, strict=True):
-        for ax, (swept, fixed) in zip(
-            row, (("k", ("sigma", "temperature")), ("sigma", ("k", "temperature"))), strict=True
-        ):
-            rows = _selected_rows(summary[summary.model == model], sweeps[sweeps.model == model], fixed)
-            for split, style in (("val", "--"), ("test", "-")):
-                line = rows[rows.split == split].groupby(swept).accuracy.mean()
-                ax.plot(line.index, 100 * line.values, style, marker=".", color=RESMEM_COLOR, label=f"ResMem, {split}")
-                ax.axhline(
-                    100 * base[(model, split)],
-                    linestyle=style,
-                    color=BASE_COLOR,
-                    linewidth=1,
-                    label=f"DeepNet, {split}",
-                )
-            ax.set_xscale("log", base=2 if swept == "k" else 10)
-            ax.set_xlabel({"k": "k (at the selected σ, T)", "sigma": "σ (at the selected k, T)"}[swept])
-            ax.set_ylabel(f"{model}\naccuracy (%)")
-            ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(
-        f"{experiment}: sensitivity of ResMem to k and σ, val and test (mean over "
-        f"{summary.seed.nunique()} seeds; the other parameters at each run's val-selected values)",
-        fontsize=10,
+    specs = (
+        ("k", "resmem", ("sigma", "temperature"), "k (at the selected σ, T)", RESMEM_COLOR),
+        ("sigma", "resmem", ("k", "temperature"), "σ (at the selected k, T)", RESMEM_COLOR),
     )
-    _save(fig, png, pdf)
+    base = sweeps[sweeps.k == 0].groupby(["model", "split"]).accuracy.mean()
+    title = (
+        f"{experiment}: sensitivity of ResMem to k and σ, val and test (mean over {summary.seed.nunique()} seeds; "
+        "the other parameters at each run's val-selected values)"
+    )
+    plot_sensitivity(_model_order(summary), specs, {"resmem": summary}, {"resmem": sweeps}, base, title, png, pdf)
 
 
 def plot_gain_by_confidence(summary: pd.DataFrame, confidences: pd.DataFrame, experiment: str, png, pdf) -> None:
@@ -345,10 +271,10 @@ def plot_gain_by_confidence(summary: pd.DataFrame, confidences: pd.DataFrame, ex
     top.legend(fontsize=8)
     top.set_title(
         f"{experiment}: where ResMem helps, by the base model's confidence\n(pooled over "
-        f"{summary.seed.nunique()} seeds; ResMem at the {SELECTION})",
+        f"{summary.seed.nunique()} seeds; ResMem at the {RESMEM_SELECTION})",
         fontsize=10,
     )
-    _save(fig, png, pdf)
+    save(fig, png, pdf)
 
 
 def plot_all(
@@ -358,7 +284,7 @@ def plot_all(
     over model size, k and σ use the largest training fraction; the last one spans all fractions."""
     largest = summary.train_fraction.max()
     full, full_sweeps = summary[summary.train_fraction == largest], sweeps[sweeps.train_fraction == largest]
-    plot_sensitivity(full, full_sweeps, experiment, out["sensitivity_png"], out["sensitivity_pdf"])
+    plot_resmem_sensitivity(full, full_sweeps, experiment, out["sensitivity_png"], out["sensitivity_pdf"])
     plot_gain_by_confidence(
         full,
         confidences[confidences.train_fraction == largest],

@@ -1,4 +1,4 @@
-"""ResMem and kNN-LM for next-token prediction, from one neighbour search in a token datastore.
+"""ResMem and kNN-LM for next-token prediction, from one neighbor search in a token datastore.
 
 The datastore holds one entry per training position: key h_i (the final hidden state fed to the output layer,
 float16 on disk) and value y_i (the next token). With the vocabulary as the class set, ResMem is exactly the
@@ -6,9 +6,9 @@ image-classification math of `resmem.core`:
 
     r_i = onehot(y_i) − softmax(W h_i / T),    prediction = argmax_v [softmax(W h / T) + Σ_j w_j r_j]_v
 
-and since the key is h_i itself, a neighbour's residual is recomputed from its key and the output layer
+and since the key is h_i itself, a neighbor's residual is recomputed from its key and the output layer
 (`KeyLogits`): no V-wide residual or logit matrix is ever stored. The kNN-LM baseline (Khandelwal et al. 2020)
-uses the same neighbours and kernel weights w_j = softmax(−d/σ)_j:
+uses the same neighbors and kernel weights w_j = softmax(−d/σ)_j:
 
     p_kNN(v) = Σ_j w_j [y_j = v],    p = λ·p_kNN + (1 − λ)·softmax(W h)
 
@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from resmem.artifacts import LM_SWEEP_COLUMNS, QUERY_SPLITS
-from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, _check_neighbours, kernel_prefix_means, softmax, sweep_correct
+from resmem.artifacts import QUERY_SPLITS
+from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, kernel_prefix_means, softmax, sweep_correct
+from resmem.lm.artifacts import LM_SWEEP_COLUMNS
 
 
 class KeyLogits:
@@ -69,10 +70,10 @@ def knnlm_sweep(
     progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """kNN-LM at every (k, σ, λ): (number of correct argmax predictions, sum of −log p(y)), both shaped
-    (len(ks), len(sigmas), len(lambdas)). A zero probability (λ = 1 and y among no neighbour) gives inf."""
+    (len(ks), len(sigmas), len(lambdas)). A zero probability (λ = 1 and y among no neighbor) gives inf."""
     query_labels = np.asarray(query_labels)
     train_next = np.asarray(train_next)
-    _check_neighbours(np.asarray(dist), np.asarray(idx), len(train_next))
+    check_neighbors(np.asarray(dist), np.asarray(idx), len(train_next))
     vocab = np.shape(query_logits)[1]
     lambdas = np.asarray(lambdas, dtype=np.float64)
 
@@ -99,17 +100,17 @@ def knnlm_sweep(
 
 
 def sweep_table(
-    arrays: dict, neighbours: dict, ks, sigmas, temperatures, lambdas, chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES
+    arrays: dict, neighbors: dict, ks, sigmas, temperatures, lambdas, chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES
 ) -> pd.DataFrame:
     """Next-token accuracy (and perplexity where it exists) of base, ResMem (k, σ, T) and kNN-LM (k, σ, λ) on
-    val and test. `arrays` is a datastore (`resmem.stages.load_datastore`); `neighbours` holds
+    val and test. `arrays` is a datastore (`resmem.lm.stages.load_datastore`); `neighbors` holds
     <split>_dist/<split>_idx into its training rows from one search at the largest k."""
     train_logits = KeyLogits(arrays["train_keys"], arrays["head_weight"], arrays["head_bias"])
     rows = []
     for split in QUERY_SPLITS:
         logits = KeyLogits(arrays[f"{split}_keys"], arrays["head_weight"], arrays["head_bias"])
         labels = np.asarray(arrays[f"{split}_next"])
-        dist, idx, n = neighbours[f"{split}_dist"], neighbours[f"{split}_idx"], len(labels)
+        dist, idx, n = neighbors[f"{split}_dist"], neighbors[f"{split}_idx"], len(labels)
         base_correct = sum(
             int((logits[s : s + 4096].argmax(axis=1) == labels[s : s + 4096]).sum()) for s in range(0, n, 4096)
         )

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from resmem.config import ConfigError
-from resmem.data import Pool
+from resmem.vision.data import Pool
 
-AUGMENTS = ("auto", "none", "crop_flip", "resized_crop_flip")
 CROP_PADDING = 4  # pixels of zero padding for the random 32×32 crops of CIFAR (He et al. 2016)
 
 

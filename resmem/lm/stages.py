@@ -1,30 +1,31 @@
 """One function per stage of a language-model experiment (lm_experiments in the config):
-corpus → train → datastore → index → neighbours → sweep → select → aggregate.
+corpus → train → datastore → index → neighbors → sweep → select → aggregate.
 
 A datastore holds one entry per (strided, budgeted) training position; the datastore-size study indexes
-nested random fractions of its rows, so one datastore serves every fraction and neighbour indices always
+nested random fractions of its rows, so one datastore serves every fraction and neighbor indices always
 refer to datastore rows.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from resmem import io
-from resmem.artifacts import CORPUS_KEYS, DATASTORE_KEYS, LM_SUMMARY_COLUMNS, NEIGHBOUR_KEYS, QUERY_SPLITS, SPLITS
+from resmem import stages as shared
+from resmem.artifacts import QUERY_SPLITS, SPLITS
 from resmem.io import ArtifactError
+from resmem.lm.artifacts import CORPUS_KEYS, DATASTORE_KEYS, LM_SUMMARY_COLUMNS
+from resmem.stages import fit_and_save, read_json
 
 log = logging.getLogger("resmem")
 
 
 def corpus(npz_path, meta_path, corpus_cfg: dict) -> None:
-    from resmem.corpus import build_corpus
+    from resmem.lm.corpus import build_corpus
 
     tokens, meta = build_corpus(corpus_cfg)
     log.info("corpus %s: %s tokens", corpus_cfg["name"], {s: len(t) for s, t in tokens.items()})
@@ -36,75 +37,45 @@ def load_tokens(path) -> dict[str, np.ndarray]:
     return {s: a for s, a in zip(SPLITS, io.load_npz(path, CORPUS_KEYS, mmap=True).values(), strict=True)}
 
 
-def train(
-    corpus_path,
-    corpus_meta_path,
-    model_path,
-    log_path,
-    meta_path,
-    model_spec: dict,
-    train_cfg: dict,
-    context: int,
-    eval_tokens: int,
-    seed: int,
-    device: str,
-    threads: int,
-    config: dict,
-) -> None:
+def train(corpus_path, corpus_meta_path, out: dict, spec: dict, recipe: dict, context: int, eval_tokens: int,
+          seed: int, device: str, threads: int, config: dict) -> None:
+    """Train the transformer `spec` with `recipe` (the experiment's train section) on the corpus:
+    out["model"], out["train_log"], out["meta"]."""
     import torch
 
     from resmem.device import torch_device
-    from resmem.lm import TokenWindows, build_lm
-    from resmem.stages import fit_and_save
+    from resmem.lm.model import TokenWindows, build_lm
     from resmem.train import seed_everything
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
     tokens = load_tokens(corpus_path)
-    vocab_size = json.loads(Path(corpus_meta_path).read_text())["vocab_size"]
-    train_loader = TokenWindows(tokens["train"], context, train_cfg["batch_size"], dev)
-    val_loader = TokenWindows(tokens["val"][: eval_tokens + 1], context, train_cfg["batch_size"], dev)
+    vocab_size = read_json(corpus_meta_path)["vocab_size"]
+    train_loader = TokenWindows(tokens["train"], context, recipe["batch_size"], dev)
+    val_loader = TokenWindows(tokens["val"][: eval_tokens + 1], context, recipe["batch_size"], dev)
     seed_everything(seed)
-    model = build_lm(model_spec, vocab_size, context)
-    log.info("model %s: %d training tokens; training on %s", model_spec, len(tokens["train"]), dev)
+    network = build_lm(spec, vocab_size, context)
+    log.info("model %s: %d training tokens; training on %s", spec, len(tokens["train"]), dev)
     meta = {
-        "model": model_spec,
+        "model": spec,
         "vocab_size": vocab_size,
         "context": context,
         "train_tokens": len(tokens["train"]),
         "config": config,
     }
-    fit_and_save(model, train_loader, val_loader, train_cfg, seed, dev, model_path, log_path, meta_path, meta)
+    fit_and_save(network, train_loader, val_loader, recipe, seed, dev, out, meta)
 
 
 def load_lm(model_path):
-    import torch
+    from resmem.lm.model import build_lm
 
-    from resmem.lm import build_lm
-
-    try:
-        saved = torch.load(model_path, map_location="cpu", weights_only=False)
-        meta = saved["meta"]
-        model = build_lm(meta["model"], meta["vocab_size"], meta["context"])
-        model.load_state_dict(saved["state_dict"])
-    except Exception as exc:
-        raise ArtifactError(f"{model_path}: cannot load the model ({exc}); delete it and rerun lm_train") from exc
-    return model, meta
+    return shared.load_model(
+        model_path, lambda meta: build_lm(meta["model"], meta["vocab_size"], meta["context"]), "lm_train"
+    )
 
 
-def datastore(
-    corpus_path,
-    model_path,
-    out_path,
-    report_path,
-    stride: int,
-    max_tokens: int | None,
-    eval_tokens: int,
-    batch_size: int,
-    amp: bool,
-    device: str,
-    threads: int,
-) -> None:
+def datastore(corpus_path, model_path, out_path, report_path, store: dict, eval_tokens: int, amp: bool, device: str,
+              threads: int) -> None:
     """Keys (final hidden states; float16 for the training datastore, float32 for the val/test queries), next
     tokens and positions, and the output layer, streamed to disk; the report gives tokens/s."""
     import sys
@@ -113,15 +84,16 @@ def datastore(
     from tqdm import tqdm
 
     from resmem.device import torch_device
-    from resmem.lm import datastore_positions, hidden_states
+    from resmem.lm.model import datastore_positions, hidden_states
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
     model, meta = load_lm(model_path)
     tokens = load_tokens(corpus_path)
     context = meta["context"]
+    amp = amp and dev.type == "cuda"
     positions = {
-        "train": datastore_positions(len(tokens["train"]), context, stride, max_tokens),
+        "train": datastore_positions(len(tokens["train"]), context, store["stride"], store["max_tokens"]),
         **{s: datastore_positions(len(tokens[s]), context, 1, eval_tokens) for s in QUERY_SPLITS},
     }
     key_dtype = {"train": np.float16, "val": np.float32, "test": np.float32}
@@ -130,7 +102,7 @@ def datastore(
         for s in SPLITS:
             with tqdm(total=len(positions[s]), desc=f"datastore {s}", unit="tok", file=sys.stderr) as bar:
                 for keys, following in hidden_states(
-                    model, tokens[s], positions[s], context, batch_size, dev, amp and dev.type == "cuda"
+                    model, tokens[s], positions[s], context, store["batch_size"], dev, amp
                 ):
                     yield f"{s}_keys", keys.astype(key_dtype[s])
                     yield f"{s}_next", following.astype(np.int64)
@@ -150,8 +122,8 @@ def datastore(
         "entries": {s: len(positions[s]) for s in SPLITS},
         "key_dim": int(model.head.weight.shape[1]),
         "key_dtype": {s: np.dtype(t).name for s, t in key_dtype.items()},
-        "stride": stride,
-        "max_tokens": max_tokens,
+        "stride": store["stride"],
+        "max_tokens": store["max_tokens"],
         "seconds": seconds,
         "tokens_per_second": total / max(seconds, 1e-9),
         "device": str(dev),
@@ -191,93 +163,60 @@ class RowSubset:
         return self.array[self.rows[i]]
 
 
-def index(
-    datastore_path, out_path, fraction: float, normalize: bool, kind: str, nlist, pq_m: int, pq_bits: int, device: str
-) -> None:
-    import faiss
-
-    from resmem.knn import build_index
-
+def index(datastore_path, out: dict, store_fraction: float, knn: dict, device: str) -> None:
+    """The index over a nested fraction of the datastore (out["index"]) and the datastore rows it holds
+    (out["rows"]), which the search maps its results back through."""
     keys = load_datastore(datastore_path)["train_keys"]
-    subset = RowSubset(keys, datastore_rows(len(keys), fraction))
-    built = build_index(subset, normalize, device, kind=kind, nlist=nlist, pq_m=pq_m, pq_bits=pq_bits)
-    log.info("%s index over %d of %d datastore entries (fraction %g)", kind, built.ntotal, len(keys), fraction)
-    with io.atomic_path(out_path) as tmp:
-        faiss.write_index(built, str(tmp))
+    rows = datastore_rows(len(keys), store_fraction)
+    log.info("index over %d of %d datastore entries (fraction %g)", len(rows), len(keys), store_fraction)
+    io.save_npz(out["rows"], rows=rows)
+    shared.index(RowSubset(keys, rows), out["index"], knn, device)
 
 
-def neighbours(
-    index_path,
-    datastore_path,
-    out_path,
-    report_path,
-    fraction: float,
-    k_max: int,
-    normalize: bool,
-    device: str,
-    query_chunk: int,
-    nprobe: int,
-    recall_sample: int,
-) -> None:
-    """One search at k_max for the val and test positions; indices refer to datastore rows."""
-    from resmem.config import ConfigError
-    from resmem.stages import read_index, search_splits
-
+def neighbors(index_path, rows_path, datastore_path, out: dict, store_fraction: float, knn: dict, device: str) -> None:
+    """One search at the largest k for the val and test positions; indices refer to datastore rows."""
     arrays = load_datastore(datastore_path)
-    rows = datastore_rows(len(arrays["train_keys"]), fraction)
-    built = read_index(index_path, datastore_path, len(rows))
-    if k_max > len(rows):
-        raise ConfigError(f"config key knn.k: the largest k ({k_max}) exceeds the {len(rows)} datastore entries")
+    rows = io.load_npz(rows_path, ["rows"])["rows"]
     queries = {s: arrays[f"{s}_keys"] for s in QUERY_SPLITS}
     subset = RowSubset(arrays["train_keys"], rows)
-    out, report = search_splits(built, subset, queries, k_max, normalize, device, query_chunk, nprobe, recall_sample)
-    for s in QUERY_SPLITS:
-        out[f"{s}_idx"] = rows[out[f"{s}_idx"]]
-    report.update(datastore_fraction=fraction, tokens_per_second=report["queries_per_second"])
-    io.save_npz(out_path, **out)
-    io.write_json(report_path, report)
+    shared.neighbors(
+        index_path, datastore_path, subset, queries, out, knn, device, rows, datastore_fraction=store_fraction
+    )
 
 
-def sweep(datastore_path, neighbours_path, out_path, ks, sigmas, temperatures, lambdas, sweep_chunk_mb) -> None:
-    from resmem.tokens import sweep_table
+def sweep(datastore_path, neighbors_path, out_path, knn: dict) -> None:
+    from resmem.lm.tokens import sweep_table
 
     arrays = load_datastore(datastore_path)
-    found = io.load_npz(neighbours_path, NEIGHBOUR_KEYS)
-    for s in QUERY_SPLITS:
-        rows, searched = found[f"{s}_idx"].shape
-        if rows != len(arrays[f"{s}_next"]) or searched < max(ks):
-            raise ArtifactError(
-                f"{neighbours_path}: {rows} × {searched} {s} neighbours do not fit {datastore_path} "
-                f"({len(arrays[f'{s}_next'])} queries) and k up to {max(ks)}; delete it and rerun lm_neighbors"
-            )
-    table = sweep_table(arrays, found, ks, sigmas, temperatures, lambdas, int(sweep_chunk_mb * 2**20))
+    query_rows = {s: len(arrays[f"{s}_next"]) for s in QUERY_SPLITS}
+    found = shared.load_neighbors(neighbors_path, query_rows, max(knn["k"]), datastore_path)
+    table = sweep_table(
+        arrays, found, knn["k"], knn["sigma"], knn["temperature"], knn["lam"], int(knn["sweep_chunk_mb"] * 2**20)
+    )
     io.write_csv(out_path, table)
 
 
 def select(sweep_path, out_path) -> None:
-    from resmem.tokens import select as choose
+    from resmem.lm.tokens import select as choose
 
-    chosen = choose(pd.read_csv(sweep_path))
-    log.info("selected %s", chosen)
-    io.write_json(out_path, chosen)
+    shared.select(sweep_path, out_path, choose)
 
 
 def aggregate(experiment: str, runs: list[dict], out: dict, corpus_meta_path, config: dict, repo_dir) -> None:
-    """runs: one dict per model × seed × datastore fraction with keys model, seed, datastore_fraction and the
-    paths selected, meta, sweep, search."""
-    from resmem import lm_report
+    """runs: one dict per model × seed × datastore fraction with keys model, seed, store_fraction and the
+    paths selected, meta, sweep, search (`resmem.stages.run_records`)."""
+    from resmem.lm import report
 
     rows, sweeps = [], []
     for run in runs:
-        chosen = json.loads(Path(run["selected"]).read_text())
-        meta = json.loads(Path(run["meta"]).read_text())
+        chosen, meta = read_json(run["selected"]), read_json(run["meta"])
         resmem, knnlm, ppl = chosen["resmem"], chosen["knnlm"], chosen["knnlm_perplexity"]
         rows.append(
             {
                 "experiment": experiment,
                 "model": run["model"],
-                "datastore_fraction": run["datastore_fraction"],
-                "datastore_size": json.loads(Path(run["search"]).read_text())["ntotal"],
+                "datastore_fraction": run["store_fraction"],
+                "datastore_size": read_json(run["search"])["ntotal"],
                 "seed": run["seed"],
                 "parameters": meta["parameters"],
                 "base_test_acc": resmem["base_test_accuracy"],
@@ -300,25 +239,15 @@ def aggregate(experiment: str, runs: list[dict], out: dict, corpus_meta_path, co
             pd.read_csv(run["sweep"]).assign(
                 model=run["model"],
                 seed=run["seed"],
-                datastore_fraction=run["datastore_fraction"],
+                datastore_fraction=run["store_fraction"],
                 selected_temperature=resmem["temperature"],
                 selected_lam=knnlm["lam"],
             )
         )
     summary = pd.DataFrame(rows)
-    corpus_meta = json.loads(Path(corpus_meta_path).read_text())
+    corpus_meta = read_json(corpus_meta_path)
     io.write_csv(out["summary_csv"], summary[list(LM_SUMMARY_COLUMNS)])
-    io.write_text(out["summary_md"], lm_report.summary_markdown(summary, experiment))
-    lm_report.plot_all(summary, pd.concat(sweeps, ignore_index=True), experiment, out)
-    io.write_json(
-        out["provenance"],
-        {
-            "experiment": experiment,
-            "config": config,
-            "corpus": {k: v for k, v in corpus_meta.items() if k != "files"},
-            "git_commit": io.git_commit(repo_dir),
-            "versions": io.package_versions(),
-            "devices": sorted(summary.device.unique()),
-            "runs": [{k: str(v) for k, v in run.items()} for run in runs],
-        },
-    )
+    io.write_text(out["summary_md"], report.summary_markdown(summary, experiment))
+    report.plot_all(summary, pd.concat(sweeps, ignore_index=True), experiment, out)
+    corpus = {k: v for k, v in corpus_meta.items() if k != "files"}
+    shared.write_provenance(out["provenance"], experiment, config, runs, summary.device, repo_dir, corpus=corpus)

@@ -6,36 +6,35 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-from resmem.report import BASE_COLOR, RESMEM_COLOR, _save, _selected_rows, plt
+from resmem.plotting import (
+    BASE_COLOR,
+    KNN_COLOR,
+    RESMEM_COLOR,
+    errorbar_methods,
+    over_seeds,
+    per_model,
+    plot_sensitivity,
+    plt,
+    save,
+)
 
-KNNLM_COLOR = "#55A868"
 METHODS = (  # (label, summary column prefix, color, marker)
     ("base model", "base", BASE_COLOR, "o"),
     ("ResMem", "resmem", RESMEM_COLOR, "s"),
-    ("kNN-LM", "knnlm", KNNLM_COLOR, "^"),
+    ("kNN-LM", "knnlm", KNN_COLOR, "^"),
 )
-SELECTION = "ResMem's (k, σ, T) and kNN-LM's (k, σ, λ) chosen by val accuracy"
+LM_SELECTION = "ResMem's (k, σ, T) and kNN-LM's (k, σ, λ) chosen by val accuracy"
 NO_PERPLEXITY = (
     "ResMem has no perplexity: its score softmax(Wh/T) + Σ w_j r_j sums to 1 but can be negative, so it is not "
     "a distribution; it is compared on next-token accuracy."
 )
-
-
-def _over_seeds(summary: pd.DataFrame) -> str:
-    n = summary.seed.nunique()
-    return f"{n} seed{'s' if n != 1 else ''}"
+STATISTICS = ("base_test_acc", "resmem_test_acc", "knnlm_test_acc", "resmem_gain", "knnlm_gain", "base_test_ppl",
+              "knnlm_test_ppl")  # fmt: skip
 
 
 def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
     """Mean and std over seeds of every accuracy, gain and perplexity, ordered by parameter count."""
-    columns = ["base_test_acc", "resmem_test_acc", "knnlm_test_acc", "resmem_gain", "knnlm_gain"]
-    columns += ["base_test_ppl", "knnlm_test_ppl"]
-    grouped = summary.groupby(list(by))
-    stats = grouped[columns].agg(["mean", "std"]).fillna(0.0)
-    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
-    stats["parameters"] = grouped.parameters.first()
-    stats["datastore_size"] = grouped.datastore_size.first()
-    return stats.sort_values(["parameters", *by[1:]], kind="mergesort")
+    return per_model(summary, STATISTICS, by, ("parameters", "datastore_size"))
 
 
 def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
@@ -43,7 +42,7 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
     lines = [
         f"# {experiment}: next-token prediction",
         "",
-        f"Test next-token accuracy (%) and perplexity, mean ± std over seeds {seeds}; {SELECTION} "
+        f"Test next-token accuracy (%) and perplexity, mean ± std over seeds {seeds}; {LM_SELECTION} "
         "(kNN-LM's perplexity at its (k, σ, λ) of lowest val perplexity).",
         "",
         "| model | parameters | datastore fraction | datastore entries | base acc | ResMem acc | ResMem gain "
@@ -66,17 +65,7 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
 def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
     stats = _per_model(summary)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for label, col, color, marker in METHODS:
-        ax.errorbar(
-            stats.parameters,
-            100 * stats[f"{col}_test_acc_mean"],
-            yerr=100 * stats[f"{col}_test_acc_std"],
-            label=label,
-            color=color,
-            marker=marker,
-            capsize=3,
-            linewidth=1.8,
-        )
+    errorbar_methods(ax, stats, METHODS)
     for model, r in stats.iterrows():
         ax.annotate(
             f"{model}\nResMem {100 * r.resmem_gain_mean:+.2f}\nkNN-LM {100 * r.knnlm_gain_mean:+.2f}",
@@ -95,12 +84,12 @@ def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> N
     ax.margins(x=0.15, y=0.25)
     ax.set_title(
         f"{experiment}: next-token accuracy vs model size (full datastore)\n"
-        f"mean ± std over {_over_seeds(summary)}; {SELECTION}",
+        f"mean ± std over {over_seeds(summary)}; {LM_SELECTION}",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    _save(fig, png, pdf)
+    save(fig, png, pdf)
 
 
 def plot_gain_vs_datastore(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
@@ -127,12 +116,12 @@ def plot_gain_vs_datastore(summary: pd.DataFrame, experiment: str, png, pdf) -> 
     ax.set_xlabel("datastore size (fraction of the training positions, log scale)")
     ax.set_ylabel("test accuracy gain over the base model (points)")
     ax.set_title(
-        f"{experiment}: gain vs datastore size\nmean ± std over {_over_seeds(summary)}; {SELECTION}",
+        f"{experiment}: gain vs datastore size\nmean ± std over {over_seeds(summary)}; {LM_SELECTION}",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    _save(fig, png, pdf)
+    save(fig, png, pdf)
 
 
 # Panels of the sensitivity figure: (swept parameter, method, the other parameters held at their selected values)
@@ -144,42 +133,28 @@ SENSITIVITY = (
     ("sigma", "knnlm", ("k", "lam")),
     ("lam", "knnlm", ("k", "sigma")),
 )
-LABELS = {"k": "k (neighbours)", "sigma": "σ", "temperature": "T", "lam": "λ"}
+LABELS = {"k": "k (neighbors)", "sigma": "σ", "temperature": "T", "lam": "λ"}
 
 
-def plot_sensitivity(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
+def plot_lm_sensitivity(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
     """Accuracy of ResMem vs k, σ, T and of kNN-LM vs k, σ, λ, val and test, one row per model; the other
     parameters at each run's val-selected values."""
-    models = list(_per_model(summary).index)
-    fig, axes = plt.subplots(
-        len(models), len(SENSITIVITY), figsize=(2.9 * len(SENSITIVITY), 2.5 * len(models)), squeeze=False,
-        constrained_layout=True,
-    )  # fmt: skip
+    specs = [
+        (swept, method, fixed, f"{LABELS[swept]}, {'ResMem' if method == 'resmem' else 'kNN-LM'}",
+         RESMEM_COLOR if method == "resmem" else KNN_COLOR)
+        for swept, method, fixed in SENSITIVITY
+    ]  # fmt: skip
+    chosen = {
+        method: summary.rename(columns={f"{method}_{p}": p for p in ("k", "sigma", "temperature", "lam")})
+        for method in ("resmem", "knnlm")
+    }
+    grids = {method: sweeps[sweeps.method == method] for method in chosen}
     base = sweeps[sweeps.method == "base"].groupby(["model", "split"]).accuracy.mean()
-    for row, model in zip(axes, models, strict=True):
-        for ax, (swept, method, fixed) in zip(row, SENSITIVITY, strict=True):
-            chosen = summary[summary.model == model].rename(
-                columns={f"{method}_{p}": p for p in ("k", "sigma", "temperature", "lam")}
-            )
-            part = sweeps[(sweeps.model == model) & (sweeps.method == method)]
-            rows = _selected_rows(chosen, part, fixed)
-            color = RESMEM_COLOR if method == "resmem" else KNNLM_COLOR
-            for split, style in (("val", "--"), ("test", "-")):
-                line = rows[rows.split == split].groupby(swept).accuracy.mean()
-                ax.plot(line.index, 100 * line.values, style, marker=".", color=color, label=split)
-                ax.axhline(100 * base[(model, split)], linestyle=style, color=BASE_COLOR, linewidth=1)
-            if swept in ("k", "sigma"):
-                ax.set_xscale("log", base=2 if swept == "k" else 10)
-            ax.set_xlabel(f"{LABELS[swept]}, {'ResMem' if method == 'resmem' else 'kNN-LM'}")
-            ax.grid(True, which="both", alpha=0.3)
-        row[0].set_ylabel(f"{model}\naccuracy (%)")
-    axes[0][0].legend(fontsize=7, title="split (blue: base)", title_fontsize=7)
-    fig.suptitle(
+    title = (
         f"{experiment}: sensitivity of ResMem (k, σ, T) and kNN-LM (k, σ, λ), val dashed and test solid, full "
-        f"datastore\n(mean over {_over_seeds(summary)}; other parameters at each run's val-selected values)",
-        fontsize=10,
+        f"datastore\n(mean over {over_seeds(summary)}; other parameters at each run's val-selected values)"
     )
-    _save(fig, png, pdf)
+    plot_sensitivity(list(_per_model(summary).index), specs, chosen, grids, base, title, png, pdf)
 
 
 def plot_all(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, out: dict) -> None:
@@ -189,4 +164,4 @@ def plot_all(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, out: 
     full, full_sweeps = summary[summary.datastore_fraction == largest], sweeps[sweeps.datastore_fraction == largest]
     plot_accuracy_vs_size(full, experiment, out["lm_accuracy_vs_size_png"], out["lm_accuracy_vs_size_pdf"])
     plot_gain_vs_datastore(summary, experiment, out["lm_gain_vs_datastore_png"], out["lm_gain_vs_datastore_pdf"])
-    plot_sensitivity(full, full_sweeps, experiment, out["lm_sensitivity_png"], out["lm_sensitivity_pdf"])
+    plot_lm_sensitivity(full, full_sweeps, experiment, out["lm_sensitivity_png"], out["lm_sensitivity_pdf"])

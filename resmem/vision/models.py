@@ -161,5 +161,12 @@ def build_model(spec: dict, num_classes: int, in_channels: int) -> nn.Module:
     return cls(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+@torch.inference_mode()
+def extract(model: nn.Module, loader, amp: bool = False):
+    """Yield (penultimate features, logits) float32 numpy blocks of the loader's examples, in order, in eval
+    mode: callers stream them to disk instead of holding a whole split in memory."""
+    model.to(loader.device).eval()
+    with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=amp):
+        for x, _ in loader.epoch():
+            f = model.features(x)
+            yield f.float().cpu().numpy(), model.head(f).float().cpu().numpy()

@@ -1,0 +1,34 @@
+"""Names of what the stages of a language-model experiment write: a token datastore per model and seed, then
+per datastore fraction an index, one neighbor search and the sweep of base, ResMem and kNN-LM."""
+
+from resmem.artifacts import SPLITS
+
+CORPUS_KEYS = tuple(f"{split}_tokens" for split in SPLITS)
+DATASTORE_KEYS = (
+    *(f"{split}_{kind}" for split in SPLITS for kind in ("keys", "next", "pos")),
+    "head_weight",
+    "head_bias",
+)
+LM_SWEEP_COLUMNS = ("method", "split", "k", "sigma", "temperature", "lam", "accuracy", "perplexity")
+LM_SUMMARY_COLUMNS = (
+    "experiment",
+    "model",
+    "datastore_fraction",
+    "datastore_size",
+    "seed",
+    "parameters",
+    "base_test_acc",
+    "base_test_ppl",
+    "resmem_k",
+    "resmem_sigma",
+    "resmem_temperature",
+    "resmem_test_acc",
+    "resmem_gain",
+    "knnlm_k",
+    "knnlm_sigma",
+    "knnlm_lam",
+    "knnlm_test_acc",
+    "knnlm_gain",
+    "knnlm_test_ppl",
+)
+LM_FIGURES = ("lm_accuracy_vs_size", "lm_gain_vs_datastore", "lm_sensitivity")

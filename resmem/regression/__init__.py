@@ -1,0 +1,1 @@
+"""The paper's stylized regression study (`regression` in the config): the study, its stages and report."""

@@ -1,0 +1,1 @@
+"""Image classification: datasets, loaders, networks, and the stages and report of `experiments`."""

@@ -1,0 +1,236 @@
+"""The stages of an image experiment (`experiments` in the config): split → train → embed → index →
+neighbors → sweep → select → confidence → aggregate. Each reads its input files, calls the library (the
+shared stages of `resmem.stages` where the kinds share them) and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from resmem import io
+from resmem import stages as shared
+from resmem.artifacts import QUERY_SPLITS, SPLITS
+from resmem.io import ArtifactError
+from resmem.stages import fit_and_save, read_json
+from resmem.vision.artifacts import EMBEDDING_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
+from resmem.vision.data import Dataset, load_dataset, make_split, train_subset
+
+log = logging.getLogger("resmem")
+
+
+def split(out_path, dataset: dict) -> None:
+    data = load_dataset(dataset)
+    parts = make_split(data, dataset["test_fraction"], dataset["val_fraction"], dataset["split_seed"])
+    log.info("%s: %s", dataset["name"], {k: len(v) for k, v in parts.items()})
+    io.save_npz(out_path, train_pool=np.int64(len(data.train)), test_pool=np.int64(len(data.test)), **parts)
+
+
+def load_split(path, data: Dataset) -> dict[str, np.ndarray]:
+    """The split's index arrays, checked against the dataset."""
+    parts = io.load_npz(path, [*SPLIT_KEYS, "train_pool", "test_pool"])
+    for pool in ("train", "test"):
+        if int(parts[f"{pool}_pool"]) != len(getattr(data, pool)):
+            raise ArtifactError(
+                f"{path}: written for a {pool} pool of {int(parts[f'{pool}_pool'])} examples but "
+                f"the dataset has {len(getattr(data, pool))}; delete it and rerun"
+            )
+    return parts
+
+
+def _loaders(data: Dataset, split_path, train_rows, recipe: dict, dev, batch_size: int, train_augment="none",
+             channels_last=False) -> dict:
+    """Loaders of the train rows `train_rows` (augmented with `train_augment`), val and test."""
+    from resmem.vision.loader import Loader
+
+    parts = {**load_split(split_path, data), "train_idx": train_rows}
+    pools = {"train": data.train, "val": data.train, "test": data.test}
+    return {
+        s: Loader(pools[s], parts[f"{s}_idx"], batch_size, dev, augment, recipe["num_workers"], channels_last)
+        for s, augment in zip(SPLITS, (train_augment, "none", "none"), strict=True)
+    }
+
+
+def train(split_path, out: dict, dataset: dict, spec: dict, recipe: dict, train_fraction: float, seed: int,
+          device: str, threads: int, config: dict) -> None:
+    """Train the network `spec` with `recipe` (the experiment's train section) on the training fraction of the
+    `dataset` section: out["model"], out["train_log"], out["meta"], and the exact training rows it saw,
+    out["train_rows"], which embed reads back as the datastore."""
+    import torch
+
+    from resmem.device import torch_device
+    from resmem.train import count_parameters, seed_everything
+    from resmem.vision.models import build_model
+
+    torch.set_num_threads(threads)
+    dev = torch_device(device)
+    data = load_dataset(dataset)
+    train_pool_rows = load_split(split_path, data)["train_idx"]
+    rows = train_subset(train_pool_rows, data.train.labels, train_fraction, dataset["split_seed"])
+    loaders = _loaders(
+        data, split_path, rows, recipe, dev, recipe["batch_size"], recipe["augment"], recipe["channels_last"]
+    )
+    seed_everything(seed)
+    network = build_model(spec, data.num_classes, data.train.channels)
+    log.info(
+        "model %s: %d parameters; %d training examples (fraction %g); training on %s",
+        spec, count_parameters(network), len(rows), train_fraction, dev,
+    )  # fmt: skip
+    meta = {
+        "num_classes": data.num_classes,
+        "in_channels": data.train.channels,
+        "model": spec,
+        "train_fraction": train_fraction,
+        "train_examples": len(rows),
+        "classes": data.classes,  # label i is classes[i]: the folder names of an image-folder dataset
+        "config": config,
+    }
+    io.save_npz(out["train_rows"], train_idx=rows)
+    fit_and_save(network, loaders["train"], loaders["val"], recipe, seed, dev, out, meta)
+
+
+def load_train_rows(path) -> np.ndarray:
+    return io.load_npz(path, ["train_idx"], {"train_idx": np.int64})["train_idx"]
+
+
+def load_model(model_path):
+    from resmem.vision.models import build_model
+
+    return shared.load_model(
+        model_path, lambda meta: build_model(meta["model"], meta["num_classes"], meta["in_channels"]), "train"
+    )
+
+
+def embed(split_path, model_path, train_rows_path, out_path, dataset: dict, recipe: dict, batch_size: int,
+          device: str, threads: int) -> None:
+    """Features and logits of the datastore (exactly the training rows the model saw, with their row numbers)
+    and of val and test, streamed to disk batch by batch."""
+    import torch
+
+    from resmem.device import torch_device
+    from resmem.vision.models import extract
+
+    torch.set_num_threads(threads)
+    dev = torch_device(device)
+    model, _ = load_model(model_path)
+    rows = load_train_rows(train_rows_path)
+    loaders = _loaders(load_dataset(dataset), split_path, rows, recipe, dev, batch_size)
+    amp = recipe["amp"] and dev.type == "cuda"
+
+    def blocks():
+        yield "train_idx", rows
+        for name, loader in loaders.items():
+            for emb, logits in extract(model, loader, amp=amp):
+                yield f"{name}_emb", emb
+                yield f"{name}_logits", logits
+            yield f"{name}_y", loader.pool.labels.astype(np.int64)
+            log.info("%s: %d examples embedded", name, len(loader))
+
+    counts = {f"{s}_{kind}": len(loader) for s, loader in loaders.items() for kind in ("emb", "logits", "y")}
+    io.save_npz_streaming(out_path, blocks(), {"train_idx": len(rows), **counts})
+
+
+def load_embeddings(path, train_rows_path=None) -> dict[str, np.ndarray]:
+    """embeddings.npz as read-only memmaps, checked for its documented arrays, dtypes and row counts and, given
+    the training rows that train wrote, for holding exactly those rows as its datastore."""
+    dtypes = {k: (np.int64 if k.endswith(("_y", "_idx")) else np.float32) for k in EMBEDDING_KEYS}
+    arrays = io.load_npz(path, EMBEDDING_KEYS, dtypes, mmap=True)
+    for s in SPLITS:
+        n = {len(arrays[f"{s}_{kind}"]) for kind in ("emb", "logits", "y")}
+        if len(n) != 1:
+            raise ArtifactError(f"{path}: {s}_emb, {s}_logits and {s}_y differ in row count {sorted(n)}")
+    if train_rows_path is not None and not np.array_equal(arrays["train_idx"], load_train_rows(train_rows_path)):
+        raise ArtifactError(
+            f"{path}: its datastore is not the training rows in {train_rows_path}; delete it and rerun embed"
+        )
+    return arrays
+
+
+def index(embeddings_path, train_rows_path, out_path, knn: dict, device: str) -> None:
+    shared.index(load_embeddings(embeddings_path, train_rows_path)["train_emb"], out_path, knn, device)
+
+
+def neighbors(index_path, embeddings_path, out: dict, knn: dict, device: str) -> None:
+    """One search at the largest k for val and test (`resmem.stages.neighbors`)."""
+    arrays = load_embeddings(embeddings_path)
+    queries = {s: arrays[f"{s}_emb"] for s in QUERY_SPLITS}
+    shared.neighbors(index_path, embeddings_path, arrays["train_emb"], queries, out, knn, device)
+
+
+def _neighbors_of(arrays: dict, neighbors_path, embeddings_path, k_needed: int) -> dict:
+    query_rows = {s: len(arrays[f"{s}_y"]) for s in QUERY_SPLITS}
+    return shared.load_neighbors(neighbors_path, query_rows, k_needed, embeddings_path)
+
+
+def sweep(embeddings_path, neighbors_path, out_path, knn: dict) -> None:
+    from resmem.sweep import sweep_table
+
+    arrays = load_embeddings(embeddings_path)
+    found = _neighbors_of(arrays, neighbors_path, embeddings_path, max(knn["k"]))
+    table = sweep_table(
+        arrays, found, knn["k"], knn["sigma"], knn["temperature"], chunk_bytes=int(knn["sweep_chunk_mb"] * 2**20)
+    )
+    io.write_csv(out_path, table)
+
+
+def confidence(embeddings_path, neighbors_path, selected_path, out_path, bins: int = 10) -> None:
+    """Where ResMem helps: test accuracy of the base model and of ResMem (at the selected k, σ, T) per bin of
+    the base model's confidence (`resmem.core.accuracy_by_confidence`)."""
+    from resmem.core import accuracy_by_confidence, resmem_predict
+
+    arrays = load_embeddings(embeddings_path)
+    chosen = read_json(selected_path)
+    k = chosen["k"]
+    found = _neighbors_of(arrays, neighbors_path, embeddings_path, k)
+    logits = arrays["test_logits"]
+    predictions = resmem_predict(
+        logits, found["test_dist"][:, :k], found["test_idx"][:, :k], arrays["train_logits"], arrays["train_y"],
+        chosen["sigma"], chosen["temperature"],
+    )  # fmt: skip
+    io.write_csv(out_path, accuracy_by_confidence(logits, arrays["test_y"], predictions, bins))
+
+
+def select(sweep_path, out_path) -> None:
+    from resmem.sweep import select as choose
+
+    shared.select(sweep_path, out_path, choose)
+
+
+def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir) -> None:
+    """runs: one dict per model × training fraction × seed with keys model, train_fraction, seed and the
+    paths selected, meta, sweep, confidence."""
+    from resmem.vision import report
+
+    rows, sweeps, confidences = [], [], []
+    for run in runs:
+        chosen, meta = read_json(run["selected"]), read_json(run["meta"])
+        rows.append(
+            {
+                "experiment": experiment,
+                "model": run["model"],
+                "train_fraction": run["train_fraction"],
+                "train_examples": meta["train_examples"],
+                "seed": run["seed"],
+                "parameters": meta["parameters"],
+                "base_test_acc": chosen["base_test_accuracy"],
+                "k": chosen["k"],
+                "sigma": chosen["sigma"],
+                "temperature": chosen["temperature"],
+                "resmem_test_acc": chosen["test_accuracy"],
+                "gain": chosen["gain"],
+                "device": meta["device"],
+            }
+        )
+        run_columns = {"model": run["model"], "train_fraction": run["train_fraction"], "seed": run["seed"]}
+        sweeps.append(pd.read_csv(run["sweep"]).assign(**run_columns, selected_temperature=chosen["temperature"]))
+        confidences.append(pd.read_csv(run["confidence"]).assign(**run_columns))
+    summary = pd.DataFrame(rows)
+    io.write_csv(out["summary_csv"], summary[list(SUMMARY_COLUMNS)])
+    io.write_text(out["summary_md"], report.summary_markdown(summary, experiment))
+    io.write_text(out["summary_tex"], report.summary_latex(summary, experiment))
+    report.plot_all(
+        summary, pd.concat(sweeps, ignore_index=True), pd.concat(confidences, ignore_index=True), experiment, out
+    )
+    shared.write_provenance(out["provenance"], experiment, config, runs, summary.device, repo_dir)
