@@ -15,10 +15,6 @@ from resmem.io import atomic_path  # noqa: E402
 
 BASE_COLOR, RESMEM_COLOR, KNN_COLOR = "#4C72B0", "#DD8452", "#55A868"  # base model, ResMem, kNN (kNN-LM)
 
-__all__ = ["BASE_COLOR", "KNN_COLOR", "RESMEM_COLOR", "over_seeds", "panels", "per_model", "plt", "save",
-           "selected_rows"]  # fmt: skip
-
-
 def save(fig, png, pdf) -> None:
     """Write the figure as PNG and PDF, each atomically, and close it."""
     for path in (png, pdf):

@@ -146,6 +146,25 @@ def select(sweep_path, out_path, choose: Callable[[pd.DataFrame], dict]) -> None
     io.write_json(out_path, chosen)
 
 
+def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir, summarize, columns, write_report,
+              **provenance_extra) -> None:
+    """The aggregate stage of every kind. `summarize(run)` reads one run's files into its summary row and its
+    tables ({name: DataFrame}, e.g. its sweep with the run's columns); the summary's `columns` go to
+    out["summary_csv"], `write_report(summary, tables, experiment, out)` writes the kind's tables and figures
+    from the summary and each table concatenated over runs, and the provenance record goes to out["provenance"]."""
+    rows, tables = [], {}
+    for run in runs:
+        row, run_tables = summarize(run)
+        rows.append({"experiment": experiment, **row})
+        for name, table in run_tables.items():
+            tables.setdefault(name, []).append(table)
+    summary = pd.DataFrame(rows)
+    io.write_csv(out["summary_csv"], summary[list(columns)])
+    tables = {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
+    write_report(summary, tables, experiment, out)
+    write_provenance(out["provenance"], experiment, config, runs, summary.device, repo_dir, **provenance_extra)
+
+
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
+from resmem import io
 from resmem.plotting import (
     BASE_COLOR,
     KNN_COLOR,
@@ -157,9 +158,12 @@ def plot_lm_sensitivity(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment:
     plot_sensitivity(list(_per_model(summary).index), specs, chosen, grids, base, title, png, pdf)
 
 
-def plot_all(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, out: dict) -> None:
-    """out maps '<figure>_png'/'<figure>_pdf' for every name in artifacts.LM_FIGURES. Figures over model size
-    and the sensitivity use the largest datastore fraction; the gain figure spans all fractions."""
+def write_report(summary: pd.DataFrame, tables: dict, experiment: str, out: dict) -> None:
+    """The summary as Markdown (out["summary_md"]) and every figure: out maps '<figure>_png'/'<figure>_pdf' for
+    every name in artifacts.LM_FIGURES. `tables` holds the runs' "sweeps". Figures over model size and the
+    sensitivity use the largest datastore fraction; the gain figure spans all fractions."""
+    sweeps = tables["sweeps"]
+    io.write_text(out["summary_md"], summary_markdown(summary, experiment))
     largest = summary.datastore_fraction.max()
     full, full_sweeps = summary[summary.datastore_fraction == largest], sweeps[sweeps.datastore_fraction == largest]
     plot_accuracy_vs_size(full, experiment, out["lm_accuracy_vs_size_png"], out["lm_accuracy_vs_size_pdf"])

@@ -202,52 +202,46 @@ def select(sweep_path, out_path) -> None:
     shared.select(sweep_path, out_path, choose)
 
 
+def summarize(run: dict) -> tuple[dict, dict]:
+    """One run's summary row and its sweep (with the run's columns and selected values)."""
+    chosen, meta = read_json(run["selected"]), read_json(run["meta"])
+    resmem, knnlm, ppl = chosen["resmem"], chosen["knnlm"], chosen["knnlm_perplexity"]
+    row = {
+        "model": run["model"],
+        "datastore_fraction": run["store_fraction"],
+        "datastore_size": read_json(run["search"])["ntotal"],
+        "seed": run["seed"],
+        "parameters": meta["parameters"],
+        "base_test_acc": resmem["base_test_accuracy"],
+        "base_test_ppl": ppl["base_test_perplexity"],
+        "resmem_k": resmem["k"],
+        "resmem_sigma": resmem["sigma"],
+        "resmem_temperature": resmem["temperature"],
+        "resmem_test_acc": resmem["test_accuracy"],
+        "resmem_gain": resmem["gain"],
+        "knnlm_k": knnlm["k"],
+        "knnlm_sigma": knnlm["sigma"],
+        "knnlm_lam": knnlm["lam"],
+        "knnlm_test_acc": knnlm["test_accuracy"],
+        "knnlm_gain": knnlm["gain"],
+        "knnlm_test_ppl": ppl["test_perplexity"],
+        "device": meta["device"],
+    }
+    sweep = pd.read_csv(run["sweep"]).assign(
+        model=run["model"],
+        seed=run["seed"],
+        datastore_fraction=run["store_fraction"],
+        selected_temperature=resmem["temperature"],
+        selected_lam=knnlm["lam"],
+    )
+    return row, {"sweeps": sweep}
+
+
 def aggregate(experiment: str, runs: list[dict], out: dict, corpus_meta_path, config: dict, repo_dir) -> None:
     """runs: one dict per model × seed × datastore fraction with keys model, seed, store_fraction and the
     paths selected, meta, sweep, search (`resmem.stages.run_records`)."""
-    from resmem.lm import report
+    from resmem.lm.report import write_report
 
-    rows, sweeps = [], []
-    for run in runs:
-        chosen, meta = read_json(run["selected"]), read_json(run["meta"])
-        resmem, knnlm, ppl = chosen["resmem"], chosen["knnlm"], chosen["knnlm_perplexity"]
-        rows.append(
-            {
-                "experiment": experiment,
-                "model": run["model"],
-                "datastore_fraction": run["store_fraction"],
-                "datastore_size": read_json(run["search"])["ntotal"],
-                "seed": run["seed"],
-                "parameters": meta["parameters"],
-                "base_test_acc": resmem["base_test_accuracy"],
-                "base_test_ppl": ppl["base_test_perplexity"],
-                "resmem_k": resmem["k"],
-                "resmem_sigma": resmem["sigma"],
-                "resmem_temperature": resmem["temperature"],
-                "resmem_test_acc": resmem["test_accuracy"],
-                "resmem_gain": resmem["gain"],
-                "knnlm_k": knnlm["k"],
-                "knnlm_sigma": knnlm["sigma"],
-                "knnlm_lam": knnlm["lam"],
-                "knnlm_test_acc": knnlm["test_accuracy"],
-                "knnlm_gain": knnlm["gain"],
-                "knnlm_test_ppl": ppl["test_perplexity"],
-                "device": meta["device"],
-            }
-        )
-        sweeps.append(
-            pd.read_csv(run["sweep"]).assign(
-                model=run["model"],
-                seed=run["seed"],
-                datastore_fraction=run["store_fraction"],
-                selected_temperature=resmem["temperature"],
-                selected_lam=knnlm["lam"],
-            )
-        )
-    summary = pd.DataFrame(rows)
-    corpus_meta = read_json(corpus_meta_path)
-    io.write_csv(out["summary_csv"], summary[list(LM_SUMMARY_COLUMNS)])
-    io.write_text(out["summary_md"], report.summary_markdown(summary, experiment))
-    report.plot_all(summary, pd.concat(sweeps, ignore_index=True), experiment, out)
-    corpus = {k: v for k, v in corpus_meta.items() if k != "files"}
-    shared.write_provenance(out["provenance"], experiment, config, runs, summary.device, repo_dir, corpus=corpus)
+    corpus = {k: v for k, v in read_json(corpus_meta_path).items() if k != "files"}
+    shared.aggregate(experiment, runs, out, config, repo_dir, summarize, LM_SUMMARY_COLUMNS, write_report,
+                     corpus=corpus)  # fmt: skip

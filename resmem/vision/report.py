@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from resmem import io
 from resmem.plotting import BASE_COLOR, RESMEM_COLOR, errorbar_methods, panels, per_model, plot_sensitivity, plt, save
 
 RESMEM_SELECTION = "(k, σ, T) chosen by val accuracy"
@@ -277,11 +278,14 @@ def plot_gain_by_confidence(summary: pd.DataFrame, confidences: pd.DataFrame, ex
     save(fig, png, pdf)
 
 
-def plot_all(
-    summary: pd.DataFrame, sweeps: pd.DataFrame, confidences: pd.DataFrame, experiment: str, out: dict
-) -> None:
-    """out maps '<figure>_png' and '<figure>_pdf' to paths for every name in artifacts.FIGURES. The figures
-    over model size, k and σ use the largest training fraction; the last one spans all fractions."""
+def write_report(summary: pd.DataFrame, tables: dict, experiment: str, out: dict) -> None:
+    """The summary as Markdown (out["summary_md"]) and LaTeX (out["summary_tex"]) and every figure: out maps
+    '<figure>_png' and '<figure>_pdf' for every name in artifacts.FIGURES. `tables` holds the runs' "sweeps"
+    and "confidences". The figures over model size, k and σ use the largest training fraction; the last one
+    spans all fractions."""
+    sweeps, confidences = tables["sweeps"], tables["confidences"]
+    io.write_text(out["summary_md"], summary_markdown(summary, experiment))
+    io.write_text(out["summary_tex"], summary_latex(summary, experiment))
     largest = summary.train_fraction.max()
     full, full_sweeps = summary[summary.train_fraction == largest], sweeps[sweeps.train_fraction == largest]
     plot_resmem_sensitivity(full, full_sweeps, experiment, out["sensitivity_png"], out["sensitivity_pdf"])

@@ -198,39 +198,34 @@ def select(sweep_path, out_path) -> None:
     shared.select(sweep_path, out_path, choose)
 
 
+def summarize(run: dict) -> tuple[dict, dict]:
+    """One run's summary row and tables (its sweep and confidence bins, with the run's columns)."""
+    chosen, meta = read_json(run["selected"]), read_json(run["meta"])
+    row = {
+        "model": run["model"],
+        "train_fraction": run["train_fraction"],
+        "train_examples": meta["train_examples"],
+        "seed": run["seed"],
+        "parameters": meta["parameters"],
+        "base_test_acc": chosen["base_test_accuracy"],
+        "k": chosen["k"],
+        "sigma": chosen["sigma"],
+        "temperature": chosen["temperature"],
+        "resmem_test_acc": chosen["test_accuracy"],
+        "gain": chosen["gain"],
+        "device": meta["device"],
+    }
+    run_columns = {"model": run["model"], "train_fraction": run["train_fraction"], "seed": run["seed"]}
+    tables = {
+        "sweeps": pd.read_csv(run["sweep"]).assign(**run_columns, selected_temperature=chosen["temperature"]),
+        "confidences": pd.read_csv(run["confidence"]).assign(**run_columns),
+    }
+    return row, tables
+
+
 def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir) -> None:
     """runs: one dict per model × training fraction × seed with keys model, train_fraction, seed and the
-    paths selected, meta, sweep, confidence."""
-    from resmem.vision import report
+    paths selected, meta, sweep, confidence (`resmem.stages.run_records`)."""
+    from resmem.vision.report import write_report
 
-    rows, sweeps, confidences = [], [], []
-    for run in runs:
-        chosen, meta = read_json(run["selected"]), read_json(run["meta"])
-        rows.append(
-            {
-                "experiment": experiment,
-                "model": run["model"],
-                "train_fraction": run["train_fraction"],
-                "train_examples": meta["train_examples"],
-                "seed": run["seed"],
-                "parameters": meta["parameters"],
-                "base_test_acc": chosen["base_test_accuracy"],
-                "k": chosen["k"],
-                "sigma": chosen["sigma"],
-                "temperature": chosen["temperature"],
-                "resmem_test_acc": chosen["test_accuracy"],
-                "gain": chosen["gain"],
-                "device": meta["device"],
-            }
-        )
-        run_columns = {"model": run["model"], "train_fraction": run["train_fraction"], "seed": run["seed"]}
-        sweeps.append(pd.read_csv(run["sweep"]).assign(**run_columns, selected_temperature=chosen["temperature"]))
-        confidences.append(pd.read_csv(run["confidence"]).assign(**run_columns))
-    summary = pd.DataFrame(rows)
-    io.write_csv(out["summary_csv"], summary[list(SUMMARY_COLUMNS)])
-    io.write_text(out["summary_md"], report.summary_markdown(summary, experiment))
-    io.write_text(out["summary_tex"], report.summary_latex(summary, experiment))
-    report.plot_all(
-        summary, pd.concat(sweeps, ignore_index=True), pd.concat(confidences, ignore_index=True), experiment, out
-    )
-    shared.write_provenance(out["provenance"], experiment, config, runs, summary.device, repo_dir)
+    shared.aggregate(experiment, runs, out, config, repo_dir, summarize, SUMMARY_COLUMNS, write_report)

@@ -4,14 +4,6 @@ from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
-    stages.embed(
-        sm.input.split,
-        sm.input.model,
-        sm.input.train_rows,
-        sm.output.embeddings,
-        sm.params.dataset,
-        sm.params.train,
-        sm.params.batch_size,
-        device=sm.config["device"],
-        threads=sm.threads,
-    )
+    inputs = (sm.input.split, sm.input.model, sm.input.train_rows)
+    sections = (sm.params.dataset, sm.params.train, sm.params.batch_size)
+    stages.embed(*inputs, sm.output.embeddings, *sections, device=sm.config["device"], threads=sm.threads)
