@@ -187,10 +187,13 @@ def write_provenance(path, experiment: str, config: dict, runs: list[dict], devi
 
 def run_records(runs: list[dict], files) -> list[dict]:
     """One record per run for an aggregate stage: the run's wildcards (fractions as numbers) and, for each named
-    input list of `files` (Snakemake's input, or a dict of lists lined up with `runs`), the run's file."""
-    named = {name: paths for name, paths in dict(files.items()).items() if len(paths) == len(runs)}
+    list of `files` (Snakemake's input, or a dict; single paths are left out), the run's file."""
+    lists = {name: paths for name, paths in dict(files.items()).items() if not isinstance(paths, (str, Path))}
+    for name, paths in lists.items():
+        if len(paths) != len(runs):
+            raise ValueError(f"input {name!r} lists {len(paths)} files for {len(runs)} runs")
     records = []
     for i, run in enumerate(runs):
         record = {key: float(value) if key.endswith("_fraction") else value for key, value in run.items()}
-        records.append({**record, **{name: paths[i] for name, paths in named.items()}})
+        records.append({**record, **{name: paths[i] for name, paths in lists.items()}})
     return records

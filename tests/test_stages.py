@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from resmem import io
+from resmem import stages as shared
 from resmem.artifacts import SWEEP_COLUMNS
 from resmem.config import ConfigError, validate
 from resmem.io import ArtifactError, atomic_path
@@ -163,3 +164,15 @@ def test_recall_at_k_is_the_mean_share_of_exact_neighbors_found():
     # int32 and not C-contiguous (converted for faiss); order within a row does not matter
     assert recall_at_k(found.astype(np.int32)[:, ::-1], exact) == pytest.approx(expected, abs=1e-12)
     assert recall_at_k(exact[25:, ::-1], exact[25:]) == 1.0
+
+
+def test_run_records_line_files_up_with_runs():
+    runs = [{"model": "a", "train_fraction": "0.5", "seed": 0}, {"model": "a", "train_fraction": "1", "seed": 0}]
+    files = {"sweep": ["a/frac0.5/sweep.csv", "a/frac1/sweep.csv"], "corpus_meta": "corpus.json"}
+    records = shared.run_records(runs, files)
+    assert records == [
+        {"model": "a", "train_fraction": 0.5, "seed": 0, "sweep": "a/frac0.5/sweep.csv"},
+        {"model": "a", "train_fraction": 1.0, "seed": 0, "sweep": "a/frac1/sweep.csv"},
+    ]
+    with pytest.raises(ValueError, match="input 'sweep' lists 1 files for 2 runs"):
+        shared.run_records(runs, {"sweep": ["only one"]})
