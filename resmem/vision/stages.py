@@ -40,12 +40,12 @@ def load_split(path, data: Dataset) -> dict[str, np.ndarray]:
     return parts
 
 
-def _loaders(data: Dataset, split_path, train_rows, recipe: dict, dev, batch_size: int, train_augment="none",
+def _loaders(data: Dataset, parts: dict, recipe: dict, dev, batch_size: int, train_augment="none",
              channels_last=False) -> dict:
-    """Loaders of the train rows `train_rows` (augmented with `train_augment`), val and test."""
+    """Loaders of the rows `parts` names (train_idx, val_idx, test_idx), the train rows augmented with
+    `train_augment`."""
     from resmem.vision.loader import Loader
 
-    parts = {**load_split(split_path, data), "train_idx": train_rows}
     pools = {"train": data.train, "val": data.train, "test": data.test}
     return {
         s: Loader(pools[s], parts[f"{s}_idx"], batch_size, dev, augment, recipe["num_workers"], channels_last)
@@ -67,11 +67,10 @@ def train(split_path, out: dict, dataset: dict, spec: dict, recipe: dict, train_
     torch.set_num_threads(threads)
     dev = torch_device(device)
     data = load_dataset(dataset)
-    train_pool_rows = load_split(split_path, data)["train_idx"]
-    rows = train_subset(train_pool_rows, data.train.labels, train_fraction, dataset["split_seed"])
-    loaders = _loaders(
-        data, split_path, rows, recipe, dev, recipe["batch_size"], recipe["augment"], recipe["channels_last"]
-    )
+    parts = load_split(split_path, data)
+    rows = train_subset(parts["train_idx"], data.train.labels, train_fraction, dataset["split_seed"])
+    parts["train_idx"] = rows
+    loaders = _loaders(data, parts, recipe, dev, recipe["batch_size"], recipe["augment"], recipe["channels_last"])
     seed_everything(seed)
     network = build_model(spec, data.num_classes, data.train.channels)
     log.info(
@@ -87,8 +86,8 @@ def train(split_path, out: dict, dataset: dict, spec: dict, recipe: dict, train_
         "classes": data.classes,  # label i is classes[i]: the folder names of an image-folder dataset
         "config": config,
     }
-    io.save_npz(out["train_rows"], train_idx=rows)
     fit_and_save(network, loaders["train"], loaders["val"], recipe, seed, dev, out, meta)
+    io.save_npz(out["train_rows"], train_idx=rows)
 
 
 def load_train_rows(path) -> np.ndarray:
@@ -115,8 +114,9 @@ def embed(split_path, model_path, train_rows_path, out_path, dataset: dict, reci
     torch.set_num_threads(threads)
     dev = torch_device(device)
     model, _ = load_model(model_path)
+    data = load_dataset(dataset)
     rows = load_train_rows(train_rows_path)
-    loaders = _loaders(load_dataset(dataset), split_path, rows, recipe, dev, batch_size)
+    loaders = _loaders(data, {**load_split(split_path, data), "train_idx": rows}, recipe, dev, batch_size)
     amp = recipe["amp"] and dev.type == "cuda"
 
     def blocks():
