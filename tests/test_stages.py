@@ -37,7 +37,7 @@ def write_artifacts(tmp_path, rows=N, classes=3, dim=4, split_rows=N):
     io.save_npz(tmp_path / "embeddings.npz", **arrays)
     io.save_npz(tmp_path / "split.npz", train_pool=np.int64(offsets[-1]), test_pool=np.int64(offsets[-1]), **parts)
     io.save_npz(tmp_path / "train_rows.npz", train_idx=parts["train_idx"])
-    return tmp_path / "embeddings.npz", tmp_path / "train_rows.npz"
+    return tmp_path / "embeddings.npz", tmp_path / "split.npz", tmp_path / "train_rows.npz"
 
 
 def search(tmp_path, emb, name: str, index="index.faiss", **settings) -> dict:
@@ -47,8 +47,8 @@ def search(tmp_path, emb, name: str, index="index.faiss", **settings) -> dict:
 
 
 def test_stages_chain_without_snakemake(tmp_path):
-    emb, rows = write_artifacts(tmp_path)
-    stages.index(emb, rows, tmp_path / "index.faiss", knn(), "cpu")
+    emb, split, rows = write_artifacts(tmp_path)
+    stages.index(emb, split, rows, tmp_path / "index.faiss", knn(), "cpu")
     search(tmp_path, emb, "neighbors", query_chunk=5)
     stages.sweep(emb, tmp_path / "neighbors.npz", tmp_path / "sweep.csv", knn())
     sweep = pd.read_csv(tmp_path / "sweep.csv")
@@ -59,24 +59,30 @@ def test_stages_chain_without_snakemake(tmp_path):
 
 def test_embeddings_of_other_training_rows_name_the_file(tmp_path):
     """The datastore is checked against the exact rows that train wrote, not only their count."""
-    emb, rows = write_artifacts(tmp_path)
+    emb, split, rows = write_artifacts(tmp_path)
     io.save_npz(rows, train_idx=np.arange(1, N["train"] + 1))
     with pytest.raises(ArtifactError, match=r"embeddings.npz: its datastore is not the training rows in .*train_rows"):
-        stages.load_embeddings(emb, rows)
+        stages.load_embeddings(emb, train_rows_path=rows)
     with pytest.raises(ArtifactError, match=r"embeddings.npz: its datastore is not the training rows"):
-        stages.index(emb, rows, tmp_path / "index.faiss", knn(), "cpu")
+        stages.index(emb, split, rows, tmp_path / "index.faiss", knn(), "cpu")
     assert not (tmp_path / "index.faiss").exists()
 
 
+def test_embeddings_whose_rows_differ_from_the_split_name_the_file(tmp_path):
+    emb, split, _ = write_artifacts(tmp_path, rows={**N, "val": N["val"] - 1})
+    with pytest.raises(ArtifactError, match=r"embeddings.npz: 11 val rows but .*split.npz has 12"):
+        stages.load_embeddings(emb, split)
+
+
 def test_truncated_embeddings_name_the_file(tmp_path):
-    emb, rows = write_artifacts(tmp_path)
+    emb, split, rows = write_artifacts(tmp_path)
     emb.write_bytes(emb.read_bytes()[:100])
     with pytest.raises(ArtifactError, match=r"embeddings.npz: cannot be read .*rerun"):
-        stages.load_embeddings(emb, rows)
+        stages.load_embeddings(emb, split, rows)
 
 
 def test_missing_array_is_named(tmp_path):
-    emb, _ = write_artifacts(tmp_path)
+    emb, *_ = write_artifacts(tmp_path)
     with np.load(emb) as data:
         arrays = {k: data[k] for k in EMBEDDING_KEYS if k != "test_logits"}
     io.save_npz(emb, **arrays)
@@ -85,7 +91,7 @@ def test_missing_array_is_named(tmp_path):
 
 
 def test_wrong_dtype_is_named(tmp_path):
-    emb, _ = write_artifacts(tmp_path)
+    emb, *_ = write_artifacts(tmp_path)
     with np.load(emb) as data:
         arrays = {k: data[k] for k in EMBEDDING_KEYS}
     io.save_npz(emb, **{**arrays, "train_y": arrays["train_y"].astype(np.float32)})
@@ -94,23 +100,23 @@ def test_wrong_dtype_is_named(tmp_path):
 
 
 def test_k_larger_than_the_datastore_names_the_config_key(tmp_path):
-    emb, rows = write_artifacts(tmp_path)
-    stages.index(emb, rows, tmp_path / "index.faiss", knn(), "cpu")
+    emb, split, rows = write_artifacts(tmp_path)
+    stages.index(emb, split, rows, tmp_path / "index.faiss", knn(), "cpu")
     with pytest.raises(ConfigError, match=r"knn.k: the largest k \(41\) exceeds the 40 datastore rows"):
         search(tmp_path, emb, "nb", k=[41], query_chunk=8)
     assert not (tmp_path / "nb.npz").exists()
 
 
 def test_index_of_other_embeddings_is_named(tmp_path):
-    emb, rows = write_artifacts(tmp_path)
-    stages.index(emb, rows, tmp_path / "index.faiss", knn(), "cpu")
-    emb, _ = write_artifacts(tmp_path, rows={**N, "train": 30})
+    emb, split, rows = write_artifacts(tmp_path)
+    stages.index(emb, split, rows, tmp_path / "index.faiss", knn(), "cpu")
+    emb, *_ = write_artifacts(tmp_path, rows={**N, "train": 30})
     with pytest.raises(ArtifactError, match=r"index.faiss holds 40 vectors but .*embeddings.npz has 30"):
         search(tmp_path, emb, "nb", k=[4], query_chunk=8)
 
 
 def test_neighbors_of_other_queries_are_named(tmp_path):
-    emb, _ = write_artifacts(tmp_path)
+    emb, *_ = write_artifacts(tmp_path)
     io.save_npz(
         tmp_path / "neighbors.npz",
         val_dist=np.zeros((5, 4), np.float32),
@@ -135,8 +141,8 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
 
 def test_ivf_index_reports_its_recall_against_exact_search(tmp_path):
     rows = {"train": 400, "val": 30, "test": 60}
-    emb, train_rows = write_artifacts(tmp_path, rows=rows, dim=8, split_rows=rows)
-    stages.index(emb, train_rows, tmp_path / "ivf.faiss", knn(index="ivf", nlist=8), "cpu")
+    emb, split, train_rows = write_artifacts(tmp_path, rows=rows, dim=8, split_rows=rows)
+    stages.index(emb, split, train_rows, tmp_path / "ivf.faiss", knn(index="ivf", nlist=8), "cpu")
     reports = {
         nprobe: search(tmp_path, emb, f"nb{nprobe}", "ivf.faiss", k=[10], query_chunk=16, nprobe=nprobe,
                        recall_sample=50)  # fmt: skip
@@ -147,7 +153,7 @@ def test_ivf_index_reports_its_recall_against_exact_search(tmp_path):
     assert reports[1]["recall_at_k_max"] < 1.0  # one list of eight: misses neighbors in the others
     assert reports[1]["queries"] == 90 and reports[1]["queries_per_second"] > 0
     # An exhaustive IVF search finds the same neighbors as the flat index.
-    stages.index(emb, train_rows, tmp_path / "flat.faiss", knn(), "cpu")
+    stages.index(emb, split, train_rows, tmp_path / "flat.faiss", knn(), "cpu")
     flat_report = search(tmp_path, emb, "flat", "flat.faiss", k=[10], query_chunk=16)
     with np.load(tmp_path / "flat.npz") as flat, np.load(tmp_path / "nb8.npz") as ivf:
         np.testing.assert_array_equal(flat["test_idx"], ivf["test_idx"])

@@ -132,15 +132,24 @@ def embed(split_path, model_path, train_rows_path, out_path, dataset: dict, reci
     io.save_npz_streaming(out_path, blocks(), {"train_idx": len(rows), **counts})
 
 
-def load_embeddings(path, train_rows_path=None) -> dict[str, np.ndarray]:
-    """embeddings.npz as read-only memmaps, checked for its documented arrays, dtypes and row counts and, given
-    the training rows that train wrote, for holding exactly those rows as its datastore."""
+def load_embeddings(path, split_path=None, train_rows_path=None) -> dict[str, np.ndarray]:
+    """embeddings.npz as read-only memmaps, checked for its documented arrays, dtypes and row counts; given the
+    split, for its val and test rows; given the training rows that train wrote, for holding exactly those rows
+    as its datastore."""
     dtypes = {k: (np.int64 if k.endswith(("_y", "_idx")) else np.float32) for k in EMBEDDING_KEYS}
     arrays = io.load_npz(path, EMBEDDING_KEYS, dtypes, mmap=True)
     for s in SPLITS:
         n = {len(arrays[f"{s}_{kind}"]) for kind in ("emb", "logits", "y")}
         if len(n) != 1:
             raise ArtifactError(f"{path}: {s}_emb, {s}_logits and {s}_y differ in row count {sorted(n)}")
+    if split_path is not None:
+        parts = io.load_npz(split_path, SPLIT_KEYS)
+        for s in QUERY_SPLITS:
+            rows, expected = len(arrays[f"{s}_y"]), len(parts[f"{s}_idx"])
+            if rows != expected:
+                raise ArtifactError(
+                    f"{path}: {rows} {s} rows but {split_path} has {expected}; delete it and rerun embed"
+                )
     if train_rows_path is not None and not np.array_equal(arrays["train_idx"], load_train_rows(train_rows_path)):
         raise ArtifactError(
             f"{path}: its datastore is not the training rows in {train_rows_path}; delete it and rerun embed"
@@ -148,8 +157,8 @@ def load_embeddings(path, train_rows_path=None) -> dict[str, np.ndarray]:
     return arrays
 
 
-def index(embeddings_path, train_rows_path, out_path, knn: dict, device: str) -> None:
-    shared.index(load_embeddings(embeddings_path, train_rows_path)["train_emb"], out_path, knn, device)
+def index(embeddings_path, split_path, train_rows_path, out_path, knn: dict, device: str) -> None:
+    shared.index(load_embeddings(embeddings_path, split_path, train_rows_path)["train_emb"], out_path, knn, device)
 
 
 def neighbors(index_path, embeddings_path, out: dict, knn: dict, device: str) -> None:

@@ -83,6 +83,7 @@ rule embed:
 rule index:
     input:
         embeddings=f"{VISION_RUN}/embeddings.npz",
+        split=f"{EXPERIMENT}/split.npz",
         train_rows=f"{VISION_RUN}/train_rows.npz",
     output:
         index=f"{VISION_RUN}/index.faiss",

@@ -4,4 +4,5 @@ from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
-    stages.index(sm.input.embeddings, sm.input.train_rows, sm.output.index, sm.params.knn, sm.config["device"])
+    inputs = (sm.input.embeddings, sm.input.split, sm.input.train_rows)
+    stages.index(*inputs, sm.output.index, sm.params.knn, sm.config["device"])
