@@ -70,9 +70,22 @@ def main() -> None:
         in_child("make_datastore", tmp / "ds.npz", n, n_query, dim)  # a child too: peak RSS survives fork + exec
         print(f"datastore: {n:,} keys of dim {dim} (float16), 2 × {n_query:,} queries, k = {K}, V = {VOCAB}")
         for kind, nlist in (("flat", None), ("ivfpq", None)):
-            knn = {"normalize": False, "index": kind, "nlist": nlist, "pq_m": 16, "pq_bits": 8, "k_max": K,
-                   "query_chunk": 16384, "nprobe": 16, "recall_sample": 1000, "k": [1, 4, 16, 64],
-                   "sigma": [0.3, 1.0, 3.0], "temperature": [1.0], "lam": [0.0, 0.25, 0.5], "sweep_chunk_mb": 256}
+            knn = {
+                "normalize": False,
+                "index": kind,
+                "nlist": nlist,
+                "pq_m": 16,
+                "pq_bits": 8,
+                "k_max": K,
+                "query_chunk": 16384,
+                "nprobe": 16,
+                "recall_sample": 1000,
+                "k": [1, 4, 16, 64],
+                "sigma": [0.3, 1.0, 3.0],
+                "temperature": [1.0],
+                "lam": [0.0, 0.25, 0.5],
+                "sweep_chunk_mb": 256,
+            }
             built = {"index": tmp / f"{kind}.faiss", "rows": tmp / f"{kind}_rows.npz"}
             index = in_child("index", tmp / "ds.npz", built, 1.0, knn, "cpu")
             found = {"neighbors": tmp / f"{kind}.npz", "report": tmp / f"{kind}.json"}

@@ -15,6 +15,7 @@ from resmem.io import atomic_path  # noqa: E402
 
 BASE_COLOR, RESMEM_COLOR, KNN_COLOR = "#4C72B0", "#DD8452", "#55A868"  # base model, ResMem, kNN (kNN-LM)
 
+
 def save(fig, png, pdf) -> None:
     """Write the figure as PNG and PDF, each atomically, and close it."""
     for path in (png, pdf):

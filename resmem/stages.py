@@ -146,8 +146,17 @@ def select(sweep_path, out_path, choose: Callable[[pd.DataFrame], dict]) -> None
     io.write_json(out_path, chosen)
 
 
-def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir, summarize, columns, write_report,
-              **provenance_extra) -> None:
+def aggregate(
+    experiment: str,
+    runs: list[dict],
+    out: dict,
+    config: dict,
+    repo_dir,
+    summarize,
+    columns,
+    write_report,
+    **provenance_extra,
+) -> None:
     """The aggregate stage of every kind. `summarize(run)` reads one run's files into its summary row and its
     tables ({name: DataFrame}, e.g. its sweep with the run's columns); the summary's `columns` go to
     out["summary_csv"], `write_report(summary, tables, experiment, out)` writes the kind's tables and figures

@@ -33,8 +33,9 @@ class Loader(Protocol):
 
     def __len__(self) -> int: ...
 
-    def epoch(self, seed: int | None = None, drop_single: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        ...
+    def epoch(
+        self, seed: int | None = None, drop_single: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 def seed_everything(seed: int) -> None:

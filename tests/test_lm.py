@@ -16,7 +16,6 @@ from resmem.lm.stages import RowSubset, datastore_rows, load_datastore
 CONTEXT = 16
 
 
-
 def knn(**settings) -> dict:
     """A language-model experiment's knn section with the schema's defaults, `settings` and k_max (as the rules
     pass it): small grids for the tests."""
@@ -28,6 +27,7 @@ def knn(**settings) -> dict:
 
 def search_outputs(root):
     return {"neighbors": root / "nb.npz", "report": root / "search.json"}
+
 
 def tiny_config(**train):
     spec = {"models": {"m": {"n_layer": 1, "n_head": 2, "n_embd": 16}}, "context": CONTEXT}

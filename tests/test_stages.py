@@ -144,8 +144,9 @@ def test_ivf_index_reports_its_recall_against_exact_search(tmp_path):
     emb, split, train_rows = write_artifacts(tmp_path, rows=rows, dim=8, split_rows=rows)
     stages.index(emb, split, train_rows, tmp_path / "ivf.faiss", knn(index="ivf", nlist=8), "cpu")
     reports = {
-        nprobe: search(tmp_path, emb, f"nb{nprobe}", "ivf.faiss", k=[10], query_chunk=16, nprobe=nprobe,
-                       recall_sample=50)  # fmt: skip
+        nprobe: search(
+            tmp_path, emb, f"nb{nprobe}", "ivf.faiss", k=[10], query_chunk=16, nprobe=nprobe, recall_sample=50
+        )  # fmt: skip
         for nprobe in (1, 8)
     }
     assert reports[8]["index"] == "IndexIVFFlat" and reports[8]["nlist"] == 8 and reports[8]["recall_sample"] == 50

@@ -37,8 +37,19 @@ def load_tokens(path) -> dict[str, np.ndarray]:
     return {s: a for s, a in zip(SPLITS, io.load_npz(path, CORPUS_KEYS, mmap=True).values(), strict=True)}
 
 
-def train(corpus_path, corpus_meta_path, out: dict, spec: dict, recipe: dict, context: int, eval_tokens: int,
-          seed: int, device: str, threads: int, config: dict) -> None:
+def train(
+    corpus_path,
+    corpus_meta_path,
+    out: dict,
+    spec: dict,
+    recipe: dict,
+    context: int,
+    eval_tokens: int,
+    seed: int,
+    device: str,
+    threads: int,
+    config: dict,
+) -> None:
     """Train the transformer `spec` with `recipe` (the experiment's train section) on the corpus:
     out["model"], out["train_log"], out["meta"]."""
     import torch
@@ -74,8 +85,9 @@ def load_lm(model_path):
     )
 
 
-def datastore(corpus_path, model_path, out_path, report_path, store: dict, eval_tokens: int, amp: bool, device: str,
-              threads: int) -> None:
+def datastore(
+    corpus_path, model_path, out_path, report_path, store: dict, eval_tokens: int, amp: bool, device: str, threads: int
+) -> None:
     """Keys (final hidden states; float16 for the training datastore, float32 for the val/test queries), next
     tokens and positions, and the output layer, streamed to disk; the report gives tokens/s."""
     import sys

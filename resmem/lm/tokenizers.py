@@ -17,7 +17,6 @@ BYTES_SEPARATOR = "\n\n"
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|eos|>", "<|end_of_text|>", "[EOS]")
 
 
-
 class ByteTokenizer:
     """UTF-8 bytes: token id = byte value, vocabulary 256, nothing to download or train."""
 

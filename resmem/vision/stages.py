@@ -40,8 +40,9 @@ def load_split(path, data: Dataset) -> dict[str, np.ndarray]:
     return parts
 
 
-def _loaders(data: Dataset, parts: dict, recipe: dict, dev, batch_size: int, train_augment="none",
-             channels_last=False) -> dict:
+def _loaders(
+    data: Dataset, parts: dict, recipe: dict, dev, batch_size: int, train_augment="none", channels_last=False
+) -> dict:
     """Loaders of the rows `parts` names (train_idx, val_idx, test_idx), the train rows augmented with
     `train_augment`."""
     from resmem.vision.loader import Loader
@@ -53,8 +54,18 @@ def _loaders(data: Dataset, parts: dict, recipe: dict, dev, batch_size: int, tra
     }
 
 
-def train(split_path, out: dict, dataset: dict, spec: dict, recipe: dict, train_fraction: float, seed: int,
-          device: str, threads: int, config: dict) -> None:
+def train(
+    split_path,
+    out: dict,
+    dataset: dict,
+    spec: dict,
+    recipe: dict,
+    train_fraction: float,
+    seed: int,
+    device: str,
+    threads: int,
+    config: dict,
+) -> None:
     """Train the network `spec` with `recipe` (the experiment's train section) on the training fraction of the
     `dataset` section: out["model"], out["train_log"], out["meta"], and the exact training rows it saw,
     out["train_rows"], which embed reads back as the datastore."""
@@ -102,8 +113,17 @@ def load_model(model_path):
     )
 
 
-def embed(split_path, model_path, train_rows_path, out_path, dataset: dict, recipe: dict, batch_size: int,
-          device: str, threads: int) -> None:
+def embed(
+    split_path,
+    model_path,
+    train_rows_path,
+    out_path,
+    dataset: dict,
+    recipe: dict,
+    batch_size: int,
+    device: str,
+    threads: int,
+) -> None:
     """Features and logits of the datastore (exactly the training rows the model saw, with their row numbers)
     and of val and test, streamed to disk batch by batch."""
     import torch
