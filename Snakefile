@@ -17,6 +17,7 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/vision.smk"
 include: "workflow/rules/lm.smk"
+include: "workflow/rules/shared.smk"
 include: "workflow/rules/regression.smk"
 
 

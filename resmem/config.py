@@ -92,6 +92,7 @@ def check_semantics(config: dict) -> None:
             f"invalid config at <top level>: no experiment; name at least one under {', '.join(EXPERIMENT_KINDS)}"
         )
     for name, experiment in config["experiments"].items():
+        check_image_cache(f"experiments.{name}", experiment["dataset"]["cache"], experiment["train"]["augment"])
         for model, spec in experiment["models"].items():
             depth = spec.get("depth")
             if depth is not None and (depth - 2) % 6:
@@ -101,6 +102,17 @@ def check_semantics(config: dict) -> None:
                 )
     for name, experiment in (config.get("lm_experiments") or {}).items():
         _check_lm(f"lm_experiments.{name}", experiment)
+
+
+def check_image_cache(at: str, cache: str, augment: str) -> None:
+    """Images decoded into memory at image_size cannot be cropped from the full image: `at` names the experiment
+    (checked here for an explicit augment, by the decode stage for what `auto` means for its dataset)."""
+    if cache == "memory" and augment == "resized_crop_flip":
+        raise ConfigError(
+            f"invalid config at {at}.dataset.cache: memory keeps the images at image_size, but train.augment "
+            "(resized_crop_flip) crops the full images; set dataset.cache to auto or none, or train.augment to "
+            "flip or crop_flip"
+        )
 
 
 def _check_lm(at: str, experiment: dict) -> None:

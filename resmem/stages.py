@@ -1,6 +1,6 @@
 """The stages every kind of experiment shares, written once: fit and save a base model, load it back, build the
-index over a datastore, search it once at the largest k, check the neighbors against the grid, select the grid
-point, and write the provenance record.
+index over a (nested fraction of a) datastore, search it once at the largest k, check the neighbors against the
+grid, select the grid point, aggregate the runs and write the provenance record.
 
 Each kind's own stage module (`resmem.vision.stages`, `resmem.lm.stages`, `resmem.regression.stages`) reads its
 artifacts and calls these; the Snakemake scripts in workflow/scripts/ only unpack `snakemake` and call the kind's
@@ -72,58 +72,87 @@ def load_model(model_path, build: Callable[[dict], object], rule: str):
     return model, meta
 
 
-def index(vectors, out_path, knn: dict, device: str) -> None:
-    """An L2 index of the config's kind (`knn` is the experiment's knn section) over the datastore vectors."""
+def datastore_rows(n: int, fraction: float, seed: int = 0) -> np.ndarray:
+    """The sorted datastore rows of a fraction: a prefix of one fixed permutation, so fractions are nested
+    (and the fraction 1 is every row)."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[: max(1, round(fraction * n))])
+
+
+class RowSubset:
+    """Rows `rows` of an array (a memmap), read only when indexed: a datastore fraction without a copy."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray):
+        self.array, self.rows = array, rows
+        self.shape = (len(rows), *array.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.array[self.rows[i]]
+
+
+def row_subset(keys, rows: np.ndarray):
+    """The datastore keys of `rows`: the keys themselves where the rows are all of them."""
+    return keys if len(rows) == len(keys) else RowSubset(keys, rows)
+
+
+def index(keys, out: dict, knn: dict, device: str, store_fraction: float = 1.0) -> None:
+    """An L2 index of the config's kind (`knn` is the experiment's knn section) over a nested fraction of the
+    datastore's keys (out["index"]), and the datastore rows it holds (out["rows"], with the datastore's size and
+    the fraction), which the search maps its results back through."""
     import faiss
 
     from resmem.knn import build_index
 
+    rows = datastore_rows(len(keys), store_fraction)
     kind = knn["index"]
     built = build_index(
-        vectors, knn["normalize"], device, kind=kind, nlist=knn["nlist"], pq_m=knn["pq_m"], pq_bits=knn["pq_bits"]
-    )
-    log.info("%s L2 index: %d vectors of dim %d", kind, built.ntotal, built.d)
-    with io.atomic_path(out_path) as tmp:
+        row_subset(keys, rows), knn["normalize"], device, kind=kind, nlist=knn["nlist"], pq_m=knn["pq_m"],
+        pq_bits=knn["pq_bits"],
+    )  # fmt: skip
+    log.info("%s L2 index: %d of %d datastore rows (fraction %g), dim %d", kind, len(rows), len(keys),
+             store_fraction, built.d)  # fmt: skip
+    io.save_npz(out["rows"], rows=rows, datastore_rows=np.int64(len(keys)), fraction=np.float64(store_fraction))
+    with io.atomic_path(out["index"]) as tmp:
         faiss.write_index(built, str(tmp))
 
 
-def read_index(index_path, datastore_path, n_vectors: int):
-    """A faiss index file, checked to hold the datastore's `n_vectors` vectors."""
+def read_index(index_path, rows_path, datastore_path, n_datastore: int):
+    """(index, its rows file's arrays), checked to be built over a datastore of `n_datastore` rows."""
     import faiss
 
     try:
         built = faiss.read_index(str(index_path))
     except RuntimeError as exc:
         raise ArtifactError(f"{index_path}: cannot be read ({exc}); delete it and rerun its index rule") from exc
-    if built.ntotal != n_vectors:
+    held = io.load_npz(rows_path, ["rows", "datastore_rows", "fraction"])
+    if built.ntotal != len(held["rows"]) or int(held["datastore_rows"]) != n_datastore:
         raise ArtifactError(
-            f"{index_path} holds {built.ntotal} vectors but {datastore_path} has {n_vectors} "
-            "datastore rows; delete the index and rerun"
+            f"{index_path} holds {built.ntotal} vectors but {datastore_path} has {n_datastore} datastore rows "
+            f"({rows_path} lists {len(held['rows'])} of {int(held['datastore_rows'])}); delete the index and rerun "
+            "its index rule"
         )
-    return built
+    return built, held
 
 
-def neighbors(index_path, datastore_path, vectors, queries: dict, out: dict, knn: dict, device: str, rows=None,
-               **report_extra) -> None:  # fmt: skip
-    """ONE search at the largest k of the grid (knn["k_max"]) for each query split ({split: query vectors}), written to
-    out["neighbors"], and the search report (speed, recall@k of an approximate index) to out["report"].
-
-    `vectors` are the indexed datastore rows; where they are a subset (`rows`, the datastore-size study), the
-    indices written are rows of the whole datastore. `report_extra` goes into the report as it is."""
+def neighbors(index_path, rows_path, datastore_path, keys, queries: dict, out: dict, knn: dict, device: str) -> None:
+    """ONE search at the largest k of the grid (knn["k_max"]) for each query split ({split: query vectors}) in
+    the index over rows of the datastore `keys`, written to out["neighbors"] as datastore rows, and the search
+    report (speed, recall@k of an approximate index, the datastore fraction) to out["report"]."""
     from resmem.knn import search_queries
 
-    built = read_index(index_path, datastore_path, len(vectors))
+    built, held = read_index(index_path, rows_path, datastore_path, len(keys))
+    rows = held["rows"]
     k_max = knn["k_max"]
-    if k_max > len(vectors):
-        raise ConfigError(
-            f"config key knn.k: the largest k ({k_max}) exceeds the {len(vectors)} datastore rows; lower it"
-        )
-    found, report = search_queries(built, vectors, queries, k_max, knn, device)
-    if rows is not None:
-        for split in queries:
-            found[f"{split}_idx"] = rows[found[f"{split}_idx"]]
+    if k_max > len(rows):
+        raise ConfigError(f"config key knn.k: the largest k ({k_max}) exceeds the {len(rows)} datastore rows; lower it")
+    found, report = search_queries(built, row_subset(keys, rows), queries, k_max, knn, device)
+    for split in queries:  # rows of the whole datastore; -1 (fewer than k found by an IVF probe) stays -1
+        idx = found[f"{split}_idx"]
+        found[f"{split}_idx"] = np.where(idx >= 0, rows[idx], -1)
     io.save_npz(out["neighbors"], **found)
-    io.write_json(out["report"], {**report, **report_extra})
+    io.write_json(out["report"], {**report, "datastore_fraction": float(held["fraction"])})
 
 
 def load_neighbors(path, query_rows: dict, k_needed: int, datastore_path) -> dict[str, np.ndarray]:

@@ -87,6 +87,8 @@ def test_defaults_fill_every_key():
         "root": "data",
         "download": False,
         "image_size": 224,
+        "cache": "auto",
+        "cache_mb": 4096,
         "subsample": {"train": None, "test": None},
         "test_fraction": 0.25,
         "val_fraction": 0.2,

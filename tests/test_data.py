@@ -10,7 +10,7 @@ from PIL import Image
 
 from resmem.config import ConfigError
 from resmem.vision.data import load_dataset, make_split, train_subset
-from resmem.vision.loader import CROP_PADDING, Loader, crop_flip
+from resmem.vision.loader import Loader, crop_flip, crop_padding
 
 CPU = torch.device("cpu")
 
@@ -162,8 +162,9 @@ def test_training_fractions_are_stratified_and_nested():
 
 def test_crop_flip_returns_shifted_or_mirrored_windows():
     x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6) + 1
-    out = crop_flip(x, torch.Generator().manual_seed(0))
-    padded = torch.nn.functional.pad(x, (CROP_PADDING,) * 4)
+    assert crop_padding(32) == 4 and crop_padding(6) == 1  # He et al.'s 4 px at CIFAR's 32 px
+    out = crop_flip(x, torch.Generator().manual_seed(0), padding=4)
+    padded = torch.nn.functional.pad(x, (4,) * 4)
     for b in range(2):
         windows = [padded[b, :, dy : dy + 6, dx : dx + 6] for dy in range(9) for dx in range(9)]
         assert any(torch.equal(out[b], w) or torch.equal(out[b], w.flip(2)) for w in windows)
@@ -179,3 +180,103 @@ def test_in_memory_loader_augments_only_with_a_seed():
     assert augmented.shape == plain.shape and not torch.equal(
         torch.sort(augmented.flatten())[0], torch.sort(plain.flatten())[0]
     )
+
+
+@pytest.fixture(scope="module")
+def digit_folders(tmp_path_factory):
+    from tests.images import digits_jpeg_folders
+
+    root = tmp_path_factory.mktemp("digit_jpegs")
+    digits_jpeg_folders(root)
+    return root
+
+
+def decoded(paths) -> torch.Tensor:
+    """The images as PIL decodes them, N×3×H×W in [0, 1]: what a plain 32-px pipeline feeds a network."""
+    images = [np.array(Image.open(p).convert("RGB")) for p in paths]
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 255
+
+
+@pytest.mark.parametrize("augment", ["none", "flip", "crop_flip"])
+def test_folder_evaluation_view_is_the_decoded_image(digit_folders, augment):
+    """Networks trained on whole images are evaluated and embedded on the whole image, not a zoomed crop."""
+    data = load_dataset({"name": "imagefolder", "root": str(digit_folders), "image_size": 32})
+    rows = np.arange(0, len(data.test), 37)
+    loader = Loader(data.test, rows, batch_size=8, device=CPU, augment=augment)
+    seen = torch.cat([x for x, _ in loader.epoch()])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.test.mean, data.test.std))
+    expected = (decoded([data.test.paths[i] for i in rows]) - mean) / std
+    assert torch.equal(seen, expected)
+
+
+def test_resized_crop_training_is_evaluated_on_the_center_crop(digit_folders):
+    data = load_dataset({"name": "imagefolder", "root": str(digit_folders), "image_size": 32})
+    loader = Loader(data.test, np.arange(4), batch_size=4, device=CPU, augment="resized_crop_flip")
+    ((seen, _),) = loader.epoch()
+    plain = decoded(data.test.paths[:4])
+    zoomed = torch.nn.functional.interpolate(plain, size=37, mode="bilinear", antialias=True)[..., 2:34, 2:34]
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.test.mean, data.test.std))
+    assert (seen * std + mean - zoomed).abs().mean() < 0.02 < (seen * std + mean - plain).abs().mean()
+
+
+def test_flip_mirrors_whole_images_only_with_a_seed():
+    digits = load_dataset({"name": "digits"})
+    loader = Loader(digits.train, np.arange(64), batch_size=64, device=CPU, augment="flip")
+    ((plain, _),) = loader.epoch()
+    ((shuffled, _),) = loader.epoch(seed=0)
+    as_seen = {p.numpy().tobytes(): "kept" for p in plain}
+    as_seen.update({p.flip(2).numpy().tobytes(): "mirrored" for p in plain if not torch.equal(p, p.flip(2))})
+    seen = [as_seen.get(x.numpy().tobytes()) for x in shuffled]
+    assert None not in seen and 10 < seen.count("mirrored") < 54
+
+
+def folder_dataset(root, **settings) -> dict:
+    return {"name": "imagefolder", "root": str(root), "image_size": 8, "cache": "auto", "cache_mb": 64, **settings}
+
+
+def test_decode_keeps_folder_images_in_memory_within_the_budget_only(tmp_path):
+    from resmem.vision.stages import decode, with_decoded
+
+    make_image_folders(tmp_path)
+    decode(tmp_path / "images.npz", folder_dataset(tmp_path), "none", threads=2)
+    data = with_decoded(load_dataset(folder_dataset(tmp_path)), tmp_path / "images.npz")
+    assert data.train.images.shape == (18, 3, 8, 8) and data.train.images.dtype == np.uint8
+    streamed = Loader(load_dataset(folder_dataset(tmp_path)).train, np.arange(18), 18, CPU)
+    in_memory = Loader(data.train, np.arange(18), 18, CPU)
+    assert torch.equal(next(streamed.epoch())[0], next(in_memory.epoch())[0])  # the same evaluation pixels
+    too_small = folder_dataset(tmp_path, cache_mb=18 * 3 * 8 * 8 / 2**20)  # the test pool no longer fits
+    decode(tmp_path / "streamed.npz", too_small, "none", threads=1)
+    data = with_decoded(load_dataset(too_small), tmp_path / "streamed.npz")
+    assert data.train.images is None and data.test.images is None and len(data.train.paths) == 18
+
+
+def test_decoded_images_of_other_files_are_named(tmp_path):
+    from resmem.io import ArtifactError
+    from resmem.vision.stages import decode, with_decoded
+
+    make_image_folders(tmp_path)
+    decode(tmp_path / "images.npz", folder_dataset(tmp_path), "none", threads=1)
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "train" / "cat" / "new.png")
+    with pytest.raises(ArtifactError, match=r"images.npz: decoded from other train files .*rerun decode"):
+        with_decoded(load_dataset(folder_dataset(tmp_path)), tmp_path / "images.npz")
+
+
+def test_auto_augment_of_folders_depends_on_their_size_not_on_the_cache(tmp_path):
+    from resmem.vision.loader import resolve_augment
+    from resmem.vision.stages import decode
+
+    make_image_folders(tmp_path)
+    small, large = (load_dataset(folder_dataset(tmp_path, image_size=s)).train for s in (32, 64))
+    assert resolve_augment("auto", small) == "crop_flip" and resolve_augment("auto", large) == "resized_crop_flip"
+    with pytest.raises(ConfigError, match=r"dataset.cache: memory keeps the images at image_size"):
+        decode(tmp_path / "images.npz", folder_dataset(tmp_path, image_size=64, cache="memory"), "auto", threads=1)
+    assert not (tmp_path / "images.npz").exists()
+
+
+def test_memory_cache_with_random_resized_crops_names_the_key():
+    from resmem.config import validate
+
+    experiment = {"models": {"m": {"arch": "small_cnn"}}, "dataset": {"name": "imagefolder", "cache": "memory"},
+                  "train": {"augment": "resized_crop_flip"}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"invalid config at experiments.x.dataset.cache: memory keeps"):
+        validate({"experiments": {"x": experiment}})

@@ -11,7 +11,8 @@ from resmem import io
 from resmem.config import ConfigError, validate
 from resmem.lm import stages as lm_stages
 from resmem.lm.model import GPT, TokenWindows, datastore_positions, hidden_states
-from resmem.lm.stages import RowSubset, datastore_rows, load_datastore
+from resmem.lm.stages import load_datastore
+from resmem.stages import RowSubset, datastore_rows
 
 CONTEXT = 16
 
@@ -151,9 +152,9 @@ def test_ivfpq_index_reports_recall_and_exact_distances(tmp_path):
         store.update({f"{s}_keys": q, f"{s}_next": rng.integers(0, 256, 300), f"{s}_pos": np.arange(300)})
     io.save_npz(tmp_path / "ds.npz", **store, head_weight=np.zeros((256, 16), np.float32), head_bias=np.zeros(256))
     index = {"index": tmp_path / "pq.faiss", "rows": tmp_path / "rows.npz"}
-    lm_stages.index(tmp_path / "ds.npz", index, 0.5, knn(index="ivfpq", nlist=16, pq_m=4), "cpu")
-    lm_stages.neighbors(index["index"], index["rows"], tmp_path / "ds.npz", search_outputs(tmp_path), 0.5,
-                         knn(k=[10], query_chunk=100, nprobe=4, recall_sample=200), "cpu")  # fmt: skip
+    lm_stages.index(tmp_path / "ds.npz", index, knn(index="ivfpq", nlist=16, pq_m=4), "cpu", store_fraction=0.5)
+    lm_stages.neighbors(index["index"], index["rows"], tmp_path / "ds.npz", search_outputs(tmp_path),
+                        knn(k=[10], query_chunk=100, nprobe=4, recall_sample=200), "cpu")  # fmt: skip
     report = json.loads((tmp_path / "search.json").read_text())
     assert report["index"] == "IndexIVFPQ" and report["ntotal"] == 3000 and report["recall_sample"] == 200
     assert report["datastore_fraction"] == 0.5
@@ -248,9 +249,9 @@ def test_bpe_text_corpus_end_to_end_through_the_stages(tmp_path):
                         {"stride": 1, "max_tokens": None, "batch_size": 8}, 100, False, "cpu", threads=1)  # fmt: skip
     assert load_datastore(tmp_path / "ds.npz")["head_weight"].shape == (vocab, 16)
     index = {"index": tmp_path / "i.faiss", "rows": tmp_path / "rows.npz"}
-    lm_stages.index(tmp_path / "ds.npz", index, 1.0, knn(), "cpu")
-    lm_stages.neighbors(index["index"], index["rows"], tmp_path / "ds.npz", search_outputs(tmp_path), 1.0,
-                         knn(k=[4], query_chunk=1000, nprobe=1, recall_sample=10), "cpu")  # fmt: skip
+    lm_stages.index(tmp_path / "ds.npz", index, knn(), "cpu")
+    lm_stages.neighbors(index["index"], index["rows"], tmp_path / "ds.npz", search_outputs(tmp_path),
+                        knn(k=[4], query_chunk=1000, nprobe=1, recall_sample=10), "cpu")  # fmt: skip
     lm_stages.sweep(tmp_path / "ds.npz", tmp_path / "nb.npz", tmp_path / "sw.csv", knn(k=[1, 4]))
     table = pd.read_csv(tmp_path / "sw.csv")
     assert set(table.method) == {"base", "resmem", "knnlm"} and table.accuracy.between(0, 1).all()

@@ -71,7 +71,7 @@ def test_store_artifacts(lm_run, fraction):
         assert sorted(found.files) == sorted(NEIGHBOR_KEYS) and found["test_idx"].shape == (1_000, 8)
         rows = np.unique(found["test_idx"])
     if fraction == "0.5":  # indices refer to datastore rows of the nested subset
-        from resmem.lm.stages import datastore_rows
+        from resmem.stages import datastore_rows
 
         assert set(rows) <= set(datastore_rows(20_000, 0.5))
     search = json.loads((run / "search.json").read_text())

@@ -40,15 +40,21 @@ def write_artifacts(tmp_path, rows=N, classes=3, dim=4, split_rows=N):
     return tmp_path / "embeddings.npz", tmp_path / "split.npz", tmp_path / "train_rows.npz"
 
 
-def search(tmp_path, emb, name: str, index="index.faiss", **settings) -> dict:
+def build(tmp_path, emb, split, train_rows, name="index", **settings) -> dict:
+    out = {"index": tmp_path / f"{name}.faiss", "rows": tmp_path / f"{name}_rows.npz"}
+    stages.index(emb, out, knn(**settings), "cpu", split=split, train_rows=train_rows)
+    return out
+
+
+def search(tmp_path, emb, name: str, index="index", **settings) -> dict:
     out = {"neighbors": tmp_path / f"{name}.npz", "report": tmp_path / f"{name}.json"}
-    stages.neighbors(tmp_path / index, emb, out, knn(**settings), "cpu")
+    stages.neighbors(tmp_path / f"{index}.faiss", tmp_path / f"{index}_rows.npz", emb, out, knn(**settings), "cpu")
     return json.loads(out["report"].read_text())
 
 
 def test_stages_chain_without_snakemake(tmp_path):
     emb, split, rows = write_artifacts(tmp_path)
-    stages.index(emb, split, rows, tmp_path / "index.faiss", knn(), "cpu")
+    build(tmp_path, emb, split, rows)
     search(tmp_path, emb, "neighbors", query_chunk=5)
     stages.sweep(emb, tmp_path / "neighbors.npz", tmp_path / "sweep.csv", knn())
     sweep = pd.read_csv(tmp_path / "sweep.csv")
@@ -64,7 +70,7 @@ def test_embeddings_of_other_training_rows_name_the_file(tmp_path):
     with pytest.raises(ArtifactError, match=r"embeddings.npz: its datastore is not the training rows in .*train_rows"):
         stages.load_embeddings(emb, train_rows_path=rows)
     with pytest.raises(ArtifactError, match=r"embeddings.npz: its datastore is not the training rows"):
-        stages.index(emb, split, rows, tmp_path / "index.faiss", knn(), "cpu")
+        build(tmp_path, emb, split, rows)
     assert not (tmp_path / "index.faiss").exists()
 
 
@@ -101,7 +107,7 @@ def test_wrong_dtype_is_named(tmp_path):
 
 def test_k_larger_than_the_datastore_names_the_config_key(tmp_path):
     emb, split, rows = write_artifacts(tmp_path)
-    stages.index(emb, split, rows, tmp_path / "index.faiss", knn(), "cpu")
+    build(tmp_path, emb, split, rows)
     with pytest.raises(ConfigError, match=r"knn.k: the largest k \(41\) exceeds the 40 datastore rows"):
         search(tmp_path, emb, "nb", k=[41], query_chunk=8)
     assert not (tmp_path / "nb.npz").exists()
@@ -109,7 +115,7 @@ def test_k_larger_than_the_datastore_names_the_config_key(tmp_path):
 
 def test_index_of_other_embeddings_is_named(tmp_path):
     emb, split, rows = write_artifacts(tmp_path)
-    stages.index(emb, split, rows, tmp_path / "index.faiss", knn(), "cpu")
+    build(tmp_path, emb, split, rows)
     emb, *_ = write_artifacts(tmp_path, rows={**N, "train": 30})
     with pytest.raises(ArtifactError, match=r"index.faiss holds 40 vectors but .*embeddings.npz has 30"):
         search(tmp_path, emb, "nb", k=[4], query_chunk=8)
@@ -142,10 +148,10 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
 def test_ivf_index_reports_its_recall_against_exact_search(tmp_path):
     rows = {"train": 400, "val": 30, "test": 60}
     emb, split, train_rows = write_artifacts(tmp_path, rows=rows, dim=8, split_rows=rows)
-    stages.index(emb, split, train_rows, tmp_path / "ivf.faiss", knn(index="ivf", nlist=8), "cpu")
+    build(tmp_path, emb, split, train_rows, "ivf", index="ivf", nlist=8)
     reports = {
         nprobe: search(
-            tmp_path, emb, f"nb{nprobe}", "ivf.faiss", k=[10], query_chunk=16, nprobe=nprobe, recall_sample=50
+            tmp_path, emb, f"nb{nprobe}", "ivf", k=[10], query_chunk=16, nprobe=nprobe, recall_sample=50
         )  # fmt: skip
         for nprobe in (1, 8)
     }
@@ -154,8 +160,8 @@ def test_ivf_index_reports_its_recall_against_exact_search(tmp_path):
     assert reports[1]["recall_at_k_max"] < 1.0  # one list of eight: misses neighbors in the others
     assert reports[1]["queries"] == 90 and reports[1]["queries_per_second"] > 0
     # An exhaustive IVF search finds the same neighbors as the flat index.
-    stages.index(emb, split, train_rows, tmp_path / "flat.faiss", knn(), "cpu")
-    flat_report = search(tmp_path, emb, "flat", "flat.faiss", k=[10], query_chunk=16)
+    build(tmp_path, emb, split, train_rows, "flat")
+    flat_report = search(tmp_path, emb, "flat", "flat", k=[10], query_chunk=16)
     with np.load(tmp_path / "flat.npz") as flat, np.load(tmp_path / "nb8.npz") as ivf:
         np.testing.assert_array_equal(flat["test_idx"], ivf["test_idx"])
     assert flat_report["recall_at_k_max"] == 1.0

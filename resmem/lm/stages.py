@@ -2,8 +2,8 @@
 corpus → train → datastore → index → neighbors → sweep → select → aggregate.
 
 A datastore holds one entry per (strided, budgeted) training position; the datastore-size study indexes
-nested random fractions of its rows, so one datastore serves every fraction and neighbor indices always
-refer to datastore rows.
+nested random fractions of its rows (`resmem.stages.index`), so one datastore serves every fraction and
+neighbor indices always refer to datastore rows.
 """
 
 from __future__ import annotations
@@ -156,44 +156,16 @@ def load_datastore(path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def datastore_rows(n: int, fraction: float, seed: int = 0) -> np.ndarray:
-    """The sorted datastore rows of a fraction: a prefix of one fixed permutation, so fractions are nested."""
-    return np.sort(np.random.default_rng(seed).permutation(n)[: max(1, round(fraction * n))])
+def index(datastore_path, out: dict, knn: dict, device: str, store_fraction: float = 1.0) -> None:
+    """The index over a nested fraction of the datastore's keys (`resmem.stages.index`)."""
+    shared.index(load_datastore(datastore_path)["train_keys"], out, knn, device, store_fraction)
 
 
-class RowSubset:
-    """Rows `rows` of an array (a memmap), read only when indexed: a datastore fraction without a copy."""
-
-    def __init__(self, array: np.ndarray, rows: np.ndarray):
-        self.array, self.rows = array, rows
-        self.shape = (len(rows), *array.shape[1:])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.array[self.rows[i]]
-
-
-def index(datastore_path, out: dict, store_fraction: float, knn: dict, device: str) -> None:
-    """The index over a nested fraction of the datastore (out["index"]) and the datastore rows it holds
-    (out["rows"]), which the search maps its results back through."""
-    keys = load_datastore(datastore_path)["train_keys"]
-    rows = datastore_rows(len(keys), store_fraction)
-    log.info("index over %d of %d datastore entries (fraction %g)", len(rows), len(keys), store_fraction)
-    io.save_npz(out["rows"], rows=rows)
-    shared.index(RowSubset(keys, rows), out["index"], knn, device)
-
-
-def neighbors(index_path, rows_path, datastore_path, out: dict, store_fraction: float, knn: dict, device: str) -> None:
+def neighbors(index_path, rows_path, datastore_path, out: dict, knn: dict, device: str) -> None:
     """One search at the largest k for the val and test positions; indices refer to datastore rows."""
     arrays = load_datastore(datastore_path)
-    rows = io.load_npz(rows_path, ["rows"])["rows"]
     queries = {s: arrays[f"{s}_keys"] for s in QUERY_SPLITS}
-    subset = RowSubset(arrays["train_keys"], rows)
-    shared.neighbors(
-        index_path, datastore_path, subset, queries, out, knn, device, rows, datastore_fraction=store_fraction
-    )
+    shared.neighbors(index_path, rows_path, datastore_path, arrays["train_keys"], queries, out, knn, device)
 
 
 def sweep(datastore_path, neighbors_path, out_path, knn: dict) -> None:
@@ -249,11 +221,12 @@ def summarize(run: dict) -> tuple[dict, dict]:
     return row, {"sweeps": sweep}
 
 
-def aggregate(experiment: str, runs: list[dict], out: dict, corpus_meta_path, config: dict, repo_dir) -> None:
+def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir, corpus_meta) -> None:
     """runs: one dict per model × seed × datastore fraction with keys model, seed, store_fraction and the
-    paths selected, meta, sweep, search (`resmem.stages.run_records`)."""
+    paths selected, meta, sweep, search (`resmem.stages.run_records`); corpus_meta: the corpus's corpus.json,
+    recorded in the provenance."""
     from resmem.lm.report import write_report
 
-    corpus = {k: v for k, v in read_json(corpus_meta_path).items() if k != "files"}
+    corpus = {k: v for k, v in read_json(corpus_meta).items() if k != "files"}
     shared.aggregate(experiment, runs, out, config, repo_dir, summarize, LM_SUMMARY_COLUMNS, write_report,
                      corpus=corpus)  # fmt: skip

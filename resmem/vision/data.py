@@ -2,7 +2,8 @@
 
 A dataset has a train pool and a test pool of labelled images. Small datasets (digits, CIFAR-100) live in
 memory as uint8 arrays (and on the GPU when there is one); folder datasets (ImageNet, any ImageFolder) are
-lists of files decoded by a DataLoader. Validation examples are carved from the train pool; digits has no
+lists of files decoded by a DataLoader, or decoded once into memory by the decode stage (`with_decoded`) when
+they fit `dataset.cache_mb`. Validation examples are carved from the train pool; digits has no
 test pool of its own, so its test split is carved from the same pool.
 """
 
@@ -24,7 +25,8 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 @dataclass
 class Pool:
-    """Labelled images: `images` (uint8 N×C×H×W, in memory) or `paths` (files on disk), never both."""
+    """Labelled images: `images` (uint8 N×C×H×W, in memory) and/or `paths` (the files of a folder dataset;
+    both where its images were decoded into memory)."""
 
     labels: np.ndarray
     images: np.ndarray | None = None
@@ -131,6 +133,19 @@ def _folders(name: str, train_dir: Path, test_dir: Path, image_size: int) -> Dat
         for f in (train, test)
     ]
     return Dataset(name, *pools, num_classes=len(train.classes), classes=list(train.classes))
+
+
+def file_digest(pool: Pool) -> str:
+    """sha256 of a folder pool's file list (relative to the folder that holds them all, so the dataset may move)
+    and labels: what a decoded copy of it must match."""
+    import hashlib
+    import os
+
+    top = os.path.commonpath(pool.paths) if pool.paths else ""
+    digest = hashlib.sha256()
+    for path, label in zip(pool.paths, pool.labels.tolist(), strict=True):
+        digest.update(f"{os.path.relpath(path, top)}\t{label}\n".encode())
+    return digest.hexdigest()
 
 
 def load_dataset(cfg: dict) -> Dataset:

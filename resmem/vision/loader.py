@@ -3,6 +3,9 @@
 In-memory pools (digits, CIFAR) are moved to the device once as uint8 and augmented there with tensor ops
 (pad-and-crop, flip), so a GPU never waits on Python. Folder pools (ImageNet, ImageFolder) are decoded by a
 DataLoader with torchvision transforms. The batch order of an epoch depends only on the seed it is given.
+
+Evaluation and embedding see the training geometry without its random part (`folder_view`): a network trained
+on whole images is scored on whole images, one trained on random-resized crops on the 8/7 center crop.
 """
 
 from __future__ import annotations
@@ -13,18 +16,27 @@ import torch.nn.functional as F
 from resmem.config import ConfigError
 from resmem.vision.data import Pool
 
-CROP_PADDING = 4  # pixels of zero padding for the random 32×32 crops of CIFAR (He et al. 2016)
+RESIZED_CROP_MIN_SIZE = 64  # folder images at least this large train on random-resized crops by default
+
+
+def crop_padding(size: int) -> int:
+    """Pixels of zero padding around a `size`-px image for its random crops: 4 for 32 px (He et al. 2016)."""
+    return max(1, size // 8)
 
 
 def resolve_augment(augment: str, pool: Pool) -> str:
+    """The augmentation `augment` means for a pool: auto = resized_crop_flip for folder datasets of at least
+    RESIZED_CROP_MIN_SIZE px (ImageNet training), crop_flip for smaller ones and for in-memory images of 32 px or
+    more, none for smaller in-memory images (digits). A folder pool decoded into memory keeps its folder's
+    choice, so caching never changes what a network sees."""
     if augment == "auto":
-        if pool.images is None:
-            return "resized_crop_flip"
+        if pool.paths is not None:
+            return "resized_crop_flip" if pool.image_size >= RESIZED_CROP_MIN_SIZE else "crop_flip"
         return "crop_flip" if pool.images.shape[-1] >= 32 else "none"
     if augment == "resized_crop_flip" and pool.images is not None:
         raise ConfigError(
-            "train.augment: resized_crop_flip is for folder datasets (ImageNet, imagefolder); "
-            "use crop_flip or none for in-memory images"
+            "train.augment: resized_crop_flip needs the images as files (ImageNet, imagefolder without "
+            "dataset.cache); use flip, crop_flip or none for images in memory"
         )
     return augment
 
@@ -55,34 +67,42 @@ class Loader:
 
     def epoch(self, seed: int | None = None, drop_single: bool = False):
         """(x, y) batches: x float32 normalized on the device, y int64. Shuffled and augmented when a seed is
-        given (training), in order and plain otherwise (evaluation, embedding)."""
+        given (training), in order and in the evaluation view otherwise (evaluation, embedding). In memory or
+        streamed from files, the same seed gives the same batches."""
         generator = None
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
-        batches = self._memory_batches(generator) if self.pool.images is not None else self._folder_batches(generator)
+        n = len(self.pool)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        if self.pool.images is not None:
+            batches = self._memory_batches(order, generator)
+        else:
+            batches = self._folder_batches(order, generator)
         for x, y in batches:
             if drop_single and len(y) < 2:  # a lone example breaks batch norm's batch statistics
                 continue
             yield x.contiguous(memory_format=self.memory_format), y
 
-    def _memory_batches(self, generator):
-        n = len(self.pool)
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for start in range(0, n, self.batch_size):
+    def _memory_batches(self, order, generator):
+        for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size].to(self.device)
             x = self.images[batch].float() / self.pool.scale
             if generator is not None and self.augment == "crop_flip":
-                x = crop_flip(x, generator)
+                x = crop_flip(x, generator, crop_padding(x.shape[-1]))
+            elif generator is not None and self.augment == "flip":
+                x = flip(x, generator)
             yield (x - self.mean) / self.std, self.labels[batch]
 
-    def _folder_batches(self, generator):
+    def _folder_batches(self, order, generator):
         from torch.utils.data import DataLoader
 
+        # The workers' random transforms are seeded from the epoch's generator (the global RNG stays untouched).
+        worker_seed = 0 if generator is None else int(torch.randint(2**62, (), generator=generator))
         loader = DataLoader(
             _Files(self.pool, self._transform(train=generator is not None)),
             self.batch_size,
-            shuffle=generator is not None,
-            generator=generator,
+            sampler=order.tolist(),
+            generator=torch.Generator().manual_seed(worker_seed),
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
@@ -93,19 +113,27 @@ class Loader:
     def _transform(self, train: bool):
         from torchvision import transforms as T
 
-        size = self.pool.image_size
-        if train and self.augment == "resized_crop_flip":
-            steps = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
-        elif train and self.augment == "crop_flip":
-            steps = [
-                T.Resize(size),
-                T.CenterCrop(size),
-                T.RandomCrop(size, padding=size // 8),
-                T.RandomHorizontalFlip(),
-            ]
-        else:  # the standard evaluation view: resize to 8/7 of the crop, then a center crop
-            steps = [T.Resize(round(size / 0.875)), T.CenterCrop(size)]
-        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.pool.mean, self.pool.std)])
+        view = folder_view(self.augment, self.pool.image_size, train)
+        return T.Compose([*view, T.ToTensor(), T.Normalize(self.pool.mean, self.pool.std)])
+
+
+def folder_view(augment: str, size: int, train: bool) -> list:
+    """The torchvision steps from a decoded image to the `size`-pixel view a network sees: in training with the
+    random part of `augment`, in evaluation and embedding without it. One function decides both, so the two
+    views cannot drift apart: for none, flip and crop_flip the image resized to `size` (its shorter side, then
+    the center `size` square: no zoom); only resized_crop_flip, which trains on random-resized crops, is
+    evaluated on the ImageNet convention's 8/7 resize and center crop."""
+    from torchvision import transforms as T
+
+    if augment == "resized_crop_flip":
+        steps = [T.RandomResizedCrop(size)] if train else [T.Resize(round(size / 0.875)), T.CenterCrop(size)]
+    else:
+        steps = [T.Resize(size), T.CenterCrop(size)]
+        if train and augment == "crop_flip":
+            steps.append(T.RandomCrop(size, padding=crop_padding(size)))
+    if train and augment != "none":
+        steps.append(T.RandomHorizontalFlip())
+    return steps
 
 
 class _Files(torch.utils.data.Dataset):
@@ -122,12 +150,19 @@ class _Files(torch.utils.data.Dataset):
             return self.transform(image.convert("RGB")), int(self.labels[i])
 
 
-def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per-example random crop of the zero-padded image and random horizontal flip, all in tensor ops."""
+def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-example random horizontal flip, in tensor ops."""
+    mirrored = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+    return torch.where(mirrored[:, None, None, None], x.flip(3), x)
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int) -> torch.Tensor:
+    """Per-example random crop of the image zero-padded by `padding` pixels and random horizontal flip, all in
+    tensor ops."""
     b, c, h, w = x.shape
-    padded = F.pad(x, (CROP_PADDING,) * 4)
-    dy = torch.randint(0, 2 * CROP_PADDING + 1, (b,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * CROP_PADDING + 1, (b,), generator=generator).to(x.device)
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
     flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = dx[:, None] + torch.arange(w, device=x.device)
@@ -135,3 +170,15 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     channel = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, channel, rows, cols]
+
+
+def decode(pool: Pool, workers: int, batch_size: int = 256):
+    """The pool's images decoded in order by `workers` processes, as uint8 N×3×S×S blocks of the evaluation view
+    of none, flip and crop_flip (resized to the pool's image_size and center-cropped): what the in-memory path
+    then augments with tensor ops, pixel for pixel what the streamed path would feed."""
+    from torch.utils.data import DataLoader
+    from torchvision import transforms as T
+
+    view = T.Compose([*folder_view("none", pool.image_size, train=False), T.PILToTensor()])
+    for x, _ in DataLoader(_Files(pool, view), batch_size, num_workers=workers):
+        yield x.numpy()

@@ -1,6 +1,7 @@
-"""The stages of an image experiment (`experiments` in the config): split → train → embed → index →
-neighbors → sweep → select → confidence → aggregate. Each reads its input files, calls the library (the
-shared stages of `resmem.stages` where the kinds share them) and writes its outputs atomically.
+"""The stages of an image experiment (`experiments` in the config): split (and decode, for folder datasets that
+fit in memory) → train → embed → index → neighbors → sweep → select → confidence → aggregate. Each reads its
+input files, calls the library (the shared stages of `resmem.stages` where the kinds share them) and writes its
+outputs atomically.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 from resmem import io
 from resmem import stages as shared
 from resmem.artifacts import QUERY_SPLITS, SPLITS
+from resmem.config import check_image_cache
 from resmem.io import ArtifactError
 from resmem.stages import fit_and_save, read_json
 from resmem.vision.artifacts import EMBEDDING_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
@@ -28,6 +30,73 @@ def split(out_path, dataset: dict) -> None:
     io.save_npz(out_path, train_pool=np.int64(len(data.train)), test_pool=np.int64(len(data.test)), **parts)
 
 
+def decode(out_path, dataset: dict, augment: str, threads: int) -> None:
+    """A folder dataset's train and test pools decoded once, by `threads` processes, into uint8 arrays at
+    image_size (`resmem.vision.loader.decode`), which train and embed then serve from memory with tensor-op
+    augmentation. dataset.cache = memory always decodes; auto decodes when the arrays fit dataset.cache_mb and
+    training needs no random-resized crops of the full images, else writes no images (training streams the
+    files). Either way the file records a digest of each pool's file list, which its readers check."""
+    import sys
+
+    from tqdm import tqdm
+
+    from resmem.vision.data import file_digest
+    from resmem.vision.loader import decode as decode_pool
+    from resmem.vision.loader import resolve_augment
+
+    data = load_dataset(dataset)
+    pools, size = {"train": data.train, "test": data.test}, dataset["image_size"]
+    needed_mb = sum(len(pool) for pool in pools.values()) * 3 * size**2 / 2**20
+    resolved = resolve_augment(augment, data.train)
+    check_image_cache("experiment", dataset["cache"], resolved)
+    resized_crops = resolved == "resized_crop_flip"
+    digests = {f"{s}_digest": np.array([file_digest(pool)]) for s, pool in pools.items()}
+    if dataset["cache"] == "auto" and (resized_crops or needed_mb > dataset["cache_mb"]):
+        why = "training crops the full images" if resized_crops else f"over dataset.cache_mb = {dataset['cache_mb']}"
+        log.info("not decoding into memory (%.0f MB; %s): training streams the files", needed_mb, why)
+        empty = np.zeros((0, 3, size, size), np.uint8)
+        io.save_npz(out_path, train_images=empty, test_images=empty, **digests)
+        return
+
+    def blocks():
+        yield from digests.items()
+        for s, pool in pools.items():
+            with tqdm(total=len(pool), desc=f"decode {s}", unit="img", file=sys.stderr) as bar:
+                for block in decode_pool(pool, threads):
+                    yield f"{s}_images", block
+                    bar.update(len(block))
+
+    counts = {f"{s}_images": len(pool) for s, pool in pools.items()}
+    log.info("decoding %s into memory (%.0f MB) with %d processes", counts, needed_mb, threads)
+    io.save_npz_streaming(out_path, blocks(), {**dict.fromkeys(digests, 1), **counts})
+
+
+def with_decoded(data: Dataset, images_path) -> Dataset:
+    """The dataset with the images that decode wrote into `images_path` in place of its files (where it wrote
+    any), each pool checked to be decoded from the same file list."""
+    from dataclasses import replace
+
+    from resmem.vision.data import file_digest
+
+    digests = io.load_npz(images_path, ["train_digest", "test_digest"])
+    keys = ["train_images", "test_images"]
+    images = io.load_npz(images_path, keys, dict.fromkeys(keys, np.uint8), mmap=True)
+    for s in ("train", "test"):
+        pool = getattr(data, s)
+        if str(digests[f"{s}_digest"][0]) != file_digest(pool):
+            raise ArtifactError(
+                f"{images_path}: decoded from other {s} files than the dataset holds now; delete it and rerun decode"
+            )
+        if len(images[f"{s}_images"]):
+            setattr(data, s, replace(pool, images=images[f"{s}_images"]))
+    return data
+
+
+def _dataset(dataset: dict, images_path) -> Dataset:
+    data = load_dataset(dataset)
+    return data if images_path is None else with_decoded(data, images_path)
+
+
 def load_split(path, data: Dataset) -> dict[str, np.ndarray]:
     """The split's index arrays, checked against the dataset."""
     parts = io.load_npz(path, [*SPLIT_KEYS, "train_pool", "test_pool"])
@@ -40,18 +109,17 @@ def load_split(path, data: Dataset) -> dict[str, np.ndarray]:
     return parts
 
 
-def _loaders(
-    data: Dataset, parts: dict, recipe: dict, dev, batch_size: int, train_augment="none", channels_last=False
-) -> dict:
-    """Loaders of the rows `parts` names (train_idx, val_idx, test_idx), the train rows augmented with
-    `train_augment`."""
+def _loaders(data: Dataset, parts: dict, recipe: dict, dev, batch_size: int, channels_last=False) -> dict:
+    """Loaders of the rows `parts` names (train_idx, val_idx, test_idx) with the recipe's augmentation: its
+    random part when an epoch is given a seed (training), its evaluation view otherwise."""
     from resmem.vision.loader import Loader
 
     pools = {"train": data.train, "val": data.train, "test": data.test}
     return {
-        s: Loader(pools[s], parts[f"{s}_idx"], batch_size, dev, augment, recipe["num_workers"], channels_last)
-        for s, augment in zip(SPLITS, (train_augment, "none", "none"), strict=True)
-    }
+        s: Loader(pools[s], parts[f"{s}_idx"], batch_size, dev, recipe["augment"], recipe["num_workers"],
+                  channels_last)
+        for s in SPLITS
+    }  # fmt: skip
 
 
 def train(
@@ -65,10 +133,12 @@ def train(
     device: str,
     threads: int,
     config: dict,
+    images_path=None,
 ) -> None:
     """Train the network `spec` with `recipe` (the experiment's train section) on the training fraction of the
     `dataset` section: out["model"], out["train_log"], out["meta"], and the exact training rows it saw,
-    out["train_rows"], which embed reads back as the datastore."""
+    out["train_rows"], which embed reads back as the datastore. `images_path`: a folder dataset's decoded
+    images (the decode stage), served from memory."""
     import torch
 
     from resmem.device import torch_device
@@ -77,11 +147,11 @@ def train(
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
-    data = load_dataset(dataset)
+    data = _dataset(dataset, images_path)
     parts = load_split(split_path, data)
     rows = train_subset(parts["train_idx"], data.train.labels, train_fraction, dataset["split_seed"])
     parts["train_idx"] = rows
-    loaders = _loaders(data, parts, recipe, dev, recipe["batch_size"], recipe["augment"], recipe["channels_last"])
+    loaders = _loaders(data, parts, recipe, dev, recipe["batch_size"], recipe["channels_last"])
     seed_everything(seed)
     network = build_model(spec, data.num_classes, data.train.channels)
     log.info(
@@ -123,6 +193,7 @@ def embed(
     batch_size: int,
     device: str,
     threads: int,
+    images_path=None,
 ) -> None:
     """Features and logits of the datastore (exactly the training rows the model saw, with their row numbers)
     and of val and test, streamed to disk batch by batch."""
@@ -134,7 +205,7 @@ def embed(
     torch.set_num_threads(threads)
     dev = torch_device(device)
     model, _ = load_model(model_path)
-    data = load_dataset(dataset)
+    data = _dataset(dataset, images_path)
     rows = load_train_rows(train_rows_path)
     loaders = _loaders(data, {**load_split(split_path, data), "train_idx": rows}, recipe, dev, batch_size)
     amp = recipe["amp"] and dev.type == "cuda"
@@ -177,15 +248,19 @@ def load_embeddings(path, split_path=None, train_rows_path=None) -> dict[str, np
     return arrays
 
 
-def index(embeddings_path, split_path, train_rows_path, out_path, knn: dict, device: str) -> None:
-    shared.index(load_embeddings(embeddings_path, split_path, train_rows_path)["train_emb"], out_path, knn, device)
+def index(embeddings_path, out: dict, knn: dict, device: str, store_fraction: float = 1.0, split=None,
+          train_rows=None) -> None:  # fmt: skip
+    """The index over (a fraction of) the datastore's embeddings, checked first against the `split` and the
+    exact `train_rows` that train wrote, where given (`resmem.stages.index`)."""
+    arrays = load_embeddings(embeddings_path, split, train_rows)
+    shared.index(arrays["train_emb"], out, knn, device, store_fraction)
 
 
-def neighbors(index_path, embeddings_path, out: dict, knn: dict, device: str) -> None:
+def neighbors(index_path, rows_path, embeddings_path, out: dict, knn: dict, device: str) -> None:
     """One search at the largest k for val and test (`resmem.stages.neighbors`)."""
     arrays = load_embeddings(embeddings_path)
     queries = {s: arrays[f"{s}_emb"] for s in QUERY_SPLITS}
-    shared.neighbors(index_path, embeddings_path, arrays["train_emb"], queries, out, knn, device)
+    shared.neighbors(index_path, rows_path, embeddings_path, arrays["train_emb"], queries, out, knn, device)
 
 
 def _neighbors_of(arrays: dict, neighbors_path, embeddings_path, k_needed: int) -> dict:

@@ -1,5 +1,6 @@
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -27,6 +28,69 @@ EXPERIMENT = "results/{experiment}"
 VISION_RUN = "results/{experiment}/{model}/frac{train_fraction}/seed{seed}"  # model × training fraction × seed
 LM_RUN = "results/{experiment}/{model}/seed{seed}"  # model × seed: the model and its token datastore
 LM_STORE = "results/{experiment}/{model}/seed{seed}/store{store_fraction}"  # a datastore fraction's search
+DECODED_IMAGES = f"{EXPERIMENT}/images.npz"  # a folder dataset decoded into memory
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of experiment runs through the rules both kinds share (workflow/rules/shared.smk): index →
+    neighbors → sweep → select → aggregate, each rule calling the kind's stage module of the same name.
+    """
+
+    section: str  # its config section
+    prefix: str  # of its shared rules' names
+    run: str  # the folder where a run's shared stages write
+    datastore: str  # the file with the datastore keys and the val/test queries
+    stages: str  # the module whose functions the shared scripts call
+    grid: tuple  # the knn keys the sweep runs over
+    figures: list
+    summary_caption: str
+    # files the index checks the datastore against
+    index_checks: dict = field(default_factory=dict)
+    # each run's files that the aggregate reads besides its sweep and selection
+    run_files: dict = field(default_factory=dict)
+    # the experiment's files that the aggregate reads
+    experiment_files: dict = field(default_factory=dict)
+    # what the aggregate writes besides summary.csv, summary.md, the provenance and the figures
+    tables: dict = field(default_factory=dict)
+
+
+KINDS = [
+    Kind(
+        section="experiments",
+        prefix="",
+        run=VISION_RUN,
+        datastore=f"{VISION_RUN}/embeddings.npz",
+        stages="resmem.vision.stages",
+        grid=("k", "sigma", "temperature"),
+        figures=FIGURES,
+        summary_caption="../report/summary.rst",
+        index_checks={
+            "split": f"{EXPERIMENT}/split.npz",
+            "train_rows": f"{VISION_RUN}/train_rows.npz",
+        },
+        run_files={
+            "meta": f"{VISION_RUN}/train_meta.json",
+            "confidence": f"{VISION_RUN}/confidence.csv",
+        },
+        tables={"summary_tex": f"{EXPERIMENT}/summary.tex"},
+    ),
+    Kind(
+        section="lm_experiments",
+        prefix="lm_",
+        run=LM_STORE,
+        datastore=f"{LM_RUN}/datastore.npz",
+        stages="resmem.lm.stages",
+        grid=("k", "sigma", "temperature", "lam"),  # lam: kNN-LM's interpolation weight
+        figures=LM_FIGURES,
+        summary_caption="../report/lm_summary.rst",
+        run_files={
+            "meta": f"{LM_RUN}/train_meta.json",
+            "search": f"{LM_STORE}/search.json",
+        },
+        experiment_files={"corpus_meta": f"{EXPERIMENT}/corpus.json"},
+    ),
+]
 
 
 wildcard_constraints:
@@ -64,6 +128,24 @@ def settings(kind, name, *keys):
 def gpu_request(wildcards):
     """GPU rules ask for one GPU (so that --resources gpu=N bounds them) unless the device switch says cpu."""
     return 0 if config["device"] == "cpu" else 1
+
+
+def store_fraction(wildcards):
+    """Params: the datastore fraction a run indexes (the language models' datastore-size study; all of it for
+    images)."""
+    return float(wildcards.get("store_fraction", 1))
+
+
+def decoded_images(wildcards):
+    """Input of train and embed: the decoded images of a folder dataset that dataset.cache may keep in memory
+    (none for in-memory datasets, cache none, or explicit random-resized-crop training).
+    """
+    experiment = config["experiments"][wildcards.experiment]
+    dataset, augment = experiment["dataset"], experiment["train"]["augment"]
+    folder = dataset["name"] in ("imagefolder", "imagenet")
+    if not folder or dataset["cache"] == "none" or augment == "resized_crop_flip":
+        return {}
+    return {"images": DECODED_IMAGES.format(experiment=wildcards.experiment)}
 
 
 def memory_mb(base):

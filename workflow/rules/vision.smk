@@ -23,8 +23,32 @@ rule split:
         "../scripts/split.py"
 
 
+# Folder datasets that fit in memory are decoded once; train and embed then read them from there.
+rule decode:
+    output:
+        images=DECODED_IMAGES,
+    log:
+        f"{EXPERIMENT}/logs/decode.log",
+    benchmark:
+        f"{EXPERIMENT}/benchmarks/decode.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments"),
+    conda:
+        "../../envs/resmem.yaml"
+    threads: 8  # decoding processes
+    resources:
+        mem_mb=memory_mb(2000),
+        runtime=120,
+    params:
+        dataset=section("experiments", "dataset"),
+        augment=section("experiments", "train/augment"),
+    script:
+        "../scripts/decode.py"
+
+
 rule train:
     input:
+        unpack(decoded_images),
         split=f"{EXPERIMENT}/split.npz",
     output:
         model=f"{VISION_RUN}/model.pt",
@@ -54,6 +78,7 @@ rule train:
 
 rule embed:
     input:
+        unpack(decoded_images),
         split=f"{EXPERIMENT}/split.npz",
         model=f"{VISION_RUN}/model.pt",
         train_rows=f"{VISION_RUN}/train_rows.npz",
@@ -74,120 +99,10 @@ rule embed:
         runtime=60,
     params:
         dataset=section("experiments", "dataset"),
-        train=settings("experiments", "train", "amp", "num_workers"),
+        train=settings("experiments", "train", "augment", "amp", "num_workers"),
         batch_size=section("experiments", "embed/batch_size"),
     script:
         "../scripts/embed.py"
-
-
-rule index:
-    input:
-        embeddings=f"{VISION_RUN}/embeddings.npz",
-        split=f"{EXPERIMENT}/split.npz",
-        train_rows=f"{VISION_RUN}/train_rows.npz",
-    output:
-        index=f"{VISION_RUN}/index.faiss",
-    log:
-        f"{VISION_RUN}/logs/index.log",
-    benchmark:
-        f"{VISION_RUN}/benchmarks/index.tsv"
-    wildcard_constraints:
-        experiment=names_regex("experiments"),
-    conda:
-        "../../envs/resmem.yaml"
-    threads: 1
-    resources:
-        mem_mb=memory_mb(4000),
-        gpu=gpu_request,
-        runtime=60,
-    params:
-        knn=settings(
-            "experiments", "knn", "normalize", "index", "nlist", "pq_m", "pq_bits"
-        ),
-    script:
-        "../scripts/index.py"
-
-
-# One search at the largest k serves the whole grid: the sigma and temperature grids are no rerun triggers here.
-rule neighbors:
-    input:
-        index=f"{VISION_RUN}/index.faiss",
-        embeddings=f"{VISION_RUN}/embeddings.npz",
-    output:
-        neighbors=f"{VISION_RUN}/neighbors.npz",
-        report=f"{VISION_RUN}/search.json",
-    log:
-        f"{VISION_RUN}/logs/neighbors.log",
-    benchmark:
-        f"{VISION_RUN}/benchmarks/neighbors.tsv"
-    wildcard_constraints:
-        experiment=names_regex("experiments"),
-    conda:
-        "../../envs/resmem.yaml"
-    threads: 1
-    resources:
-        mem_mb=memory_mb(4000),
-        gpu=gpu_request,
-        runtime=60,
-    params:
-        knn=settings(
-            "experiments",
-            "knn",
-            "k_max",
-            "normalize",
-            "query_chunk",
-            "nprobe",
-            "recall_sample",
-        ),
-    script:
-        "../scripts/neighbors.py"
-
-
-rule sweep:
-    input:
-        embeddings=f"{VISION_RUN}/embeddings.npz",
-        neighbors=f"{VISION_RUN}/neighbors.npz",
-    output:
-        sweep=f"{VISION_RUN}/sweep.csv",
-    log:
-        f"{VISION_RUN}/logs/sweep.log",
-    benchmark:
-        f"{VISION_RUN}/benchmarks/sweep.tsv"
-    wildcard_constraints:
-        experiment=names_regex("experiments"),
-    conda:
-        "../../envs/resmem.yaml"
-    threads: 1
-    resources:
-        mem_mb=sweep_memory_mb("experiments"),
-        runtime=60,
-    params:
-        knn=settings(
-            "experiments", "knn", "k", "sigma", "temperature", "sweep_chunk_mb"
-        ),
-    script:
-        "../scripts/sweep.py"
-
-
-rule select:
-    input:
-        sweep=f"{VISION_RUN}/sweep.csv",
-    output:
-        selected=f"{VISION_RUN}/selected.json",
-    log:
-        f"{VISION_RUN}/logs/select.log",
-    benchmark:
-        f"{VISION_RUN}/benchmarks/select.tsv"
-    wildcard_constraints:
-        experiment=names_regex("experiments"),
-    conda:
-        "../../envs/resmem.yaml"
-    threads: 1
-    resources:
-        mem_mb=memory_mb(500),
-        runtime=5,
-    script:
-        "../scripts/select.py"
 
 
 rule confidence:
@@ -211,34 +126,3 @@ rule confidence:
         runtime=10,
     script:
         "../scripts/confidence.py"
-
-
-rule aggregate:
-    input:
-        selected=run_files("experiments", f"{VISION_RUN}/selected.json"),
-        meta=run_files("experiments", f"{VISION_RUN}/train_meta.json"),
-        sweep=run_files("experiments", f"{VISION_RUN}/sweep.csv"),
-        confidence=run_files("experiments", f"{VISION_RUN}/confidence.csv"),
-    output:
-        **figure_outputs(FIGURES),
-        summary_csv=summary_table("../report/summary.rst"),
-        summary_md=f"{EXPERIMENT}/summary.md",
-        summary_tex=f"{EXPERIMENT}/summary.tex",
-        provenance=f"{EXPERIMENT}/provenance.json",
-    log:
-        f"{EXPERIMENT}/logs/aggregate.log",
-    benchmark:
-        f"{EXPERIMENT}/benchmarks/aggregate.tsv"
-    wildcard_constraints:
-        experiment=names_regex("experiments"),
-    conda:
-        "../../envs/resmem.yaml"
-    threads: 1
-    resources:
-        mem_mb=memory_mb(2000),
-        runtime=10,
-    params:
-        runs=experiment_runs("experiments"),
-        repo_dir=str(REPO),
-    script:
-        "../scripts/aggregate.py"

@@ -1,8 +1,12 @@
+from importlib import import_module
+
 from resmem.logs import job_log
 from resmem.stages import run_records
-from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
+stages = import_module(sm.params.stages)  # the kind's stage module
 with job_log(sm.log[0]):
-    runs = run_records(sm.params.runs, sm.input)
-    stages.aggregate(sm.wildcards.experiment, runs, dict(sm.output.items()), sm.config, sm.params.repo_dir)
+    runs = run_records(sm.params.runs, sm.input)  # the inputs listed per run
+    experiment_files = {name: path for name, path in sm.input.items() if isinstance(path, str)}
+    out = dict(sm.output.items())
+    stages.aggregate(sm.wildcards.experiment, runs, out, sm.config, sm.params.repo_dir, **experiment_files)

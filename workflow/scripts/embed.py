@@ -6,4 +6,5 @@ sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
     inputs = (sm.input.split, sm.input.model, sm.input.train_rows)
     sections = (sm.params.dataset, sm.params.train, sm.params.batch_size)
-    stages.embed(*inputs, sm.output.embeddings, *sections, device=sm.config["device"], threads=sm.threads)
+    images = sm.input.get("images")  # a folder dataset decoded into memory
+    stages.embed(*inputs, sm.output.embeddings, *sections, sm.config["device"], sm.threads, images)

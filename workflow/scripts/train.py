@@ -15,4 +15,5 @@ with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
         device=sm.config["device"],
         threads=sm.threads,
         config=sm.config,
+        images_path=sm.input.get("images"),  # a folder dataset decoded into memory
     )

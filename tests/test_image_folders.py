@@ -1,0 +1,84 @@
+"""The workflow on a real image folder: the UCI digits rendered as 32-px RGB JPEGs in class folders, decoded once
+into memory (dataset.cache auto) and streamed from the files (cache none), next to the same model on the
+in-memory digits path (same test images, same recipe)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import snakemake, write_config
+from tests.images import digits_jpeg_folders
+
+RECIPE = {"epochs": 12, "augment": "none", "lr": 0.01}
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("folders")
+    digits_jpeg_folders(workdir / "digit_jpegs", size=32, test_fraction=0.25, seed=0)
+
+    def edit(config):
+        common = {
+            "models": {"resnet8": {"arch": "cifar_resnet", "depth": 8, "width_multiplier": 0.5}},
+            "seeds": [0],
+            "train": RECIPE,
+            "train_fractions": [1.0],
+            "knn": {"k": [1, 4, 16, 64], "sigma": [0.3, 1.0, 3.0], "temperature": [0.5, 1.0]},
+        }
+        folder = {"name": "imagefolder", "root": str(workdir / "digit_jpegs"), "image_size": 32}
+        config["experiments"] = {
+            "folder": {**common, "dataset": folder},
+            "folder_streamed": {**common, "dataset": {**folder, "cache": "none"}},
+            "memory": {**common, "dataset": {"name": "digits", "test_fraction": 0.25, "split_seed": 0}},
+        }
+        del config["regression"]
+
+    snakemake(workdir, configfile=write_config(workdir / "folders.yaml", edit))
+    names = ("folder", "folder_streamed", "memory")
+    summaries = {name: pd.read_csv(workdir / "results" / name / "summary.csv") for name in names}
+    return {"workdir": workdir, "summaries": summaries}
+
+
+def test_folder_base_accuracy_matches_the_in_memory_path(folder_run):
+    folder, memory = (folder_run["summaries"][name].iloc[0] for name in ("folder", "memory"))
+    assert folder.base_test_acc > 0.85
+    assert abs(folder.base_test_acc - memory.base_test_acc) <= 0.02
+
+
+def test_resmem_on_the_folder_is_not_worse_than_the_base(folder_run):
+    row = folder_run["summaries"]["folder"].iloc[0]
+    assert row.resmem_test_acc >= row.base_test_acc - 0.005
+
+
+def test_folder_model_scores_the_same_on_plain_images(folder_run):
+    """The checkpoint's accuracy on the plainly decoded test JPEGs equals the accuracy the workflow reports
+    (its evaluation view is those images, not a zoomed crop of them)."""
+    from resmem.vision.data import load_dataset
+    from resmem.vision.stages import load_model
+    from tests.test_data import decoded
+
+    run = folder_run["workdir"] / "results" / "folder" / "resnet8" / "frac1" / "seed0"
+    model, _ = load_model(run / "model.pt")
+    data = load_dataset({"name": "imagefolder", "root": str(folder_run["workdir"] / "digit_jpegs"), "image_size": 32})
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.test.mean, data.test.std))
+    with torch.inference_mode():
+        logits = model.eval()((decoded(data.test.paths) - mean) / std)
+    plain_accuracy = float((logits.argmax(1).numpy() == data.test.labels).mean())
+    reported = folder_run["summaries"]["folder"].iloc[0].base_test_acc
+    assert plain_accuracy == pytest.approx(reported, abs=1e-9)
+    with np.load(run / "embeddings.npz") as arrays:
+        np.testing.assert_allclose(arrays["test_logits"], logits.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_decoded_and_streamed_folders_train_the_same_network(folder_run):
+    """Decoding once changes where pixels come from, not which: with augment none the two paths give the same
+    batches, so the same network, the same neighbors and the same table."""
+    results = folder_run["workdir"] / "results"
+    with np.load(results / "folder" / "images.npz") as decoded_file:
+        assert decoded_file["train_images"].shape == (1347, 3, 32, 32) and len(decoded_file["test_images"]) == 450
+    assert not (results / "folder_streamed" / "images.npz").exists()
+    cached, streamed = (
+        folder_run["summaries"][name].drop(columns="experiment") for name in ("folder", "folder_streamed")
+    )
+    pd.testing.assert_frame_equal(cached, streamed)

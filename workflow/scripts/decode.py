@@ -1,0 +1,6 @@
+from resmem.logs import job_log
+from resmem.vision import stages
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+with job_log(sm.log[0]):
+    stages.decode(sm.output.images, sm.params.dataset, sm.params.augment, threads=sm.threads)

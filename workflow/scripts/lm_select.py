@@ -1,6 +1,0 @@
-from resmem.lm import stages
-from resmem.logs import job_log
-
-sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0]):
-    stages.select(sm.input.sweep, sm.output.selected)
