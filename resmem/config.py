@@ -92,8 +92,20 @@ def check_semantics(config: dict) -> None:
             f"invalid config at <top level>: no experiment; name at least one under {', '.join(EXPERIMENT_KINDS)}"
         )
     for name, experiment in config["experiments"].items():
+        if ("models" in experiment) == ("embeddings" in experiment):
+            raise ConfigError(
+                f"invalid config at experiments.{name}: give models (trained here) or embeddings (computed "
+                "elsewhere), exactly one of them"
+            )
         check_image_cache(f"experiments.{name}", experiment["dataset"]["cache"], experiment["train"]["augment"])
-        for model, spec in experiment["models"].items():
+        if "embeddings" in experiment:
+            for key, default in (("train_fractions", [1.0]), ("seeds", [0])):
+                if experiment[key] != default:
+                    raise ConfigError(
+                        f"invalid config at experiments.{name}.{key}: embeddings computed elsewhere have no "
+                        f"{key.replace('_', ' ')} to vary (one run per file); remove it"
+                    )
+        for model, spec in experiment.get("models", {}).items():
             depth = spec.get("depth")
             if depth is not None and (depth - 2) % 6:
                 raise ConfigError(

@@ -105,6 +105,12 @@ def train(
     model.to(device)
     if train_loader.memory_format == torch.channels_last:
         model.to(memory_format=torch.channels_last)
+    if cfg["epochs"] == 0:  # used as it is (a pretrained network): one row that says how it scores
+        start, amp = time.perf_counter(), use_amp(cfg, device)
+        train_acc, val_acc = accuracy(model, train_loader, amp), accuracy(model, val_loader, amp)
+        log.info("not trained (epochs 0): train acc %.4f, val acc %.4f", train_acc, val_acc)
+        return [{"epoch": 0, "loss": float("nan"), "train_acc": train_acc, "val_acc": val_acc,
+                 "seconds": time.perf_counter() - start}]  # fmt: skip
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg["batch_size"]))
     total_steps = cfg["epochs"] * steps_per_epoch

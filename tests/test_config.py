@@ -106,6 +106,7 @@ def test_defaults_fill_every_key():
 def test_every_schema_key_has_a_description_and_a_default():
     schema = yaml.safe_load(SCHEMA.read_text())
     missing = []
+    exactly_one = {"config.experiments.*.models", "config.experiments.*.embeddings"}  # config.check_semantics
 
     def walk(node, path):
         for key, sub in node.get("properties", {}).items():
@@ -114,7 +115,7 @@ def test_every_schema_key_has_a_description_and_a_default():
             sub = schema["$defs"][sub["$ref"].rsplit("/", 1)[-1]] | sub if "$ref" in sub else sub
             if "description" not in sub:
                 missing.append(f"{path}.{key}: description")
-            if "default" not in sub and key not in node.get("required", []):
+            if "default" not in sub and key not in node.get("required", []) and f"{path}.{key}" not in exactly_one:
                 missing.append(f"{path}.{key}: default")
             walk(sub, f"{path}.{key}")
         for case in node.get("allOf", []):  # per-architecture keys of a model
@@ -163,3 +164,18 @@ def test_unreadable_config_file_is_named(tmp_path):
     path.write_text("experiments: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: cannot read the config"):
         load(path)
+
+
+def test_readme_configs_for_your_own_data_are_valid():
+    """The copy-paste configs of README's "Your own data, your own model" validate, timm names included."""
+    import re
+
+    from resmem.vision.pretrained import check_timm_names
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Your own data, your own model") : readme.index("## What ResMem computes")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        config = validate(yaml.safe_load(block))
+        check_timm_names(config)

@@ -27,7 +27,22 @@ def folder_run(tmp_path_factory):
             "knn": {"k": [1, 4, 16, 64], "sigma": [0.3, 1.0, 3.0], "temperature": [0.5, 1.0]},
         }
         folder = {"name": "imagefolder", "root": str(workdir / "digit_jpegs"), "image_size": 32}
+        timm_models = {
+            "test_resnet": {"arch": "timm", "name": "test_resnet"},  # timm's small CNN
+            "vit": {
+                "arch": "timm",
+                "name": "vit_tiny_patch16_224",
+                "img_size": 32,
+                "patch_size": 8,
+                "depth": 2,
+                "embed_dim": 64,
+                "num_heads": 2,
+            },  # fmt: skip  (the model's own keys, passed through)
+        }
+        timm_common = {**common, "models": timm_models, "dataset": folder}
         config["experiments"] = {
+            "timm": {**timm_common, "train": {"epochs": 12, "lr": 0.003, "augment": "none"}},
+            "timm_frozen": {**timm_common, "train": {"epochs": 0}, "knn": {"k": [1, 4], "sigma": [1.0]}},
             "folder": {**common, "dataset": folder},
             "folder_streamed": {**common, "dataset": {**folder, "cache": "none"}},
             "memory": {**common, "dataset": {"name": "digits", "test_fraction": 0.25, "split_seed": 0}},
@@ -35,7 +50,7 @@ def folder_run(tmp_path_factory):
         del config["regression"]
 
     snakemake(workdir, configfile=write_config(workdir / "folders.yaml", edit))
-    names = ("folder", "folder_streamed", "memory")
+    names = ("folder", "folder_streamed", "memory", "timm", "timm_frozen")
     summaries = {name: pd.read_csv(workdir / "results" / name / "summary.csv") for name in names}
     return {"workdir": workdir, "summaries": summaries}
 
@@ -82,3 +97,35 @@ def test_decoded_and_streamed_folders_train_the_same_network(folder_run):
         folder_run["summaries"][name].drop(columns="experiment") for name in ("folder", "folder_streamed")
     )
     pd.testing.assert_frame_equal(cached, streamed)
+
+
+def test_timm_models_train_and_embed_consistently(folder_run):
+    """A timm CNN and a small timm ViT (its own keys passed through) train on the folder; their embeddings'
+    logits are the models' own outputs on the test images (features = pooled pre-logits, head = classifier)."""
+    from resmem.vision.data import load_dataset
+    from resmem.vision.stages import load_model
+    from tests.test_data import decoded
+
+    summary = folder_run["summaries"]["timm"].set_index("model")
+    assert summary.loc["test_resnet", "base_test_acc"] > 0.8 and summary.loc["vit", "base_test_acc"] > 0.45
+    assert summary.loc["vit", "parameters"] < 200_000  # depth 2, width 64: the keys reached timm
+    data = load_dataset({"name": "imagefolder", "root": str(folder_run["workdir"] / "digit_jpegs"), "image_size": 32})
+    run = folder_run["workdir"] / "results" / "timm" / "vit" / "frac1" / "seed0"
+    model, _ = load_model(run / "model.pt")
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.test.mean, data.test.std))
+    with torch.inference_mode():
+        logits = model.eval()((decoded(data.test.paths[:64]) - mean) / std)
+    with np.load(run / "embeddings.npz") as arrays:
+        np.testing.assert_allclose(arrays["test_logits"][:64], logits.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_epochs_zero_evaluates_the_network_as_built(folder_run):
+    results = folder_run["workdir"] / "results" / "timm_frozen"
+    summary = folder_run["summaries"]["timm_frozen"]
+    assert (summary.epochs == 0).all() and not summary.pretrained.any()
+    assert (summary.base_test_acc < 0.3).all()  # a random network: about chance (10 classes)
+    train_log = pd.read_csv(results / "test_resnet" / "frac1" / "seed0" / "train_log.csv")
+    assert train_log.epoch.tolist() == [0] and np.isnan(train_log.loss[0])
+    text = (results / "summary.md").read_text()
+    view = "crop_flip at 32 px; evaluated on the whole image"
+    assert f"- test_resnet: {view}; random initialization, not trained here (evaluated as loaded)" in text

@@ -28,10 +28,13 @@ def test_cifar_resnet20_has_the_papers_size():
     assert abs(count_parameters(build_model({"arch": "cifar_resnet", "depth": 20}, 10, 3)) - 0.27e6) < 0.01e6
 
 
+ARCH_KEYS = {"timm": {"name": "test_vit", "img_size": 32}}  # timm: any of its models; a tiny ViT here
+
+
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_every_model_builds_and_trains_one_step_on_cpu(arch):
     torch.manual_seed(0)
-    model = build_model({"arch": arch}, num_classes=7, in_channels=3)
+    model = build_model({"arch": arch, **ARCH_KEYS.get(arch, {})}, num_classes=7, in_channels=3).eval()
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     features = model.features(x)
     assert features.ndim == 2 and model(x).shape == (4, 7)
@@ -58,6 +61,54 @@ def test_pretrained_weights_offline_say_where_to_put_the_file(monkeypatch, tmp_p
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(ConfigError, match=r"pretrained weights for resnet18 .* are not in .*checkpoints/resnet18-"):
         build_model({"arch": "resnet18", "pretrained": True}, 1000, 3)
+
+
+def offline_caches(monkeypatch, tmp_path):
+    """Empty weight caches and no network: torch hub's and the Hugging Face hub's."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_missing_pretrained_timm_weights_name_the_weights_and_the_cache(monkeypatch, tmp_path):
+    from resmem.vision.pretrained import fetch_missing
+
+    offline_caches(monkeypatch, tmp_path)
+    model = {"arch": "timm", "name": "vit_tiny_patch16_224", "pretrained": True}
+    config = validate({"experiments": {"x": {"models": {"vit": model}}}})
+    with pytest.raises(ConfigError) as info:
+        fetch_missing(config)
+    message = str(info.value)
+    assert "invalid config at experiments.x.models.vit.pretrained: the weights Hugging Face hub " in message
+    assert f"timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k are not in {tmp_path / 'hf' / 'hub'}" in message
+
+
+def test_offline_workflow_without_pretrained_weights_stops_before_any_job(monkeypatch, tmp_path):
+    from tests.conftest import snakemake, write_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def edit(config):
+        config["experiments"]["smoke"]["models"] = {"r18": {"arch": "resnet18", "pretrained": True}}
+
+    proc = snakemake(tmp_path, configfile=write_config(tmp_path / "c.yaml", edit), check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output
+    assert "invalid config at experiments.smoke.models.r18.pretrained: the weights ResNet18_Weights" in output
+    assert f"are not in {tmp_path / 'torch' / 'hub' / 'checkpoints'}" in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_timm_model_is_named_before_any_job():
+    from resmem.vision.pretrained import check_timm_names
+
+    config = validate({"experiments": {"x": {"models": {"m": {"arch": "timm", "name": "resnet_nonesuch"}}}}})
+    with pytest.raises(ConfigError, match=r"experiments.x.models.m.name: timm has no model 'resnet_nonesuch'"):
+        check_timm_names(config)
 
 
 def test_learning_rate_schedules():

@@ -18,6 +18,9 @@ SUMMARY_COLUMNS = (
     "temperature",
     "resmem_test_acc",
     "gain",
+    "epochs",  # 0: evaluated as loaded, not trained here
+    "pretrained",
+    "view",  # the augmentation trained with and the view evaluated on
 )
 FIGURES = (
     "accuracy_vs_size",

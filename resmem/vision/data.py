@@ -177,7 +177,7 @@ def per_class_take(labels: np.ndarray, candidates: np.ndarray, count: int, rng) 
     return np.sort(np.concatenate(taken))
 
 
-def _stratified_take(labels: np.ndarray, candidates: np.ndarray, fraction: float, rng) -> np.ndarray:
+def stratified_take(labels: np.ndarray, candidates: np.ndarray, fraction: float, rng) -> np.ndarray:
     """About `fraction` of `candidates` from every class (at least one of each class with two or more)."""
     taken = []
     for cls in np.unique(labels[candidates]):
@@ -195,11 +195,11 @@ def make_split(data: Dataset, test_fraction: float, val_fraction: float, seed: i
     rng = np.random.default_rng(seed)
     everything = np.arange(len(labels))
     if data.test_is_train_pool:
-        test = _stratified_take(labels, everything, test_fraction, rng)
+        test = stratified_take(labels, everything, test_fraction, rng)
         rest = np.setdiff1d(everything, test)
     else:
         test, rest = np.arange(len(data.test)), everything
-    val = _stratified_take(labels, rest, val_fraction, rng)
+    val = stratified_take(labels, rest, val_fraction, rng)
     return {"train_idx": np.setdiff1d(rest, val), "val_idx": val, "test_idx": test}
 
 

@@ -114,6 +114,7 @@ class TorchvisionResNet(nn.Module):
         self.head = net.fc if net.fc.out_features == num_classes else nn.Linear(net.fc.in_features, num_classes)
         net.fc = nn.Identity()
         self.body = net
+        self.normalization = (weights.transforms().mean, weights.transforms().std) if pretrained else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -142,8 +143,37 @@ def _torchvision(name: str):
     return build
 
 
+class TimmModel(nn.Module):
+    """Any timm model (`name`), from scratch or with its pretrained weights (`pretrained`), with the model's own
+    keyword arguments passed through to timm.create_model. `features` = the pooled pre-logits
+    (forward_head(..., pre_logits=True)) and `head` = its classifier, so that head(features(x)) is the model's
+    own output and embeddings and logits agree. Pretrained weights come from timm's cache (the workflow fetches
+    them before any job: resmem.vision.pretrained); with `pretrained`, inputs are normalized with the constants
+    the weights were trained with (`normalization`)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, name: str = "", pretrained: bool = False, **kwargs):
+        super().__init__()
+        import timm
+
+        self.net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels,
+                                     **kwargs)  # fmt: skip
+        cfg = self.net.pretrained_cfg
+        self.normalization = (tuple(cfg["mean"]), tuple(cfg["std"])) if pretrained and "mean" in cfg else None
+
+    @property
+    def head(self) -> nn.Module:
+        return self.net.get_classifier()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 MODELS = {
     "cifar_resnet": CifarResNet,
+    "timm": TimmModel,
     "resnet18": _torchvision("resnet18"),
     "resnet34": _torchvision("resnet34"),
     "resnet50": _torchvision("resnet50"),

@@ -57,6 +57,16 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
         "|---|" + "---:|" * (len(TABLE_HEADER) - 1),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _table_rows(summary, "±")]
+    lines += ["", "How each model saw the images:", ""]
+    for model, runs in summary.groupby("model", sort=False):
+        first = runs.iloc[0]
+        if first.epochs == 0:
+            weights = "pretrained weights" if first.pretrained else "random initialization"
+            weights += ", not trained here (evaluated as loaded)"
+        else:
+            weights = f"{'fine-tuned from pretrained weights' if first.pretrained else 'trained from scratch'}, "
+            weights += f"{first.epochs} epochs"
+        lines.append(f"- {model}: {first.view}; {weights}")
     return "\n".join(lines) + "\n"
 
 

@@ -92,6 +92,27 @@ def with_decoded(data: Dataset, images_path) -> Dataset:
     return data
 
 
+def normalized(data: Dataset, constants) -> Dataset:
+    """The dataset with inputs normalized by `constants` = (mean, std) where given (a pretrained model's)."""
+    from dataclasses import replace
+
+    if constants is None:
+        return data
+    mean, std = constants
+    return replace(data, train=replace(data.train, mean=mean, std=std), test=replace(data.test, mean=mean, std=std))
+
+
+def _view(data: Dataset, augment: str) -> str:
+    """How the network sees the images, for the record: the augmentation it trains with and the view it is
+    evaluated on."""
+    from resmem.vision.loader import resolve_augment
+
+    resolved = resolve_augment(augment, data.train)
+    evaluated = "8/7 resize, center crop" if resolved == "resized_crop_flip" else "whole image"
+    size = data.train.image_size if data.train.paths is not None else data.train.images.shape[-1]
+    return f"{resolved} at {size} px; evaluated on the {evaluated}"
+
+
 def _dataset(dataset: dict, images_path) -> Dataset:
     data = load_dataset(dataset)
     return data if images_path is None else with_decoded(data, images_path)
@@ -151,9 +172,10 @@ def train(
     parts = load_split(split_path, data)
     rows = train_subset(parts["train_idx"], data.train.labels, train_fraction, dataset["split_seed"])
     parts["train_idx"] = rows
-    loaders = _loaders(data, parts, recipe, dev, recipe["batch_size"], recipe["channels_last"])
     seed_everything(seed)
     network = build_model(spec, data.num_classes, data.train.channels)
+    data = normalized(data, getattr(network, "normalization", None))  # a pretrained model's own constants
+    loaders = _loaders(data, parts, recipe, dev, recipe["batch_size"], recipe["channels_last"])
     log.info(
         "model %s: %d parameters; %d training examples (fraction %g); training on %s",
         spec, count_parameters(network), len(rows), train_fraction, dev,
@@ -165,8 +187,12 @@ def train(
         "train_fraction": train_fraction,
         "train_examples": len(rows),
         "classes": data.classes,  # label i is classes[i]: the folder names of an image-folder dataset
+        "normalization": {"mean": list(data.train.mean), "std": list(data.train.std)},
+        "view": _view(data, recipe["augment"]),
         "config": config,
     }
+    if recipe["epochs"] == 0:
+        log.info("train.epochs is 0: the model is evaluated as built (pretrained weights as loaded), not trained")
     fit_and_save(network, loaders["train"], loaders["val"], recipe, seed, dev, out, meta)
     io.save_npz(out["train_rows"], train_idx=rows)
 
@@ -176,11 +202,14 @@ def load_train_rows(path) -> np.ndarray:
 
 
 def load_model(model_path):
+    """(network, meta) of a checkpoint; pretrained weights are not fetched again, the checkpoint has them."""
     from resmem.vision.models import build_model
 
-    return shared.load_model(
-        model_path, lambda meta: build_model(meta["model"], meta["num_classes"], meta["in_channels"]), "train"
-    )
+    def build(meta):
+        spec = {**meta["model"], "pretrained": False} if "pretrained" in meta["model"] else meta["model"]
+        return build_model(spec, meta["num_classes"], meta["in_channels"])
+
+    return shared.load_model(model_path, build, "train")
 
 
 def embed(
@@ -204,8 +233,10 @@ def embed(
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
-    model, _ = load_model(model_path)
+    model, meta = load_model(model_path)
     data = _dataset(dataset, images_path)
+    norm = meta.get("normalization")  # what the model was trained with
+    data = normalized(data, norm and (tuple(norm["mean"]), tuple(norm["std"])))
     rows = load_train_rows(train_rows_path)
     loaders = _loaders(data, {**load_split(split_path, data), "train_idx": rows}, recipe, dev, batch_size)
     amp = recipe["amp"] and dev.type == "cuda"
@@ -221,6 +252,27 @@ def embed(
 
     counts = {f"{s}_{kind}": len(loader) for s, loader in loaders.items() for kind in ("emb", "logits", "y")}
     io.save_npz_streaming(out_path, blocks(), {"train_idx": len(rows), **counts})
+
+
+def embeddings_from_file(entry: dict, out: dict, at: str, dataset: dict, config: dict) -> None:
+    """A model's embeddings computed elsewhere (the config's `embeddings.<model>` entry, key path `at`) as the
+    run's embeddings.npz (out["embeddings"]) and the train_meta.json the aggregate reads (out["meta"])."""
+    from resmem.vision.external import import_embeddings
+
+    counts = import_embeddings(entry["path"], out["embeddings"], at, dataset["val_fraction"], dataset["split_seed"])
+    log.info("%s: %s rows per split", entry["path"], counts)
+    meta = {
+        "parameters": entry["parameters"],
+        "device": "elsewhere",
+        "train": {"epochs": 0},
+        "model": {"embeddings": entry["path"], "pretrained": True},
+        "train_fraction": 1.0,
+        "train_examples": counts["train"],
+        "view": f"embeddings from {entry['path']}",
+        "versions": io.package_versions(),
+        "config": config,
+    }
+    io.write_json(out["meta"], meta)
 
 
 def load_embeddings(path, split_path=None, train_rows_path=None) -> dict[str, np.ndarray]:
@@ -317,6 +369,9 @@ def summarize(run: dict) -> tuple[dict, dict]:
         "temperature": chosen["temperature"],
         "resmem_test_acc": chosen["test_accuracy"],
         "gain": chosen["gain"],
+        "epochs": meta["train"]["epochs"],
+        "pretrained": bool(meta["model"].get("pretrained", False)),
+        "view": meta.get("view", ""),
         "device": meta["device"],
     }
     run_columns = {"model": run["model"], "train_fraction": run["train_fraction"], "seed": run["seed"]}

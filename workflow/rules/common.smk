@@ -13,12 +13,19 @@ sys.path.insert(0, str(REPO))
 
 from resmem.config import ConfigError, experiment_names, validate as validate_config
 from resmem.lm.artifacts import LM_FIGURES
+from resmem.vision.external import check_config_files as check_embedding_files
+from resmem.vision.pretrained import check_timm_names, fetch_missing
 from resmem.vision.artifacts import FIGURES
 
 try:
-    validate_config(
-        config
-    )  # against the schema shipped in the package: resmem/config.schema.yaml
+    # against the schema shipped in the package: resmem/config.schema.yaml
+    validate_config(config)
+    check_timm_names(config)
+    if workflow.is_main_process:
+        # the user's embeddings, array by array; pretrained weights, fetched here once (jobs never need network)
+        check_embedding_files(config)
+        if not workflow.dryrun:
+            fetch_missing(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -29,6 +36,24 @@ VISION_RUN = "results/{experiment}/{model}/frac{train_fraction}/seed{seed}"  # m
 LM_RUN = "results/{experiment}/{model}/seed{seed}"  # model × seed: the model and its token datastore
 LM_STORE = "results/{experiment}/{model}/seed{seed}/store{store_fraction}"  # a datastore fraction's search
 DECODED_IMAGES = f"{EXPERIMENT}/images.npz"  # a folder dataset decoded into memory
+
+
+def no_files(wildcards):
+    return {}
+
+
+def datastore_checks(wildcards):
+    """Input of an image index: the split and the exact training rows that its embeddings must match (none for
+    embeddings computed elsewhere)."""
+    if "embeddings" in config["experiments"][wildcards.experiment]:
+        return {}
+    run = {
+        key: wildcards[key] for key in ("experiment", "model", "train_fraction", "seed")
+    }
+    return {
+        "split": f"{EXPERIMENT}/split.npz".format(**run),
+        "train_rows": f"{VISION_RUN}/train_rows.npz".format(**run),
+    }
 
 
 @dataclass(frozen=True)
@@ -45,8 +70,8 @@ class Kind:
     grid: tuple  # the knn keys the sweep runs over
     figures: list
     summary_caption: str
-    # files the index checks the datastore against
-    index_checks: dict = field(default_factory=dict)
+    # input function: the files the index checks the datastore against
+    index_checks: object = no_files
     # each run's files that the aggregate reads besides its sweep and selection
     run_files: dict = field(default_factory=dict)
     # the experiment's files that the aggregate reads
@@ -65,10 +90,7 @@ KINDS = [
         grid=("k", "sigma", "temperature"),
         figures=FIGURES,
         summary_caption="../report/summary.rst",
-        index_checks={
-            "split": f"{EXPERIMENT}/split.npz",
-            "train_rows": f"{VISION_RUN}/train_rows.npz",
-        },
+        index_checks=datastore_checks,
         run_files={
             "meta": f"{VISION_RUN}/train_meta.json",
             "confidence": f"{VISION_RUN}/confidence.csv",
@@ -101,11 +123,16 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def names_regex(kind):
+def names_regex(kind, imported=None):
     """A wildcard constraint that admits only the experiment names of one kind (a top-level config section),
-    so that rules of different kinds writing the same file names never compete for an output.
+    so that rules of different kinds writing the same file names never compete for an output; `imported`
+    True/False admits only the image experiments with/without embeddings computed elsewhere.
     """
-    names = experiment_names(config, kind)
+    names = [
+        name
+        for name in experiment_names(config, kind)
+        if imported is None or imported == ("embeddings" in config[kind][name])
+    ]
     return "|".join(re.escape(name) for name in names) if names else "(?!)"
 
 
@@ -176,7 +203,7 @@ def runs(kind, name):
     if kind == "experiments":
         return [
             {"model": m, "train_fraction": fraction_label(f), "seed": s}
-            for m in exp["models"]
+            for m in exp.get("models") or exp["embeddings"]
             for f in exp["train_fractions"]
             for s in exp["seeds"]
         ]

@@ -9,7 +9,7 @@ for kind in KINDS:
         name:
             f"{kind.prefix}index"
         input:
-            **kind.index_checks,
+            unpack(kind.index_checks),
             datastore=kind.datastore,
         output:
             index=f"{kind.run}/index.faiss",

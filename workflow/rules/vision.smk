@@ -10,7 +10,7 @@ rule split:
     benchmark:
         f"{EXPERIMENT}/benchmarks/split.tsv"
     wildcard_constraints:
-        experiment=names_regex("experiments"),
+        experiment=names_regex("experiments", imported=False),
     conda:
         "../../envs/resmem.yaml"
     threads: 1
@@ -32,7 +32,7 @@ rule decode:
     benchmark:
         f"{EXPERIMENT}/benchmarks/decode.tsv"
     wildcard_constraints:
-        experiment=names_regex("experiments"),
+        experiment=names_regex("experiments", imported=False),
     conda:
         "../../envs/resmem.yaml"
     threads: 8  # decoding processes
@@ -60,7 +60,7 @@ rule train:
     benchmark:
         f"{VISION_RUN}/benchmarks/train.tsv"
     wildcard_constraints:
-        experiment=names_regex("experiments"),
+        experiment=names_regex("experiments", imported=False),
     conda:
         "../../envs/resmem.yaml"
     threads: 1
@@ -89,7 +89,7 @@ rule embed:
     benchmark:
         f"{VISION_RUN}/benchmarks/embed.tsv"
     wildcard_constraints:
-        experiment=names_regex("experiments"),
+        experiment=names_regex("experiments", imported=False),
     conda:
         "../../envs/resmem.yaml"
     threads: 1
@@ -103,6 +103,34 @@ rule embed:
         batch_size=section("experiments", "embed/batch_size"),
     script:
         "../scripts/embed.py"
+
+
+# Embeddings computed elsewhere (`embeddings:`) enter the DAG here, in place of train and embed.
+rule embeddings_file:
+    input:
+        embeddings=lookup(
+            dpath="experiments/{experiment}/embeddings/{model}/path", within=config
+        ),
+    output:
+        embeddings=f"{VISION_RUN}/embeddings.npz",
+        meta=f"{VISION_RUN}/train_meta.json",
+    log:
+        f"{VISION_RUN}/logs/embeddings_file.log",
+    benchmark:
+        f"{VISION_RUN}/benchmarks/embeddings_file.tsv"
+    wildcard_constraints:
+        experiment=names_regex("experiments", imported=True),
+    conda:
+        "../../envs/resmem.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(2000),
+        runtime=60,
+    params:
+        entry=section("experiments", "embeddings/{model}"),
+        dataset=section("experiments", "dataset"),
+    script:
+        "../scripts/embeddings_file.py"
 
 
 rule confidence:

@@ -1,0 +1,123 @@
+"""Embeddings computed elsewhere (`embeddings:` in an image experiment): the user's file checked array by array
+before any job runs, then written as the embeddings.npz that index, neighbors, sweep and confidence read, with
+a stratified val split carved from train where the file has none."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from resmem import io
+from resmem.artifacts import SPLITS
+from resmem.config import ConfigError
+from resmem.vision.artifacts import EMBEDDING_KEYS
+from resmem.vision.data import stratified_take
+
+REQUIRED = tuple(f"{split}_{kind}" for split in ("train", "test") for kind in ("emb", "logits", "y"))
+VAL = tuple(f"val_{kind}" for kind in ("emb", "logits", "y"))
+CHECK_ROWS = 65_536  # rows read at a time for the NaN/inf check: memory stays bounded for any file
+
+
+def _array(path, key: str) -> np.ndarray:
+    """A memmap of an array of an uncompressed .npz; an array of a compressed one (np.savez_compressed) is read."""
+    try:
+        return io.npz_memmap(path, key)
+    except io.ArtifactError:
+        with np.load(path, allow_pickle=False) as data:
+            return data[key]
+
+
+def check_file(path, at: str) -> dict[str, np.ndarray]:
+    """The arrays of a user's embeddings file (memmaps), checked: the required arrays present, 2-D float
+    embeddings and logits and 1-D integer labels, one row count per split, one embedding width and one logit
+    width (the number of classes) across splits, labels in [0, classes), no NaN or inf. A failure is a
+    ConfigError naming `at` (the config key), the file and the array."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = set(data.files)
+    except FileNotFoundError:
+        raise ConfigError(f"invalid config at {at}.path: {path} does not exist") from None
+    except Exception as exc:
+        raise ConfigError(f"invalid config at {at}.path: {path} is not a readable .npz file ({exc})") from None
+    missing = [k for k in REQUIRED if k not in names]
+    has_val = [k for k in VAL if k in names]
+    if has_val and len(has_val) != len(VAL):
+        missing += [k for k in VAL if k not in names]
+    if missing:
+        raise ConfigError(f"invalid config at {at}: {path} lacks the arrays {missing} (has {sorted(names)})")
+    splits = ("train", "val", "test") if has_val else ("train", "test")
+    arrays = {f"{s}_{kind}": _array(path, f"{s}_{kind}") for s in splits for kind in ("emb", "logits", "y")}
+
+    def fail(name: str, problem: str):
+        raise ConfigError(f"invalid config at {at}: {path}, array {name}: {problem}")
+
+    for name, array in arrays.items():
+        label = name.endswith("_y")
+        if array.ndim != (1 if label else 2):
+            fail(name, f"has shape {array.shape}; expected {'(rows,)' if label else '(rows, width)'}")
+        if label != np.issubdtype(array.dtype, np.integer) or not (label or np.issubdtype(array.dtype, np.floating)):
+            fail(name, f"has dtype {array.dtype}; expected {'integers' if label else 'floats'}")
+    for s in splits:
+        rows = {k: len(arrays[f"{s}_{k}"]) for k in ("emb", "logits", "y")}
+        if len(set(rows.values())) != 1:
+            fail(f"{s}_emb/{s}_logits/{s}_y", f"row counts differ {rows}")
+        if rows["y"] == 0:
+            fail(f"{s}_y", "has no rows")
+    for kind in ("emb", "logits"):
+        widths = {s: arrays[f"{s}_{kind}"].shape[1] for s in splits}
+        if len(set(widths.values())) != 1:
+            fail(f"*_{kind}", f"widths differ across splits {widths}")
+    classes = arrays["train_logits"].shape[1]
+    for s in splits:
+        labels = arrays[f"{s}_y"]
+        if labels.min() < 0 or labels.max() >= classes:
+            fail(f"{s}_y", f"labels span [{labels.min()}, {labels.max()}] but the logits have {classes} classes "
+                           f"(labels must lie in [0, {classes}))")  # fmt: skip
+        for kind in ("emb", "logits"):
+            array = arrays[f"{s}_{kind}"]
+            for start in range(0, len(array), CHECK_ROWS):
+                if not np.isfinite(array[start : start + CHECK_ROWS]).all():
+                    fail(f"{s}_{kind}", "holds NaN or inf values")
+    return arrays
+
+
+def import_embeddings(path, out_path, at: str, val_fraction: float, split_seed: int) -> dict:
+    """The user's file (checked) as an embeddings.npz: float32 embeddings and logits, int64 labels, `train_idx`
+    = the rows of the file's train arrays that form the datastore (all of them, or those left after carving a
+    stratified `val_fraction` out as val). Returns the row counts per split."""
+    arrays = check_file(path, at)
+    if "val_y" in arrays:
+        train_rows, val_rows = np.arange(len(arrays["train_y"])), None
+    else:
+        labels = np.asarray(arrays["train_y"])
+        everything = np.arange(len(labels))
+        val_rows = stratified_take(labels, everything, val_fraction, np.random.default_rng(split_seed))
+        train_rows = np.setdiff1d(everything, val_rows)
+    sources = {"train": ("train", train_rows), "val": ("val", None) if val_rows is None else ("train", val_rows),
+               "test": ("test", None)}  # fmt: skip
+
+    def rows_of(split):
+        source, rows = sources[split]
+        n = len(arrays[f"{source}_y"])
+        return np.arange(n) if rows is None else rows
+
+    def blocks():
+        yield "train_idx", train_rows
+        for split, (source, _) in sources.items():
+            rows = rows_of(split)
+            for start in range(0, len(rows), CHECK_ROWS):
+                chunk = rows[start : start + CHECK_ROWS]
+                yield f"{split}_emb", np.asarray(arrays[f"{source}_emb"][chunk], np.float32)
+                yield f"{split}_logits", np.asarray(arrays[f"{source}_logits"][chunk], np.float32)
+                yield f"{split}_y", np.asarray(arrays[f"{source}_y"][chunk], np.int64)
+
+    counts = {s: len(rows_of(s)) for s in SPLITS}
+    rows = {k: counts[k.split("_")[0]] for k in EMBEDDING_KEYS if k != "train_idx"}
+    io.save_npz_streaming(out_path, blocks(), {"train_idx": len(train_rows), **rows})
+    return counts
+
+
+def check_config_files(config: dict) -> None:
+    """Every embeddings file of the config's image experiments, checked (`check_file`) before any job runs."""
+    for name, experiment in (config.get("experiments") or {}).items():
+        for model, entry in (experiment.get("embeddings") or {}).items():
+            check_file(entry["path"], f"experiments.{name}.embeddings.{model}")
