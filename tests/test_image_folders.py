@@ -2,6 +2,8 @@
 into memory (dataset.cache auto) and streamed from the files (cache none), next to the same model on the
 in-memory digits path (same test images, same recipe)."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,6 +128,8 @@ def test_epochs_zero_evaluates_the_network_as_built(folder_run):
     assert (summary.base_test_acc < 0.3).all()  # a random network: about chance (10 classes)
     train_log = pd.read_csv(results / "test_resnet" / "frac1" / "seed0" / "train_log.csv")
     assert train_log.epoch.tolist() == [0] and np.isnan(train_log.loss[0])
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert provenance["views"]["vit"] == "augment crop_flip at 32 px, evaluated on the whole image"
     text = (results / "summary.md").read_text()
-    view = "crop_flip at 32 px; evaluated on the whole image"
+    view = "augment crop_flip at 32 px, evaluated on the whole image"
     assert f"- test_resnet: {view}; random initialization, not trained here (evaluated as loaded)" in text

@@ -6,7 +6,17 @@ import numpy as np
 import pandas as pd
 
 from resmem import io
-from resmem.plotting import BASE_COLOR, RESMEM_COLOR, errorbar_methods, panels, per_model, plot_sensitivity, plt, save
+from resmem.plotting import (
+    BASE_COLOR,
+    RESMEM_COLOR,
+    errorbar_methods,
+    over_seeds,
+    panels,
+    per_model,
+    plot_sensitivity,
+    plt,
+    save,
+)
 
 RESMEM_SELECTION = "(k, σ, T) chosen by val accuracy"
 METHODS = (("DeepNet (base)", "base", BASE_COLOR, "o"), ("ResMem", "resmem", RESMEM_COLOR, "s"))
@@ -47,6 +57,20 @@ def _caption(summary: pd.DataFrame, experiment: str) -> str:
     )
 
 
+def _weights(run: pd.Series) -> str:
+    if run.epochs == 0:
+        return f"{'pretrained weights' if run.pretrained else 'random initialization'}, not trained here"
+    return f"{'fine-tuned from pretrained weights' if run.pretrained else 'trained from scratch'}, {run.epochs} epochs"
+
+
+def _how_seen(summary: pd.DataFrame) -> str:
+    """The view and weights every model shared, for a figure title (summary.md lists them per model)."""
+    firsts = summary.groupby("model", sort=False).first()
+    views, weights = set(firsts.view), {_weights(r) for _, r in firsts.iterrows()}
+    view = views.pop() if len(views) == 1 else "views differ (summary.md)"
+    return f"{view}; {weights.pop() if len(weights) == 1 else 'weights differ (summary.md)'}"
+
+
 def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
     lines = [
         f"# {experiment}: ResMem vs the base network (DeepNet)",
@@ -58,15 +82,9 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _table_rows(summary, "±")]
     lines += ["", "How each model saw the images:", ""]
-    for model, runs in summary.groupby("model", sort=False):
-        first = runs.iloc[0]
-        if first.epochs == 0:
-            weights = "pretrained weights" if first.pretrained else "random initialization"
-            weights += ", not trained here (evaluated as loaded)"
-        else:
-            weights = f"{'fine-tuned from pretrained weights' if first.pretrained else 'trained from scratch'}, "
-            weights += f"{first.epochs} epochs"
-        lines.append(f"- {model}: {first.view}; {weights}")
+    for model, first in summary.groupby("model", sort=False).first().iterrows():
+        evaluated = " (evaluated as loaded)" if first.epochs == 0 else ""
+        lines.append(f"- {model}: {first.view}; {_weights(first)}{evaluated}")
     return "\n".join(lines) + "\n"
 
 
@@ -113,8 +131,8 @@ def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> N
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(
         f"{experiment}: test accuracy vs model size\n"
-        f"mean ± std over {summary.seed.nunique()} seeds; ResMem at the {RESMEM_SELECTION}",
-        fontsize=10,
+        f"mean ± std over {over_seeds(summary)}; ResMem at the {RESMEM_SELECTION}\n{_how_seen(summary)}",
+        fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")

@@ -110,7 +110,7 @@ def _view(data: Dataset, augment: str) -> str:
     resolved = resolve_augment(augment, data.train)
     evaluated = "8/7 resize, center crop" if resolved == "resized_crop_flip" else "whole image"
     size = data.train.image_size if data.train.paths is not None else data.train.images.shape[-1]
-    return f"{resolved} at {size} px; evaluated on the {evaluated}"
+    return f"augment {resolved} at {size} px, evaluated on the {evaluated}"
 
 
 def _dataset(dataset: dict, images_path) -> Dataset:
@@ -387,4 +387,5 @@ def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_d
     paths selected, meta, sweep, confidence (`resmem.stages.run_records`)."""
     from resmem.vision.report import write_report
 
-    shared.aggregate(experiment, runs, out, config, repo_dir, summarize, SUMMARY_COLUMNS, write_report)
+    views = {run["model"]: read_json(run["meta"]).get("view") for run in runs}  # how each model saw the images
+    shared.aggregate(experiment, runs, out, config, repo_dir, summarize, SUMMARY_COLUMNS, write_report, views=views)
