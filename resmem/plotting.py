@@ -84,7 +84,7 @@ def plot_sensitivity(models, panel_specs, chosen: dict, grids: dict, base: pd.Se
                 line = rows[rows.split == split].groupby(swept).accuracy.mean()
                 ax.plot(line.index, 100 * line.values, style, marker=".", color=color, label=split)
                 ax.axhline(100 * base[(model, split)], linestyle=style, color=BASE_COLOR, linewidth=1)
-            if swept in ("k", "sigma"):
+            if swept in ("k", "sigma", "tau"):
                 ax.set_xscale("log", base=2 if swept == "k" else 10)
             ax.set_xlabel(xlabel)
             ax.grid(True, which="both", alpha=0.3)

@@ -57,30 +57,33 @@ def sweep_table(embeddings: dict, neighbors: dict, ks, sigmas, temperatures, chu
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 
-def select(sweep: pd.DataFrame, third: str = "temperature", metric: str = "accuracy", higher_is_better=True) -> dict:
-    """The (k, σ, `third`) with the best val `metric`, and the test value there. `third` is the grid's third
-    parameter: ResMem's temperature T, kNN-LM's interpolation weight λ.
+def select(
+    sweep: pd.DataFrame, third: str = "temperature", metric: str = "accuracy", higher_is_better=True, width="sigma"
+) -> dict:
+    """The (k, `width`, `third`) with the best val `metric`, and the test value there. `width` is the kernel's
+    width parameter (σ; kNN-LM's published kernel has τ) and `third` the grid's third parameter: ResMem's
+    temperature T, kNN-LM's interpolation weight λ.
 
-    Ties go to the smaller k (less memory), then the larger σ (smoother weights), then the smaller `third`.
+    Ties go to the smaller k (less memory), then the larger width (smoother weights), then the smaller `third`.
     Base-model rows have k = 0; gain = test value − base test value."""
     grid = sweep[sweep.k > 0]
     val = grid[grid.split == "val"].copy()
-    val["neg_sigma"] = -val.sigma
+    val["neg_width"] = -val[width]
     best = val.sort_values(
-        [metric, "k", "neg_sigma", third], ascending=[not higher_is_better, True, True, True], kind="mergesort"
+        [metric, "k", "neg_width", third], ascending=[not higher_is_better, True, True, True], kind="mergesort"
     ).iloc[0]
-    key = (grid.k == best.k) & np.isclose(grid.sigma, best.sigma) & np.isclose(grid[third], best[third])
+    key = (grid.k == best.k) & np.isclose(grid[width], best[width]) & np.isclose(grid[third], best[third])
     test = grid[key & (grid.split == "test")][metric].iloc[0]
     base = sweep[sweep.k == 0].set_index("split")[metric]
     better = "best" if higher_is_better else "lowest"
     return {
         "k": int(best.k),
-        "sigma": float(best.sigma),
+        width: float(best[width]),
         third: float(best[third]),
         f"val_{metric}": float(best[metric]),
         f"test_{metric}": float(test),
         f"base_val_{metric}": float(base["val"]),
         f"base_test_{metric}": float(base["test"]),
         "gain": float(test - base["test"]),
-        "rule": f"{better} val {metric}; ties: smaller k, then larger sigma, then smaller {third}",
+        "rule": f"{better} val {metric}; ties: smaller k, then larger {width}, then smaller {third}",
     }

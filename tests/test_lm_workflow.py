@@ -27,7 +27,13 @@ LM_SMOKE = {
             "train": {"epochs": 1, "batch_size": 16, "lr": 0.003},
             "datastore": {"fractions": [0.5, 1.0], "max_tokens": 20_000},
             "eval_tokens": 1_000,
-            "knn": {"k": [1, 4, 8], "sigma": [0.3, 3.0], "temperature": [1.0, 2.0], "lam": [0.0, 0.5]},
+            "knn": {
+                "k": [1, 4, 8],
+                "sigma": [0.3, 3.0],
+                "temperature": [1.0, 2.0],
+                "lam": [0.0, 0.5],
+                "tau": [1.0, 10.0],
+            },
         }
     },
 }
@@ -78,7 +84,7 @@ def test_store_artifacts(lm_run, fraction):
     assert search["ntotal"] == entries and search["queries_per_second"] > 0
     sweep = pd.read_csv(run / "sweep.csv")
     assert list(sweep.columns) == list(LM_SWEEP_COLUMNS)
-    per_split = 1 + 3 * 2 * 2 + 3 * 2 * 2  # base + ResMem k×σ×T + kNN-LM k×σ×λ
+    per_split = 1 + 3 * 2 * 2 + 3 * 2 * 2  # base + ResMem k×σ×T + kNN-LM k×τ×λ (the published kernel)
     assert len(sweep) == 2 * per_split
     assert json.loads((run / "selected.json").read_text()) == select(sweep)
 

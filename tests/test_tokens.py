@@ -87,22 +87,65 @@ def test_token_resmem_equals_brute_force():
                     assert row.accuracy.item() == pytest.approx(expected), (split, k, sigma, temperature)
 
 
-def test_knnlm_equals_the_interpolation_formula():
+def test_knnlm_with_the_l2_kernel_equals_the_linear_interpolation_formula():
+    """With ResMem's kernel, kNN-LM's log-space mixture is λ·p_kNN + (1−λ)·p_LM; at λ = 1 a token no neighbor
+    holds costs the floor, 10,000 nats, where the linear formula gives an infinite loss."""
     arrays = datastore(1)
     found = neighbors(arrays, max(KS))
     query_logits = KeyLogits(arrays["val_keys"], arrays["head_weight"], arrays["head_bias"])
     correct, nll = knnlm_sweep(
         query_logits, arrays["val_next"], found["val_dist"], found["val_idx"], arrays["train_next"],
-        KS, SIGMAS, LAMBDAS, chunk_bytes=20_000,
+        KS, SIGMAS, LAMBDAS, kernel="l2", chunk_bytes=20_000,
     )  # fmt: skip
     for i, k in enumerate(KS):
         for s, sigma in enumerate(SIGMAS):
             for j, lam in enumerate(LAMBDAS):
                 preds, p_true = brute_force(arrays, "val", k, sigma, lam=lam)
                 assert correct[i, s, j] == (preds == arrays["val_next"]).sum(), (k, sigma, lam)
-                # Logits and distances are float32 here, float64 in the reference.
                 with np.errstate(divide="ignore"):
-                    assert nll[i, s, j] == pytest.approx(-np.log(p_true).sum(), rel=1e-6)
+                    log_p = np.maximum(np.log(p_true), -10_000.0) if lam == 1.0 else np.log(p_true)
+                # Logits and distances are float32 here, float64 in the reference.
+                assert nll[i, s, j] == pytest.approx(-log_p.sum(), rel=1e-6), (k, sigma, lam)
+    assert np.isfinite(nll).all() and nll[0, 0, -1] > 10_000  # k = 1, λ = 1: most tokens held by no neighbor
+
+
+def published_knnlm_perplexity(arrays, split, k, tau, lam) -> float:
+    """kNN-LM as Khandelwal et al. (2020) write it and knn-transformers computes it, re-implemented here in torch
+    from the equations: exact neighbors by squared L2 distance, p_kNN ∝ Σ_j exp(−d_j²/τ)·[y_j = v],
+    log p_kNN floored at −10,000, log p = logaddexp(log p_LM + log(1 − λ), log p_kNN + log λ)."""
+    import torch
+
+    keys = torch.tensor(arrays["train_keys"].astype(np.float64))
+    queries = torch.tensor(arrays[f"{split}_keys"].astype(np.float64))
+    weight, bias = (torch.tensor(arrays[name].astype(np.float64)) for name in ("head_weight", "head_bias"))
+    squared = torch.cdist(queries, keys) ** 2
+    d2, nearest = squared.topk(k, largest=False)
+    probs = torch.softmax(-d2 / tau, dim=-1)
+    values = torch.tensor(arrays["train_next"])[nearest]
+    knn = torch.zeros(len(queries), VOCAB, dtype=torch.float64).scatter_add(1, values, probs).log()
+    knn = torch.nan_to_num(knn, neginf=-10_000.0)
+    lm = torch.log_softmax(queries @ weight.T + bias, dim=-1)
+    mixed = torch.logaddexp(lm + np.log(1 - lam), knn + np.log(lam))
+    labels = torch.tensor(arrays[f"{split}_next"])
+    return float(torch.exp(-mixed[torch.arange(len(labels)), labels].mean()))
+
+
+def test_knnlm_perplexity_is_the_published_formulation():
+    arrays = datastore(5)
+    taus, lambdas = [0.5, 2.0, 8.0], [0.25, 0.5, 0.9]
+    table = sweep_table(arrays, neighbors(arrays, 8), [2, 8], [1.0], [1.0], lambdas, knnlm_kernel="squared_l2",
+                        taus=taus)  # fmt: skip
+    knnlm = table[table.method == "knnlm"]
+    assert (knnlm.kernel == "squared_l2").all() and knnlm.sigma.isna().all()
+    for split in ("val", "test"):
+        for k in (2, 8):
+            for tau in taus:
+                for lam in lambdas:
+                    row = knnlm[(knnlm.split == split) & (knnlm.k == k) & (knnlm.tau == tau) & (knnlm.lam == lam)]
+                    expected = published_knnlm_perplexity(arrays, split, k, tau, lam)
+                    assert row.perplexity.item() == pytest.approx(expected, rel=1e-6), (split, k, tau, lam)
+    chosen = select(table)
+    assert chosen["knnlm"]["kernel"] == "squared_l2" and chosen["knnlm"]["tau"] in taus
 
 
 def test_lambda_zero_is_the_base_model_and_perplexities_are_consistent():
@@ -140,7 +183,7 @@ def test_selection_picks_each_methods_best_val_point():
     assert chosen["resmem"]["val_accuracy"] == val[val.method == "resmem"].accuracy.max()
     assert chosen["knnlm"]["val_accuracy"] == val[val.method == "knnlm"].accuracy.max()
     assert chosen["knnlm_perplexity"]["val_perplexity"] == val[val.method == "knnlm"].perplexity.min()
-    assert set(chosen["knnlm"]) >= {"k", "sigma", "lam", "test_accuracy", "gain"}
+    assert set(chosen["knnlm"]) >= {"k", "kernel", "tau", "lam", "test_accuracy", "gain"}  # the published kernel
 
 
 def test_readme_snippet_for_your_own_language_model_runs():

@@ -9,7 +9,11 @@ DATASTORE_KEYS = (
     "head_weight",
     "head_bias",
 )
-LM_SWEEP_COLUMNS = ("method", "split", "k", "sigma", "temperature", "lam", "accuracy", "perplexity")
+# kernel: l2 (weights softmax(−d/σ)) or squared_l2 (softmax(−d²/τ), kNN-LM as published); a row has σ or τ.
+# loss: mean −log p(y) in nats (base, kNN-LM); perplexity = exp(loss).
+LM_SWEEP_COLUMNS = (
+    "method", "split", "k", "kernel", "sigma", "tau", "temperature", "lam", "accuracy", "loss", "perplexity",
+)  # fmt: skip
 LM_SUMMARY_COLUMNS = (
     "experiment",
     "model",
@@ -25,7 +29,9 @@ LM_SUMMARY_COLUMNS = (
     "resmem_test_acc",
     "resmem_gain",
     "knnlm_k",
+    "knnlm_kernel",
     "knnlm_sigma",
+    "knnlm_tau",
     "knnlm_lam",
     "knnlm_test_acc",
     "knnlm_gain",

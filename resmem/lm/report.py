@@ -38,13 +38,25 @@ def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
     return per_model(summary, STATISTICS, by, ("parameters", "datastore_size"))
 
 
+def _knnlm_formulation(summary: pd.DataFrame) -> str:
+    kernels = set(summary.knnlm_kernel)
+    if kernels == {"squared_l2"}:
+        weights = "softmax(−d²/τ) over squared L2 distances (as published)"
+    elif kernels == {"l2"}:
+        weights = "softmax(−d/σ), ResMem's kernel (not the published one)"
+    else:
+        weights = "kernels differ between runs (see summary.csv)"
+    return f"kNN-LM: neighbour weights {weights}; log p = logsumexp(log(1−λ) + log p_LM, log λ + log p_kNN)."
+
+
 def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
     seeds = ", ".join(str(int(s)) for s in sorted(summary.seed.unique()))
+    width = "τ" if (summary.knnlm_kernel == "squared_l2").all() else "σ"
     lines = [
         f"# {experiment}: next-token prediction",
         "",
         f"Test next-token accuracy (%) and perplexity, mean ± std over seeds {seeds}; {LM_SELECTION} "
-        "(kNN-LM's perplexity at its (k, σ, λ) of lowest val perplexity).",
+        f"(kNN-LM's perplexity at its (k, {width}, λ) of lowest val perplexity). {_knnlm_formulation(summary)}",
         "",
         "| model | parameters | datastore fraction | datastore entries | base acc | ResMem acc | ResMem gain "
         "| kNN-LM acc | kNN-LM gain | base ppl | kNN-LM ppl |",
@@ -125,34 +137,40 @@ def plot_gain_vs_datastore(summary: pd.DataFrame, experiment: str, png, pdf) -> 
     save(fig, png, pdf)
 
 
-# Panels of the sensitivity figure: (swept parameter, method, the other parameters held at their selected values)
-SENSITIVITY = (
-    ("k", "resmem", ("sigma", "temperature")),
-    ("sigma", "resmem", ("k", "temperature")),
-    ("temperature", "resmem", ("k", "sigma")),
-    ("k", "knnlm", ("sigma", "lam")),
-    ("sigma", "knnlm", ("k", "lam")),
-    ("lam", "knnlm", ("k", "sigma")),
-)
-LABELS = {"k": "k (neighbors)", "sigma": "σ", "temperature": "T", "lam": "λ"}
+def sensitivity_panels(knnlm_width: str) -> tuple:
+    """Panels of the sensitivity figure: (swept parameter, method, the other parameters held at their selected
+    values); kNN-LM's kernel width is τ (its published squared_l2 kernel) or σ (l2)."""
+    return (
+        ("k", "resmem", ("sigma", "temperature")),
+        ("sigma", "resmem", ("k", "temperature")),
+        ("temperature", "resmem", ("k", "sigma")),
+        ("k", "knnlm", (knnlm_width, "lam")),
+        (knnlm_width, "knnlm", ("k", "lam")),
+        ("lam", "knnlm", ("k", knnlm_width)),
+    )
+
+
+LABELS = {"k": "k (neighbors)", "sigma": "σ", "tau": "τ (d² kernel)", "temperature": "T", "lam": "λ"}
 
 
 def plot_lm_sensitivity(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
-    """Accuracy of ResMem vs k, σ, T and of kNN-LM vs k, σ, λ, val and test, one row per model; the other
-    parameters at each run's val-selected values."""
+    """Accuracy of ResMem vs k, σ, T and of kNN-LM vs k, τ (or σ), λ, val and test, one row per model; the
+    other parameters at each run's val-selected values."""
+    knnlm_width = "tau" if (summary.knnlm_kernel == "squared_l2").all() else "sigma"
     specs = [
         (swept, method, fixed, f"{LABELS[swept]}, {'ResMem' if method == 'resmem' else 'kNN-LM'}",
          RESMEM_COLOR if method == "resmem" else KNN_COLOR)
-        for swept, method, fixed in SENSITIVITY
+        for swept, method, fixed in sensitivity_panels(knnlm_width)
     ]  # fmt: skip
     chosen = {
-        method: summary.rename(columns={f"{method}_{p}": p for p in ("k", "sigma", "temperature", "lam")})
+        method: summary.rename(columns={f"{method}_{p}": p for p in ("k", "sigma", "tau", "temperature", "lam")})
         for method in ("resmem", "knnlm")
     }
     grids = {method: sweeps[sweeps.method == method] for method in chosen}
     base = sweeps[sweeps.method == "base"].groupby(["model", "split"]).accuracy.mean()
     title = (
-        f"{experiment}: sensitivity of ResMem (k, σ, T) and kNN-LM (k, σ, λ), val dashed and test solid, full "
+        f"{experiment}: sensitivity of ResMem (k, σ, T) and kNN-LM (k, {LABELS[knnlm_width][0]}, λ), val dashed and "
+        f"test solid, full "
         f"datastore\n(mean over {over_seeds(summary)}; other parameters at each run's val-selected values)"
     )
     plot_sensitivity(list(_per_model(summary).index), specs, chosen, grids, base, title, png, pdf)

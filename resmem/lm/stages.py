@@ -175,8 +175,9 @@ def sweep(datastore_path, neighbors_path, out_path, knn: dict) -> None:
     query_rows = {s: len(arrays[f"{s}_next"]) for s in QUERY_SPLITS}
     found = shared.load_neighbors(neighbors_path, query_rows, max(knn["k"]), datastore_path)
     table = sweep_table(
-        arrays, found, knn["k"], knn["sigma"], knn["temperature"], knn["lam"], int(knn["sweep_chunk_mb"] * 2**20)
-    )
+        arrays, found, knn["k"], knn["sigma"], knn["temperature"], knn["lam"], int(knn["sweep_chunk_mb"] * 2**20),
+        knn["knnlm_kernel"], knn["tau"],
+    )  # fmt: skip
     io.write_csv(out_path, table)
 
 
@@ -204,7 +205,9 @@ def summarize(run: dict) -> tuple[dict, dict]:
         "resmem_test_acc": resmem["test_accuracy"],
         "resmem_gain": resmem["gain"],
         "knnlm_k": knnlm["k"],
-        "knnlm_sigma": knnlm["sigma"],
+        "knnlm_kernel": knnlm["kernel"],
+        "knnlm_sigma": knnlm.get("sigma", float("nan")),  # the l2 kernel's width
+        "knnlm_tau": knnlm.get("tau", float("nan")),  # the published squared_l2 kernel's temperature
         "knnlm_lam": knnlm["lam"],
         "knnlm_test_acc": knnlm["test_accuracy"],
         "knnlm_gain": knnlm["gain"],

@@ -8,9 +8,10 @@ image-classification math of `resmem.core`:
 
 and since the key is h_i itself, a neighbor's residual is recomputed from its key and the output layer
 (`KeyLogits`): no V-wide residual or logit matrix is ever stored. The kNN-LM baseline (Khandelwal et al. 2020)
-uses the same neighbors and kernel weights w_j = softmax(−d/σ)_j:
+uses the same neighbors, as published: weights w_j = softmax(−d_j²/τ) over squared L2 distances, and the
+mixture in log space (`knnlm_sweep`):
 
-    p_kNN(v) = Σ_j w_j [y_j = v],    p = λ·p_kNN + (1 − λ)·softmax(W h)
+    p_kNN(v) = Σ_j w_j [y_j = v],    log p = logsumexp(log(1 − λ) + log softmax(W h), log λ + log p_kNN)
 
 ResMem's score vector is not a probability distribution (it sums to 1 but may be negative), so it has an
 accuracy and no perplexity; base and kNN-LM have both.
@@ -57,6 +58,15 @@ def log_likelihoods(logits, labels, chunk: int = 4096) -> np.ndarray:
     return out
 
 
+KNN_LOG_FLOOR = -10_000.0  # log p_kNN of a token no neighbor holds, as knn-transformers floors log(0)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def knnlm_sweep(
     query_logits,
     query_labels: np.ndarray,
@@ -64,47 +74,72 @@ def knnlm_sweep(
     idx: np.ndarray,
     train_next: np.ndarray,
     ks,
-    sigmas,
+    widths,
     lambdas,
+    kernel: str = "squared_l2",
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
     progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """kNN-LM at every (k, σ, λ): (number of correct argmax predictions, sum of −log p(y)), both shaped
-    (len(ks), len(sigmas), len(lambdas)). A zero probability (λ = 1 and y among no neighbor) gives inf."""
+    """kNN-LM at every (k, width, λ): (number of correct argmax predictions, sum of −log p(y)), both shaped
+    (len(ks), len(widths), len(lambdas)).
+
+    As published (Khandelwal et al. 2020; neulab/knn-transformers): with kernel "squared_l2" the neighbors'
+    weights are softmax(−d²/τ) over the squared L2 distances (`widths` = the τ grid; "l2": softmax(−d/σ),
+    ResMem's kernel), p_kNN(v) = Σ_j w_j [y_j = v], and the mixture is taken in log space,
+    log p = logsumexp(log(1−λ) + log p_LM, log λ + log p_kNN), with log p_kNN floored at KNN_LOG_FLOOR where no
+    neighbor holds the token. So λ = 1 and no neighbor of the right token costs a large finite loss (10,000
+    nats) instead of the infinite one of the linear mixture λ·p_kNN + (1−λ)·p_LM, which it equals elsewhere."""
     query_labels = np.asarray(query_labels)
     train_next = np.asarray(train_next)
     check_neighbors(np.asarray(dist), np.asarray(idx), len(train_next))
+    if kernel not in ("squared_l2", "l2"):
+        raise ValueError(f"unknown kNN-LM kernel {kernel!r}; use squared_l2 or l2")
+    kernel_dist = np.square(np.asarray(dist, np.float64)) if kernel == "squared_l2" else dist
     vocab = np.shape(query_logits)[1]
     lambdas = np.asarray(lambdas, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        log_lam, log_rest = np.log(lambdas), np.log1p(-lambdas)  # −inf at λ = 0 and λ = 1: one term drops out
 
     def one_hot(rows):
         v = np.zeros((*rows.shape, vocab))
         np.put_along_axis(v, train_next[rows][..., None], 1.0, axis=-1)
         return v
 
-    shape = (len(ks), len(sigmas), len(lambdas))
+    shape = (len(ks), len(widths), len(lambdas))
     correct, nll = np.zeros(shape, dtype=np.int64), np.zeros(shape)
     lm_start = None
-    # The chunk holds len(lambdas) mixtures of the (queries, σ, V) block at once.
+    # The chunk holds len(lambdas) mixtures of the (queries, widths, V) block at once.
     per_block = max(1, chunk_bytes // (len(lambdas) + 1))
-    for start, stop, i, p_knn in kernel_prefix_means(dist, idx, ks, sigmas, one_hot, vocab, per_block, progress):
+    blocks = kernel_prefix_means(kernel_dist, idx, ks, widths, one_hot, vocab, per_block, progress)
+    for start, stop, i, p_knn in blocks:
         if start != lm_start:
-            p_lm, lm_start = softmax(query_logits[start:stop])[:, None, :], start
+            log_lm, lm_start = log_softmax(query_logits[start:stop])[:, None, :], start
             y = query_labels[start:stop]
-        for j, lam in enumerate(lambdas):
-            p = lam * p_knn + (1.0 - lam) * p_lm  # (Q, S, V)
-            correct[i, :, j] += (p.argmax(axis=2) == y[:, None]).sum(axis=0)
-            with np.errstate(divide="ignore"):
-                nll[i, :, j] -= np.log(p[np.arange(len(y)), :, y]).sum(axis=0)
+        with np.errstate(divide="ignore"):
+            log_knn = np.maximum(np.log(p_knn), KNN_LOG_FLOOR)  # (Q, widths, V)
+        for j in range(len(lambdas)):
+            log_p = np.logaddexp(log_rest[j] + log_lm, log_lam[j] + log_knn)
+            correct[i, :, j] += (log_p.argmax(axis=2) == y[:, None]).sum(axis=0)
+            nll[i, :, j] -= log_p[np.arange(len(y)), :, y].sum(axis=0)
     return correct, nll
 
 
 def sweep_table(
-    arrays: dict, neighbors: dict, ks, sigmas, temperatures, lambdas, chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES
+    arrays: dict,
+    neighbors: dict,
+    ks,
+    sigmas,
+    temperatures,
+    lambdas,
+    chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
+    knnlm_kernel: str = "squared_l2",
+    taus=(1.0,),
 ) -> pd.DataFrame:
-    """Next-token accuracy (and perplexity where it exists) of base, ResMem (k, σ, T) and kNN-LM (k, σ, λ) on
-    val and test. `arrays` is a datastore (`resmem.lm.stages.load_datastore`); `neighbors` holds
+    """Next-token accuracy (and perplexity where it exists) of base, ResMem (k, σ, T; kernel l2) and kNN-LM
+    (k, τ, λ with the published squared_l2 kernel, or k, σ, λ with `knnlm_kernel` l2) on val and test; the
+    `kernel` column says which. `arrays` is a datastore (`resmem.lm.stages.load_datastore`); `neighbors` holds
     <split>_dist/<split>_idx into its training rows from one search at the largest k."""
+    width_name, widths = ("tau", taus) if knnlm_kernel == "squared_l2" else ("sigma", sigmas)
     train_logits = KeyLogits(arrays["train_keys"], arrays["head_weight"], arrays["head_bias"])
     rows = []
     for split in QUERY_SPLITS:
@@ -114,13 +149,15 @@ def sweep_table(
         base_correct = sum(
             int((logits[s : s + 4096].argmax(axis=1) == labels[s : s + 4096]).sum()) for s in range(0, n, 4096)
         )
+        base_loss = float(-log_likelihoods(logits, labels).mean())
         rows.append(
             {
                 "method": "base",
                 "split": split,
                 "k": 0,
                 "accuracy": base_correct / n,
-                "perplexity": float(np.exp(-log_likelihoods(logits, labels).mean())),
+                "loss": base_loss,
+                "perplexity": float(np.exp(base_loss)),
             }
         )
         bar = dict(total=n * (len(temperatures) + 1), unit="query", file=sys.stderr, dynamic_ncols=True)
@@ -130,22 +167,28 @@ def sweep_table(
                 chunk_bytes, progress,
             )  # fmt: skip
             knn_correct, knn_nll = knnlm_sweep(
-                logits, labels, dist, idx, arrays["train_next"], ks, sigmas, lambdas, chunk_bytes, progress
-            )
+                logits, labels, dist, idx, arrays["train_next"], ks, widths, lambdas, knnlm_kernel, chunk_bytes,
+                progress,
+            )  # fmt: skip
         for i, k in enumerate(ks):
             for s, sigma in enumerate(sigmas):
-                common = {"split": split, "k": int(k), "sigma": float(sigma)}
+                common = {"split": split, "k": int(k), "kernel": "l2", "sigma": float(sigma)}
                 for t, temperature in enumerate(temperatures):
                     accuracy = resmem[t, i, s] / n
                     rows.append({"method": "resmem", **common, "temperature": temperature, "accuracy": accuracy})
+            for w, width in enumerate(widths):
                 for j, lam in enumerate(lambdas):
                     rows.append(
                         {
                             "method": "knnlm",
-                            **common,
+                            "split": split,
+                            "k": int(k),
+                            "kernel": knnlm_kernel,
+                            width_name: float(width),
                             "lam": float(lam),
-                            "accuracy": knn_correct[i, s, j] / n,
-                            "perplexity": float(np.exp(knn_nll[i, s, j] / n)),
+                            "accuracy": knn_correct[i, w, j] / n,
+                            "loss": knn_nll[i, w, j] / n,  # mean −log p: finite even where exp overflows
+                            "perplexity": float(np.exp(min(knn_nll[i, w, j] / n, 709.0))),  # no overflow
                         }
                     )
     return pd.DataFrame(rows, columns=list(LM_SWEEP_COLUMNS))
@@ -159,8 +202,13 @@ def select(table: pd.DataFrame) -> dict:
     base = table[table.method == "base"]
     resmem = pd.concat([base, table[table.method == "resmem"]])
     knnlm = pd.concat([base, table[table.method == "knnlm"]])
-    return {
+    kernel = knnlm.kernel.dropna().iloc[0]
+    width = "tau" if kernel == "squared_l2" else "sigma"  # the kernel's width parameter
+    chosen = {
         "resmem": choose(resmem, "temperature"),
-        "knnlm": choose(knnlm, "lam"),
-        "knnlm_perplexity": choose(knnlm, "lam", "perplexity", higher_is_better=False),
+        "knnlm": choose(knnlm, "lam", width=width),
+        "knnlm_perplexity": choose(knnlm, "lam", "perplexity", higher_is_better=False, width=width),
     }
+    for method in ("knnlm", "knnlm_perplexity"):
+        chosen[method]["kernel"] = kernel
+    return chosen

@@ -103,7 +103,8 @@ KINDS = [
         run=LM_STORE,
         datastore=f"{LM_RUN}/datastore.npz",
         stages="resmem.lm.stages",
-        grid=("k", "sigma", "temperature", "lam"),  # lam: kNN-LM's interpolation weight
+        # kNN-LM's interpolation weight lam, its kernel and that kernel's temperatures tau
+        grid=("k", "sigma", "temperature", "lam", "knnlm_kernel", "tau"),
         figures=LM_FIGURES,
         summary_caption="../report/lm_summary.rst",
         run_files={
