@@ -24,7 +24,16 @@ METHODS = (  # (label, summary column prefix, color, marker)
     ("ResMem", "resmem", RESMEM_COLOR, "s"),
     ("kNN-LM", "knnlm", KNN_COLOR, "^"),
 )
-LM_SELECTION = "ResMem's (k, σ, T) and kNN-LM's (k, σ, λ) chosen by val accuracy"
+def lm_selection(summary: pd.DataFrame) -> str:
+    return f"ResMem's (k, σ, T) and kNN-LM's (k, {SYMBOLS[_knnlm_width(summary)]}, λ) chosen by val accuracy"
+
+
+SYMBOLS = {"sigma": "σ", "tau": "τ"}
+
+
+def _knnlm_width(summary: pd.DataFrame) -> str:
+    """The column of kNN-LM's kernel width: tau of its published squared_l2 kernel, or sigma of the l2 kernel."""
+    return "tau" if (summary.knnlm_kernel == "squared_l2").all() else "sigma"
 NO_PERPLEXITY = (
     "ResMem has no perplexity: its score softmax(Wh/T) + Σ w_j r_j sums to 1 but can be negative, so it is not "
     "a distribution; it is compared on next-token accuracy."
@@ -51,11 +60,11 @@ def _knnlm_formulation(summary: pd.DataFrame) -> str:
 
 def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
     seeds = ", ".join(str(int(s)) for s in sorted(summary.seed.unique()))
-    width = "τ" if (summary.knnlm_kernel == "squared_l2").all() else "σ"
+    width = SYMBOLS[_knnlm_width(summary)]
     lines = [
         f"# {experiment}: next-token prediction",
         "",
-        f"Test next-token accuracy (%) and perplexity, mean ± std over seeds {seeds}; {LM_SELECTION} "
+        f"Test next-token accuracy (%) and perplexity, mean ± std over seeds {seeds}; {lm_selection(summary)} "
         f"(kNN-LM's perplexity at its (k, {width}, λ) of lowest val perplexity). {_knnlm_formulation(summary)}",
         "",
         "| model | parameters | datastore fraction | datastore entries | base acc | ResMem acc | ResMem gain "
@@ -97,7 +106,7 @@ def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> N
     ax.margins(x=0.15, y=0.25)
     ax.set_title(
         f"{experiment}: next-token accuracy vs model size (full datastore)\n"
-        f"mean ± std over {over_seeds(summary)}; {LM_SELECTION}",
+        f"mean ± std over {over_seeds(summary)}; {lm_selection(summary)}",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
@@ -129,7 +138,7 @@ def plot_gain_vs_datastore(summary: pd.DataFrame, experiment: str, png, pdf) -> 
     ax.set_xlabel("datastore size (fraction of the training positions, log scale)")
     ax.set_ylabel("test accuracy gain over the base model (points)")
     ax.set_title(
-        f"{experiment}: gain vs datastore size\nmean ± std over {over_seeds(summary)}; {LM_SELECTION}",
+        f"{experiment}: gain vs datastore size\nmean ± std over {over_seeds(summary)}; {lm_selection(summary)}",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
@@ -156,7 +165,7 @@ LABELS = {"k": "k (neighbors)", "sigma": "σ", "tau": "τ (d² kernel)", "temper
 def plot_lm_sensitivity(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: str, png, pdf) -> None:
     """Accuracy of ResMem vs k, σ, T and of kNN-LM vs k, τ (or σ), λ, val and test, one row per model; the
     other parameters at each run's val-selected values."""
-    knnlm_width = "tau" if (summary.knnlm_kernel == "squared_l2").all() else "sigma"
+    knnlm_width = _knnlm_width(summary)
     specs = [
         (swept, method, fixed, f"{LABELS[swept]}, {'ResMem' if method == 'resmem' else 'kNN-LM'}",
          RESMEM_COLOR if method == "resmem" else KNN_COLOR)
