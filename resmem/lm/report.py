@@ -24,6 +24,8 @@ METHODS = (  # (label, summary column prefix, color, marker)
     ("ResMem", "resmem", RESMEM_COLOR, "s"),
     ("kNN-LM", "knnlm", KNN_COLOR, "^"),
 )
+
+
 def lm_selection(summary: pd.DataFrame) -> str:
     return f"ResMem's (k, σ, T) and kNN-LM's (k, {SYMBOLS[_knnlm_width(summary)]}, λ) chosen by val accuracy"
 
@@ -34,6 +36,8 @@ SYMBOLS = {"sigma": "σ", "tau": "τ"}
 def _knnlm_width(summary: pd.DataFrame) -> str:
     """The column of kNN-LM's kernel width: tau of its published squared_l2 kernel, or sigma of the l2 kernel."""
     return "tau" if (summary.knnlm_kernel == "squared_l2").all() else "sigma"
+
+
 NO_PERPLEXITY = (
     "ResMem has no perplexity: its score softmax(Wh/T) + Σ w_j r_j sums to 1 but can be negative, so it is not "
     "a distribution; it is compared on next-token accuracy."
