@@ -1,5 +1,6 @@
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +72,7 @@ class Kind:
     figures: list
     summary_caption: str
     # input function: the files the index checks the datastore against
-    index_checks: object = no_files
+    index_checks: Callable = no_files
     # each run's files that the aggregate reads besides its sweep and selection
     run_files: dict = field(default_factory=dict)
     # the experiment's files that the aggregate reads
