@@ -268,8 +268,9 @@ def test_auto_augment_of_folders_depends_on_their_size_not_on_the_cache(tmp_path
     make_image_folders(tmp_path)
     small, large = (load_dataset(folder_dataset(tmp_path, image_size=s)).train for s in (32, 64))
     assert resolve_augment("auto", small) == "crop_flip" and resolve_augment("auto", large) == "resized_crop_flip"
-    with pytest.raises(ConfigError, match=r"dataset.cache: memory keeps the images at image_size"):
-        decode(tmp_path / "images.npz", folder_dataset(tmp_path, image_size=64, cache="memory"), "auto", threads=1)
+    with pytest.raises(ConfigError, match=r"invalid config at experiments.x.dataset.cache: memory keeps the images"):
+        decode(tmp_path / "images.npz", folder_dataset(tmp_path, image_size=64, cache="memory"), "auto", 1,
+               "experiments.x")  # fmt: skip
     assert not (tmp_path / "images.npz").exists()
 
 

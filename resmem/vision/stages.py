@@ -30,12 +30,13 @@ def split(out_path, dataset: dict) -> None:
     io.save_npz(out_path, train_pool=np.int64(len(data.train)), test_pool=np.int64(len(data.test)), **parts)
 
 
-def decode(out_path, dataset: dict, augment: str, threads: int) -> None:
+def decode(out_path, dataset: dict, augment: str, threads: int, at: str = "experiments.<name>") -> None:
     """A folder dataset's train and test pools decoded once, by `threads` processes, into uint8 arrays at
     image_size (`resmem.vision.loader.decode`), which train and embed then serve from memory with tensor-op
     augmentation. dataset.cache = memory always decodes; auto decodes when the arrays fit dataset.cache_mb and
     training needs no random-resized crops of the full images, else writes no images (training streams the
-    files). Either way the file records a digest of each pool's file list, which its readers check."""
+    files). Either way the file records a digest of each pool's file list, which its readers check. `at` is the
+    experiment's config key, for messages."""
     import sys
 
     from tqdm import tqdm
@@ -48,7 +49,7 @@ def decode(out_path, dataset: dict, augment: str, threads: int) -> None:
     pools, size = {"train": data.train, "test": data.test}, dataset["image_size"]
     needed_mb = sum(len(pool) for pool in pools.values()) * 3 * size**2 / 2**20
     resolved = resolve_augment(augment, data.train)
-    check_image_cache("experiment", dataset["cache"], resolved)
+    check_image_cache(at, dataset["cache"], resolved)
     resized_crops = resolved == "resized_crop_flip"
     digests = {f"{s}_digest": np.array([file_digest(pool)]) for s, pool in pools.items()}
     if dataset["cache"] == "auto" and (resized_crops or needed_mb > dataset["cache_mb"]):

@@ -3,4 +3,5 @@ from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]):
-    stages.decode(sm.output.images, sm.params.dataset, sm.params.augment, threads=sm.threads)
+    at = f"experiments.{sm.wildcards.experiment}"  # the config key, for messages
+    stages.decode(sm.output.images, sm.params.dataset, sm.params.augment, sm.threads, at)
