@@ -11,6 +11,7 @@ from PIL import Image
 from resmem.config import ConfigError
 from resmem.vision.data import load_dataset, make_split, train_subset
 from resmem.vision.loader import Loader, crop_flip, crop_padding
+from tests.images import decoded, mean_std, plain_inputs
 
 CPU = torch.device("cpu")
 
@@ -191,12 +192,6 @@ def digit_folders(tmp_path_factory):
     return root
 
 
-def decoded(paths) -> torch.Tensor:
-    """The images as PIL decodes them, N×3×H×W in [0, 1]: what a plain 32-px pipeline feeds a network."""
-    images = [np.array(Image.open(p).convert("RGB")) for p in paths]
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 255
-
-
 @pytest.mark.parametrize("augment", ["none", "flip", "crop_flip"])
 def test_folder_evaluation_view_is_the_decoded_image(digit_folders, augment):
     """Networks trained on whole images are evaluated and embedded on the whole image, not a zoomed crop."""
@@ -204,9 +199,7 @@ def test_folder_evaluation_view_is_the_decoded_image(digit_folders, augment):
     rows = np.arange(0, len(data.test), 37)
     loader = Loader(data.test, rows, batch_size=8, device=CPU, augment=augment)
     seen = torch.cat([x for x, _ in loader.epoch()])
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.test.mean, data.test.std))
-    expected = (decoded([data.test.paths[i] for i in rows]) - mean) / std
-    assert torch.equal(seen, expected)
+    assert torch.equal(seen, plain_inputs(data.test, [data.test.paths[i] for i in rows]))
 
 
 def test_resized_crop_training_is_evaluated_on_the_center_crop(digit_folders):
@@ -215,7 +208,7 @@ def test_resized_crop_training_is_evaluated_on_the_center_crop(digit_folders):
     ((seen, _),) = loader.epoch()
     plain = decoded(data.test.paths[:4])
     zoomed = torch.nn.functional.interpolate(plain, size=37, mode="bilinear", antialias=True)[..., 2:34, 2:34]
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.test.mean, data.test.std))
+    mean, std = mean_std(data.test)
     assert (seen * std + mean - zoomed).abs().mean() < 0.02 < (seen * std + mean - plain).abs().mean()
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import snakemake, write_config
-from tests.images import digits_jpeg_folders
+from tests.images import digits_jpeg_folders, plain_inputs
 
 RECIPE = {"epochs": 12, "augment": "none", "lr": 0.01}
 
@@ -73,14 +73,12 @@ def test_folder_model_scores_the_same_on_plain_images(folder_run):
     (its evaluation view is those images, not a zoomed crop of them)."""
     from resmem.vision.data import load_dataset
     from resmem.vision.stages import load_model
-    from tests.test_data import decoded
 
     run = folder_run["workdir"] / "results" / "folder" / "resnet8" / "frac1" / "seed0"
     model, _ = load_model(run / "model.pt")
     data = load_dataset({"name": "imagefolder", "root": str(folder_run["workdir"] / "digit_jpegs"), "image_size": 32})
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.test.mean, data.test.std))
     with torch.inference_mode():
-        logits = model.eval()((decoded(data.test.paths) - mean) / std)
+        logits = model.eval()(plain_inputs(data.test, data.test.paths))
     plain_accuracy = float((logits.argmax(1).numpy() == data.test.labels).mean())
     reported = folder_run["summaries"]["folder"].iloc[0].base_test_acc
     assert plain_accuracy == pytest.approx(reported, abs=1e-9)
@@ -106,7 +104,6 @@ def test_timm_models_train_and_embed_consistently(folder_run):
     logits are the models' own outputs on the test images (features = pooled pre-logits, head = classifier)."""
     from resmem.vision.data import load_dataset
     from resmem.vision.stages import load_model
-    from tests.test_data import decoded
 
     summary = folder_run["summaries"]["timm"].set_index("model")
     assert summary.loc["test_resnet", "base_test_acc"] > 0.8 and summary.loc["vit", "base_test_acc"] > 0.45
@@ -114,9 +111,8 @@ def test_timm_models_train_and_embed_consistently(folder_run):
     data = load_dataset({"name": "imagefolder", "root": str(folder_run["workdir"] / "digit_jpegs"), "image_size": 32})
     run = folder_run["workdir"] / "results" / "timm" / "vit" / "frac1" / "seed0"
     model, _ = load_model(run / "model.pt")
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.test.mean, data.test.std))
     with torch.inference_mode():
-        logits = model.eval()((decoded(data.test.paths[:64]) - mean) / std)
+        logits = model.eval()(plain_inputs(data.test, data.test.paths[:64]))
     with np.load(run / "embeddings.npz") as arrays:
         np.testing.assert_allclose(arrays["test_logits"][:64], logits.numpy(), rtol=1e-4, atol=1e-4)
 
