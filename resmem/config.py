@@ -136,7 +136,32 @@ def _check_lm(at: str, experiment: dict) -> None:
             f"invalid config at {at}.corpus.tokenizer_file: the bpe tokenizer needs a tokenizers JSON file; set it "
             "or use tokenizer: bytes"
         )
-    for model, spec in experiment["models"].items():
+    hf = [model for model, spec in experiment["models"].items() if "hf" in spec]
+    own = [model for model in experiment["models"] if model not in hf]
+    if corpus["tokenizer"] == "model" and own:
+        raise ConfigError(
+            f"invalid config at {at}.corpus.tokenizer: model tokenizes with each Hugging Face model's tokenizer, "
+            f"but {own[0]} is trained here; give it hf, or use tokenizer bytes or bpe"
+        )
+    if hf and corpus["tokenizer"] != "model":
+        raise ConfigError(
+            f"invalid config at {at}.corpus.tokenizer: the Hugging Face model {hf[0]} reads its own tokenizer's ids; "
+            "set corpus.tokenizer: model"
+        )
+    stride = experiment["eval_stride"]
+    if stride is not None and stride > experiment["context"]:
+        raise ConfigError(
+            f"invalid config at {at}.eval_stride: {stride} new tokens per window exceed context = "
+            f"{experiment['context']}; tokens would go unscored"
+        )
+    too_large = [k for k in knn["resmem_k"] or () if k > max(knn["k"])]
+    if too_large:
+        raise ConfigError(
+            f"invalid config at {at}.knn.resmem_k: {too_large} exceed the largest k ({max(knn['k'])}) that the one "
+            "neighbour search finds; lower them or raise knn.k"
+        )
+    for model in own:
+        spec = experiment["models"][model]
         if spec["n_embd"] % spec["n_head"]:
             raise ConfigError(
                 f"invalid config at {at}.models.{model}.n_head: {spec['n_head']} heads do not divide "

@@ -95,9 +95,9 @@ def npz_memmap(path, key: str) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset, order="F" if fortran_order else "C")
 
 
-def load_npz(path, keys, dtypes=None, mmap: bool = False) -> dict[str, np.ndarray]:
-    """Load the named arrays (as read-only memmaps with mmap=True), failing with a message that names the
-    file when one is missing or unreadable."""
+def load_npz(path, keys, dtypes=None, mmap: bool = False, optional=()) -> dict[str, np.ndarray]:
+    """Load the named arrays (as read-only memmaps with mmap=True) and those of `optional` that the file has,
+    failing with a message that names the file when one of `keys` is missing or unreadable."""
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in keys if k not in data.files]
@@ -105,7 +105,8 @@ def load_npz(path, keys, dtypes=None, mmap: bool = False) -> dict[str, np.ndarra
                 raise ArtifactError(
                     f"{path}: missing arrays {missing} (has {sorted(data.files)}); rerun the stage that writes it"
                 )
-            arrays = {k: npz_memmap(path, k) if mmap else data[k] for k in keys}
+            present = [*keys, *(k for k in optional if k in data.files)]
+            arrays = {k: npz_memmap(path, k) if mmap else data[k] for k in present}
     except ArtifactError:
         raise
     except Exception as exc:  # zipfile/pickle/IO errors of a truncated file

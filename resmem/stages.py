@@ -26,10 +26,13 @@ from resmem.io import ArtifactError
 log = logging.getLogger("resmem")
 
 
-def fit_and_save(model, train_loader, val_loader, train_cfg: dict, seed: int, dev, out: dict, meta: dict) -> None:
+def fit_and_save(
+    model, train_loader, val_loader, train_cfg: dict, seed: int, dev, out: dict, meta: dict, copy_weights: bool = True
+) -> None:
     """Train (resuming from the checkpoint beside out["model"]), then write the model with its metadata, the
     per-epoch log (out["train_log"]) and the metadata as JSON (out["meta"]): parameters, device, recipe, seed,
-    time, versions and `meta`."""
+    time, versions and `meta`. Without `copy_weights` (pretrained weights used as they are, which `meta` says
+    where to load from) the model file holds the metadata only."""
     import torch
 
     from resmem.train import count_parameters
@@ -49,22 +52,24 @@ def fit_and_save(model, train_loader, val_loader, train_cfg: dict, seed: int, de
         **meta,
     }
     with io.atomic_path(out["model"]) as tmp:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+        torch.save({"state_dict": model.state_dict() if copy_weights else None, "meta": meta}, tmp)
     io.write_csv(out["train_log"], pd.DataFrame(history, columns=["epoch", "loss", "train_acc", "val_acc", "seconds"]))
     io.write_json(out["meta"], meta)
     checkpoint.unlink(missing_ok=True)
 
 
 def load_model(model_path, build: Callable[[dict], object], rule: str):
-    """(model, meta) from a file that `fit_and_save` wrote; `build(meta)` makes the empty network. A config
-    error in `build` is the user's to fix; any other failure names the file and the rule to rerun."""
+    """(model, meta) from a file that `fit_and_save` wrote; `build(meta)` makes the network (with its pretrained
+    weights where the file holds none). A config error in `build` is the user's to fix; any other failure names
+    the file and the rule to rerun."""
     import torch
 
     try:
         saved = torch.load(model_path, map_location="cpu", weights_only=False)
         meta = saved["meta"]
         model = build(meta)
-        model.load_state_dict(saved["state_dict"])
+        if saved["state_dict"] is not None:
+            model.load_state_dict(saved["state_dict"])
     except ConfigError:
         raise
     except Exception as exc:

@@ -175,7 +175,7 @@ def test_readme_configs_for_your_own_data_are_valid():
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Your own data, your own model") : readme.index("## What ResMem computes")]
     blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     for block in blocks:
         config = validate(yaml.safe_load(block))
         check_timm_names(config)

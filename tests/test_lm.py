@@ -10,7 +10,7 @@ import torch
 from resmem import io
 from resmem.config import ConfigError, validate
 from resmem.lm import stages as lm_stages
-from resmem.lm.model import GPT, TokenWindows, datastore_positions, hidden_states
+from resmem.lm.model import GPT, TokenWindows, datastore_entries, datastore_positions, sliding_windows
 from resmem.lm.stages import load_datastore
 from resmem.stages import RowSubset, datastore_rows
 
@@ -77,26 +77,63 @@ def test_token_windows_cover_the_array_and_shift_targets_by_one():
 
 
 def test_datastore_positions_stride_and_budget():
-    assert datastore_positions(101, 10).tolist() == list(range(100))
-    assert datastore_positions(101, 10, stride=3).tolist() == list(range(0, 100, 3))
-    thinned = datastore_positions(1001, 10, budget=7)
+    assert datastore_positions(101).tolist() == list(range(100))
+    assert datastore_positions(101, stride=3).tolist() == list(range(0, 100, 3))
+    thinned = datastore_positions(1001, budget=7)
     assert len(thinned) == 7 and thinned[0] == 0 and thinned[-1] == 999 and np.all(np.diff(thinned) > 0)
 
 
-def test_hidden_states_are_the_models_own_at_every_position():
+def strided_windows_as_transformers(n_tokens, max_length, stride):
+    """The window (first token, scored targets) of every target token in the transformers perplexity guide's
+    loop, written from the guide: target t is scored by the window whose new tokens include it."""
+    scored_by, prev_end = {}, 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + max_length, n_tokens)
+        for t in range(max(prev_end, begin + 1), end):
+            scored_by[t] = begin
+        prev_end = end
+        if end == n_tokens:
+            break
+    return scored_by
+
+
+@pytest.mark.parametrize("n_tokens,stride", [(300, None), (300, 5), (301, 16), (17, 3), (40, 1)])
+def test_sliding_windows_score_every_position_once_as_transformers(n_tokens, stride):
+    windows = sliding_windows(n_tokens, CONTEXT, stride)
+    expected = strided_windows_as_transformers(n_tokens, CONTEXT + 1, stride or CONTEXT)
+    positions = np.arange(n_tokens - 1)
+    assert sorted(expected) == list(range(1, n_tokens))  # every target once
+    covered = {int(p) + 1: int(windows.starts[w]) for p, w in zip(positions, windows.of(positions), strict=True)}
+    assert covered == expected
+    assert np.all(windows.ends - windows.starts <= CONTEXT)
+
+
+@pytest.mark.parametrize("stride", [None, 5])
+def test_datastore_entries_are_the_models_own_states_in_their_windows(stride):
     torch.manual_seed(0)
-    model = GPT(256, CONTEXT, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(256, CONTEXT, n_layer=2, n_head=2, n_embd=16)
     tokens = np.random.default_rng(0).integers(0, 256, 300).astype(np.int32)
-    positions = np.array([0, 5, 15, 16, 17, 100, 250])
-    blocks = list(hidden_states(model, tokens, positions, CONTEXT, batch_size=2, device=torch.device("cpu")))
-    keys = np.concatenate([b[0] for b in blocks])
-    following = np.concatenate([b[1] for b in blocks])
-    assert following.tolist() == tokens[positions + 1].tolist()
+    positions = np.array([0, 5, 15, 16, 17, 100, 250, 298])
+    windows = sliding_windows(len(tokens), CONTEXT, stride)
+    blocks = list(datastore_entries(model, tokens, positions, windows, 2, "cpu", key="last_ffn_input"))
+    hidden = np.concatenate([b[0]["hidden"] for b in blocks])
+    ffn_input = np.concatenate([b[0]["key"] for b in blocks])
+    assert np.concatenate([b[1] for b in blocks]).tolist() == tokens[positions + 1].tolist()
+    scored_by = strided_windows_as_transformers(len(tokens), CONTEXT + 1, stride or CONTEXT)
     with torch.inference_mode():
-        for key, p in zip(keys, positions, strict=True):
-            start = p // CONTEXT * CONTEXT
-            window = torch.from_numpy(tokens[start : start + CONTEXT].astype(np.int64))[None]
-            np.testing.assert_allclose(key, model.hidden(window)[0, p - start].numpy(), rtol=1e-5, atol=1e-6)
+        for h, f, p in zip(hidden, ffn_input, positions, strict=True):
+            start = scored_by[p + 1]
+            window = torch.from_numpy(tokens[start : p + 1].astype(np.int64))[None]
+            np.testing.assert_allclose(h, model.hidden(window)[0, -1].numpy(), rtol=1e-5, atol=1e-6)
+            # The last block's MLP input, computed by hand: its LayerNorm of the stream after attention.
+            x = model.token_embedding(window) + model.position_embedding(torch.arange(window.shape[1]))
+            x = model.blocks[0](x)
+            last = model.blocks[1]
+            q, k, v = last.qkv(last.ln_attn(x)).split(16, dim=2)
+            q, k, v = (z.view(1, -1, 2, 8).transpose(1, 2) for z in (q, k, v))
+            attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + last.proj(attended.transpose(1, 2).reshape(1, -1, 16))
+            np.testing.assert_allclose(f, last.ln_mlp(x)[0, -1].numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_trained_datastore_round_trips(corpus):
@@ -107,9 +144,9 @@ def test_trained_datastore_round_trips(corpus):
                     seed=0, device="cpu", threads=1, config={})  # fmt: skip
     history = np.genfromtxt(root / "log.csv", delimiter=",", names=True)
     assert len(history) == 2 and history["loss"][1] < history["loss"][0]
-    store = {"stride": 2, "max_tokens": 1000, "batch_size": 4}
+    store = {"key": "final_hidden", "stride": 2, "max_tokens": 1000, "batch_size": 4}
     lm_stages.datastore(root / "corpus.npz", root / "model.pt", root / "ds.npz", root / "ds.json", store, 300,
-                        amp=False, device="cpu", threads=1)  # fmt: skip
+                        eval_stride=None, amp=False, device="cpu", threads=1)  # fmt: skip
     arrays = load_datastore(root / "ds.npz")
     assert arrays["train_keys"].dtype == np.float16 and arrays["val_keys"].dtype == np.float32
     assert len(arrays["train_pos"]) == 1000 and len(arrays["val_pos"]) == len(arrays["test_pos"]) == 300
@@ -117,7 +154,9 @@ def test_trained_datastore_round_trips(corpus):
         assert arrays[f"{split}_next"].tolist() == tokens[split][arrays[f"{split}_pos"] + 1].tolist()
     model, _ = lm_stages.load_lm(root / "model.pt")
     positions = arrays["train_pos"][[0, 1, 500, 999]]
-    direct = np.concatenate([b[0] for b in hidden_states(model, tokens["train"], positions, CONTEXT, 4, "cpu")])
+    windows = sliding_windows(len(tokens["train"]), CONTEXT)
+    entries = datastore_entries(model, tokens["train"], positions, windows, 4, "cpu")
+    direct = np.concatenate([states["hidden"] for states, _ in entries])
     np.testing.assert_allclose(arrays["train_keys"][[0, 1, 500, 999]], direct, rtol=2e-3, atol=2e-3)  # float16
     np.testing.assert_array_equal(arrays["head_weight"], model.token_embedding.weight.detach().numpy())
     report = json.loads((root / "ds.json").read_text())
@@ -246,7 +285,8 @@ def test_bpe_text_corpus_end_to_end_through_the_stages(tmp_path):
     lm_stages.train(tmp_path / "corpus.npz", tmp_path / "corpus.json", out, cfg["models"]["m"], cfg["train"], 8, 200,
                     seed=0, device="cpu", threads=1, config={})  # fmt: skip
     lm_stages.datastore(tmp_path / "corpus.npz", tmp_path / "model.pt", tmp_path / "ds.npz", tmp_path / "ds.json",
-                        {"stride": 1, "max_tokens": None, "batch_size": 8}, 100, False, "cpu", threads=1)  # fmt: skip
+                        {"key": "final_hidden", "stride": 1, "max_tokens": None, "batch_size": 8}, 100, None, False,
+                        "cpu", threads=1)  # fmt: skip
     assert load_datastore(tmp_path / "ds.npz")["head_weight"].shape == (vocab, 16)
     index = {"index": tmp_path / "i.faiss", "rows": tmp_path / "rows.npz"}
     lm_stages.index(tmp_path / "ds.npz", index, knn(), "cpu")

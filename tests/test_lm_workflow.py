@@ -50,9 +50,9 @@ def lm_run(tmp_path_factory):
 
 def test_corpus_and_datastore(lm_run):
     results = lm_run["results"]
-    meta = json.loads((results / "corpus.json").read_text())
+    meta = json.loads((results / "corpus" / "bytes.json").read_text())
     assert meta["vocab_size"] == 256 and meta["python_version"]
-    with np.load(results / "corpus.npz") as corpus:
+    with np.load(results / "corpus" / "bytes.npz") as corpus:
         train_tokens = corpus["train_tokens"]
         for split, budget in (("train", 40_000), ("val", 6_000), ("test", 6_000)):
             # Byte tokens: the budget's bytes plus a two-byte separator after each file.
@@ -103,7 +103,7 @@ def test_summary_figures_and_provenance(lm_run):
         assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000
         assert (results / "figures" / f"{figure}.pdf").exists()
     provenance = json.loads((results / "provenance.json").read_text())
-    assert provenance["corpus"]["python_version"] and provenance["corpus"]["sha256"]
+    assert provenance["corpora"]["bytes"]["python_version"] and provenance["corpora"]["bytes"]["sha256"]
     assert provenance["config"]["lm_experiments"]["lm_smoke"]["context"] == 32
     assert "torch" in provenance["versions"]
 
@@ -119,18 +119,21 @@ def test_rerun_is_a_no_op_and_a_lambda_change_reruns_only_the_sweep(lm_run):
     assert planned == {"lm_sweep": 4, "lm_select": 4, "lm_aggregate": 1, "all": 1}
 
 
-def test_lm_paper_config_dry_runs_offline(tmp_path):
+@pytest.mark.parametrize("name,models,corpora", [("lm", 4, 1), ("wikitext103_gpt2", 3, 1)])
+def test_lm_paper_configs_dry_run_offline(tmp_path, name, models, corpora):
+    """Every job is planned offline (no dataset, no Hugging Face model fetched), the three GPT-2 models share
+    one tokenized corpus, and README states the job count."""
     import re
 
-    proc = snakemake(tmp_path, "-n", configfile=REPO / "config" / "paper" / "lm.yaml")
+    proc = snakemake(tmp_path, "-n", configfile=REPO / "config" / "paper" / f"{name}.yaml")
     planned = planned_jobs(proc.stdout)
-    stores = 4 * 4  # models × datastore fractions
+    stores = models * 4  # models × datastore fractions
     assert planned == {
-        "lm_corpus": 1, "lm_train": 4, "lm_datastore": 4, "lm_index": stores, "lm_neighbors": stores,
-        "lm_sweep": stores, "lm_select": stores, "lm_aggregate": 1, "all": 1,
+        "lm_corpus": corpora, "lm_train": models, "lm_datastore": models, "lm_index": stores,
+        "lm_neighbors": stores, "lm_sweep": stores, "lm_select": stores, "lm_aggregate": 1, "all": 1,
     }  # fmt: skip
     readme = (REPO / "README.md").read_text()
-    assert re.search(rf"\| `config/paper/lm.yaml` \| {sum(planned.values())} \|", readme)
+    assert re.search(rf"\| `config/paper/{name}.yaml` \| {sum(planned.values())} \|", readme)
 
 
 def test_report_holds_the_lm_figures_with_captions(lm_run):

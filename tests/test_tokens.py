@@ -1,6 +1,7 @@
 """Token-level ResMem and kNN-LM against independent brute-force implementations on a tiny vocabulary."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
@@ -87,6 +88,27 @@ def test_token_resmem_equals_brute_force():
                     assert row.accuracy.item() == pytest.approx(expected), (split, k, sigma, temperature)
 
 
+def test_resmem_k_grid_is_its_own_and_final_hidden_states_give_the_logits():
+    """knn.resmem_k: ResMem on the first neighbours only (same accuracies as with the full grid); a datastore whose
+    search keys are another state recomputes logits and residuals from its final hidden states."""
+    arrays = datastore(3)
+    found = neighbors(arrays, max(KS))
+    full = sweep_table(arrays, found, KS, SIGMAS, TEMPERATURES, LAMBDAS)
+    short = sweep_table(arrays, found, KS, SIGMAS, TEMPERATURES, LAMBDAS, resmem_ks=[1, 3])
+    assert sorted(short[short.method == "resmem"].k.unique()) == [1, 3]
+    pd.testing.assert_frame_equal(
+        short[short.method != "resmem"].reset_index(drop=True), full[full.method != "resmem"].reset_index(drop=True)
+    )
+    expected = full[(full.method == "resmem") & full.k.isin([1, 3])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(short[short.method == "resmem"].reset_index(drop=True), expected)
+    # The same states stored as hidden beside unrelated search keys: the table is unchanged.
+    rng = np.random.default_rng(9)
+    split_keys = {f"{s}_keys": rng.normal(size=arrays[f"{s}_keys"].shape).astype(np.float32) for s in ("val", "test")}
+    moved = {**arrays, **{f"{s}_hidden": arrays[f"{s}_keys"] for s in ("train", "val", "test")}, **split_keys}
+    moved["train_keys"] = rng.normal(size=arrays["train_keys"].shape).astype(np.float16)
+    pd.testing.assert_frame_equal(sweep_table(moved, found, KS, SIGMAS, TEMPERATURES, LAMBDAS), full)
+
+
 def test_knnlm_with_the_l2_kernel_equals_the_linear_interpolation_formula():
     """With ResMem's kernel, kNN-LM's log-space mixture is λ·p_kNN + (1−λ)·p_LM; at λ = 1 a token no neighbor
     holds costs the floor, 10,000 nats, where the linear formula gives an infinite loss."""
@@ -107,6 +129,37 @@ def test_knnlm_with_the_l2_kernel_equals_the_linear_interpolation_formula():
                 # Logits and distances are float32 here, float64 in the reference.
                 assert nll[i, s, j] == pytest.approx(-log_p.sum(), rel=1e-6), (k, sigma, lam)
     assert np.isfinite(nll).all() and nll[0, 0, -1] > 10_000  # k = 1, λ = 1: most tokens held by no neighbor
+
+
+@pytest.mark.parametrize("kernel", ["squared_l2", "l2"])
+def test_sparse_knnlm_equals_the_dense_mixture_over_the_vocabulary_with_ties(kernel):
+    """The sweep scores only the tokens the neighbors hold; a dense log-space mixture over all V tokens (argmax:
+    the lowest id among equal scores) gives the same predictions and losses, on data built to tie: integer
+    logits (tied base predictions), duplicated keys (tied distances) and few distinct next tokens."""
+    rng = np.random.default_rng(4)
+    vocab, n_train, n_query, ks, widths, lambdas = 11, 200, 120, [1, 3, 16], [0.5, 4.0], [0.0, 0.3, 0.7, 1.0]
+    train = np.repeat(np.round(rng.normal(size=(n_train // 4, 3)), 1), 4, axis=0)
+    queries = np.round(rng.normal(size=(n_query, 3)), 1)
+    logits = np.round(rng.normal(size=(n_query, vocab)) * 1.5)
+    train_next, labels = rng.integers(0, 4, n_train), rng.integers(0, vocab, n_query)
+    distance = np.sqrt(((queries[:, None] - train[None]) ** 2).sum(-1))
+    idx = np.argsort(distance, axis=1, kind="stable")[:, : max(ks)]
+    dist = np.take_along_axis(distance, idx, axis=1)
+    correct, nll = knnlm_sweep(logits, labels, dist, idx, train_next, ks, widths, lambdas, kernel, chunk_bytes=5_000)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_lm = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    kernel_dist = dist**2 if kernel == "squared_l2" else dist
+    for i, k in enumerate(ks):
+        for w, width in enumerate(widths):
+            u = np.exp(-(kernel_dist[:, :k] - kernel_dist[:, :1]) / width)
+            p_knn = np.zeros((n_query, vocab))
+            np.add.at(p_knn, (np.arange(n_query)[:, None], train_next[idx[:, :k]]), u / u.sum(axis=1, keepdims=True))
+            with np.errstate(divide="ignore"):
+                log_knn = np.maximum(np.log(p_knn), -10_000.0)
+                for j, lam in enumerate(lambdas):
+                    log_p = np.logaddexp(np.log1p(-lam) + log_lm, np.log(lam) + log_knn)
+                    assert correct[i, w, j] == (log_p.argmax(axis=1) == labels).sum(), (k, width, lam)
+                    assert nll[i, w, j] == pytest.approx(-log_p[np.arange(n_query), labels].sum(), rel=1e-12)
 
 
 def published_knnlm_perplexity(arrays, split, k, tau, lam) -> float:

@@ -9,6 +9,8 @@ DATASTORE_KEYS = (
     "head_weight",
     "head_bias",
 )
+# Written only where datastore.key is not final_hidden: the final hidden states beside the search keys.
+DATASTORE_HIDDEN_KEYS = tuple(f"{split}_hidden" for split in SPLITS)
 # kernel: l2 (weights softmax(−d/σ)) or squared_l2 (softmax(−d²/τ), kNN-LM as published); a row has σ or τ.
 # loss: mean −log p(y) in nats (base, kNN-LM); perplexity = exp(loss).
 LM_SWEEP_COLUMNS = (
@@ -21,6 +23,8 @@ LM_SUMMARY_COLUMNS = (
     "datastore_size",
     "seed",
     "parameters",
+    "datastore_key",
+    "eval_stride",
     "base_test_acc",
     "base_test_ppl",
     "resmem_k",

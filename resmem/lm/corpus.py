@@ -339,11 +339,12 @@ def content_hash(docs) -> str:
     return h.hexdigest()
 
 
-def build_corpus(cfg: dict) -> tuple[dict[str, np.ndarray], dict]:
+def build_corpus(cfg: dict, tokenizer_source: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Token ids per split ({"train", "val", "test"}: int32 1-D arrays, each document followed by the
-    separator) and a JSON-serializable metadata dict; cfg is the corpus section of an lm experiment."""
+    separator) and a JSON-serializable metadata dict; cfg is the corpus section of an lm experiment,
+    `tokenizer_source` the Hugging Face model whose tokenizer `tokenizer: model` means."""
     start = time.perf_counter()
-    tokenizer = make_tokenizer(cfg)
+    tokenizer = make_tokenizer(cfg, tokenizer_source)
     docs, source = _source(cfg)
     tokens, splits, files = {}, {}, {}
     for split in SPLITS:

@@ -18,16 +18,18 @@ from resmem import io
 from resmem import stages as shared
 from resmem.artifacts import QUERY_SPLITS, SPLITS
 from resmem.io import ArtifactError
-from resmem.lm.artifacts import CORPUS_KEYS, DATASTORE_KEYS, LM_SUMMARY_COLUMNS
+from resmem.lm.artifacts import CORPUS_KEYS, DATASTORE_HIDDEN_KEYS, DATASTORE_KEYS, LM_SUMMARY_COLUMNS
 from resmem.stages import fit_and_save, read_json
 
 log = logging.getLogger("resmem")
 
 
-def corpus(npz_path, meta_path, corpus_cfg: dict) -> None:
+def corpus(npz_path, meta_path, corpus_cfg: dict, tokenizer_source: str | None = None) -> None:
+    """The corpus's token arrays and metadata; `tokenizer_source`: the Hugging Face model (or tokenizer) whose
+    tokenizer `corpus.tokenizer: model` means."""
     from resmem.lm.corpus import build_corpus
 
-    tokens, meta = build_corpus(corpus_cfg)
+    tokens, meta = build_corpus(corpus_cfg, tokenizer_source)
     log.info("corpus %s: %s tokens", corpus_cfg["name"], {s: len(t) for s, t in tokens.items()})
     io.save_npz(npz_path, **{f"{s}_tokens": tokens[s] for s in SPLITS})
     io.write_json(meta_path, meta)
@@ -50,31 +52,39 @@ def train(
     threads: int,
     config: dict,
 ) -> None:
-    """Train the transformer `spec` with `recipe` (the experiment's train section) on the corpus:
-    out["model"], out["train_log"], out["meta"]."""
+    """Train the model `spec` with `recipe` (the experiment's train section; a Hugging Face model's own `epochs`)
+    on the corpus: out["model"], out["train_log"], out["meta"]. A model not trained (epochs 0) is evaluated as it
+    is, its train accuracy on the first eval_tokens training tokens; a Hugging Face model's file then records
+    where its weights are instead of a copy of them."""
     import torch
 
     from resmem.device import torch_device
-    from resmem.lm.model import TokenWindows, build_lm
+    from resmem.lm.model import TokenWindows, build_lm, check_fits, hf_commit
     from resmem.train import seed_everything
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
     tokens = load_tokens(corpus_path)
     vocab_size = read_json(corpus_meta_path)["vocab_size"]
-    train_loader = TokenWindows(tokens["train"], context, recipe["batch_size"], dev)
+    if "hf" in spec:
+        recipe = {**recipe, "epochs": spec["epochs"]}
+    train_tokens = tokens["train"] if recipe["epochs"] else tokens["train"][: eval_tokens + 1]
+    train_loader = TokenWindows(train_tokens, context, recipe["batch_size"], dev)
     val_loader = TokenWindows(tokens["val"][: eval_tokens + 1], context, recipe["batch_size"], dev)
     seed_everything(seed)
     network = build_lm(spec, vocab_size, context)
+    check_fits(network, vocab_size, context, spec)
     log.info("model %s: %d training tokens; training on %s", spec, len(tokens["train"]), dev)
     meta = {
         "model": spec,
         "vocab_size": vocab_size,
         "context": context,
         "train_tokens": len(tokens["train"]),
+        "hf_commit": hf_commit(network),  # the hub commit of a Hugging Face model's weights (None: a folder)
         "config": config,
     }
-    fit_and_save(network, train_loader, val_loader, recipe, seed, dev, out, meta)
+    copy_weights = "hf" not in spec or recipe["epochs"] > 0
+    fit_and_save(network, train_loader, val_loader, recipe, seed, dev, out, meta, copy_weights)
 
 
 def load_lm(model_path):
@@ -86,54 +96,75 @@ def load_lm(model_path):
 
 
 def datastore(
-    corpus_path, model_path, out_path, report_path, store: dict, eval_tokens: int, amp: bool, device: str, threads: int
+    corpus_path,
+    model_path,
+    out_path,
+    report_path,
+    store: dict,
+    eval_tokens: int,
+    eval_stride: int | None,
+    amp: bool,
+    device: str,
+    threads: int,
 ) -> None:
-    """Keys (final hidden states; float16 for the training datastore, float32 for the val/test queries), next
-    tokens and positions, and the output layer, streamed to disk; the report gives tokens/s."""
+    """Per split, the entries of its positions in sliding windows (`resmem.lm.model.sliding_windows`): keys
+    (float16 for the training datastore, float32 for the val/test queries), the final hidden states where the
+    key (store["key"]) is another state, next tokens and positions; and the output layer, all streamed to disk.
+    The report gives tokens/s."""
     import sys
 
     import torch
     from tqdm import tqdm
 
     from resmem.device import torch_device
-    from resmem.lm.model import datastore_positions, hidden_states
+    from resmem.lm.model import datastore_entries, datastore_positions, output_layer, sliding_windows
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
     model, meta = load_lm(model_path)
     tokens = load_tokens(corpus_path)
-    context = meta["context"]
+    context, key = meta["context"], store["key"]
     amp = amp and dev.type == "cuda"
     positions = {
-        "train": datastore_positions(len(tokens["train"]), context, store["stride"], store["max_tokens"]),
-        **{s: datastore_positions(len(tokens[s]), context, 1, eval_tokens) for s in QUERY_SPLITS},
+        "train": datastore_positions(len(tokens["train"]), store["stride"], store["max_tokens"]),
+        **{s: datastore_positions(len(tokens[s]), 1, eval_tokens) for s in QUERY_SPLITS},
     }
+    windows = {s: sliding_windows(len(tokens[s]), context, eval_stride) for s in SPLITS}
     key_dtype = {"train": np.float16, "val": np.float32, "test": np.float32}
+    stored = {"keys": "key", "hidden": "hidden"} if key != "final_hidden" else {"keys": "hidden"}
+    widths = {}
 
     def blocks():
         for s in SPLITS:
             with tqdm(total=len(positions[s]), desc=f"datastore {s}", unit="tok", file=sys.stderr) as bar:
-                for keys, following in hidden_states(
-                    model, tokens[s], positions[s], context, store["batch_size"], dev, amp
+                for states, following in datastore_entries(
+                    model, tokens[s], positions[s], windows[s], store["batch_size"], dev, key, amp
                 ):
-                    yield f"{s}_keys", keys.astype(key_dtype[s])
-                    yield f"{s}_next", following.astype(np.int64)
-                    bar.update(len(keys))
+                    for name, state in stored.items():
+                        widths[name] = states[state].shape[1]
+                        yield f"{s}_{name}", states[state].astype(key_dtype[s])
+                    yield f"{s}_next", following
+                    bar.update(len(following))
             yield f"{s}_pos", positions[s]
-        weight, bias = model.output_layer()
+        weight, bias = output_layer(model)
         yield "head_weight", weight
         yield "head_bias", bias
 
-    rows = {f"{s}_{kind}": len(positions[s]) for s in SPLITS for kind in ("keys", "next", "pos")}
-    rows.update(head_weight=model.head.weight.shape[0], head_bias=model.head.weight.shape[0])
+    vocab = model.get_output_embeddings().weight.shape[0]
+    rows = {f"{s}_{kind}": len(positions[s]) for s in SPLITS for kind in (*stored, "next", "pos")}
+    rows.update(head_weight=vocab, head_bias=vocab)
     start = time.perf_counter()
     io.save_npz_streaming(out_path, blocks(), rows)
     seconds = time.perf_counter() - start
     total = sum(len(p) for p in positions.values())
     report = {
         "entries": {s: len(positions[s]) for s in SPLITS},
-        "key_dim": int(model.head.weight.shape[1]),
+        "key": key,
+        "key_dim": widths.get("keys"),
         "key_dtype": {s: np.dtype(t).name for s, t in key_dtype.items()},
+        "context": context,
+        "eval_stride": eval_stride or context,
+        "windows": {s: len(windows[s].starts) for s in SPLITS},
         "stride": store["stride"],
         "max_tokens": store["max_tokens"],
         "seconds": seconds,
@@ -145,14 +176,19 @@ def datastore(
 
 
 def load_datastore(path) -> dict[str, np.ndarray]:
-    """datastore.npz as read-only memmaps, checked for its documented arrays and row counts."""
-    arrays = io.load_npz(path, DATASTORE_KEYS, mmap=True)
+    """datastore.npz as read-only memmaps, checked for its documented arrays and row counts (a split's final
+    hidden states: `resmem.lm.tokens.final_hidden`)."""
+    arrays = io.load_npz(path, DATASTORE_KEYS, mmap=True, optional=DATASTORE_HIDDEN_KEYS)
     for s in SPLITS:
         n = {len(arrays[f"{s}_{kind}"]) for kind in ("keys", "next", "pos")}
         if len(n) != 1:
             raise ArtifactError(f"{path}: {s}_keys, {s}_next and {s}_pos differ in row count {sorted(n)}")
-    if arrays["head_weight"].shape[1] != arrays["train_keys"].shape[1]:
-        raise ArtifactError(f"{path}: the output layer's width differs from the keys'; delete it and rerun")
+    from resmem.lm.tokens import final_hidden
+
+    if arrays["head_weight"].shape[1] != final_hidden(arrays, "train").shape[1]:
+        raise ArtifactError(
+            f"{path}: the output layer's width differs from the final hidden states'; delete it and rerun"
+        )
     return arrays
 
 
@@ -176,7 +212,7 @@ def sweep(datastore_path, neighbors_path, out_path, knn: dict) -> None:
     found = shared.load_neighbors(neighbors_path, query_rows, max(knn["k"]), datastore_path)
     table = sweep_table(
         arrays, found, knn["k"], knn["sigma"], knn["temperature"], knn["lam"], int(knn["sweep_chunk_mb"] * 2**20),
-        knn["knnlm_kernel"], knn["tau"],
+        knn["knnlm_kernel"], knn["tau"], knn["resmem_k"],
     )  # fmt: skip
     io.write_csv(out_path, table)
 
@@ -189,7 +225,7 @@ def select(sweep_path, out_path) -> None:
 
 def summarize(run: dict) -> tuple[dict, dict]:
     """One run's summary row and its sweep (with the run's columns and selected values)."""
-    chosen, meta = read_json(run["selected"]), read_json(run["meta"])
+    chosen, meta, store = read_json(run["selected"]), read_json(run["meta"]), read_json(run["datastore_report"])
     resmem, knnlm, ppl = chosen["resmem"], chosen["knnlm"], chosen["knnlm_perplexity"]
     row = {
         "model": run["model"],
@@ -197,6 +233,8 @@ def summarize(run: dict) -> tuple[dict, dict]:
         "datastore_size": read_json(run["search"])["ntotal"],
         "seed": run["seed"],
         "parameters": meta["parameters"],
+        "datastore_key": store["key"],  # the search key, for kNN-LM and ResMem alike
+        "eval_stride": store["eval_stride"],
         "base_test_acc": resmem["base_test_accuracy"],
         "base_test_ppl": ppl["base_test_perplexity"],
         "resmem_k": resmem["k"],
@@ -224,12 +262,15 @@ def summarize(run: dict) -> tuple[dict, dict]:
     return row, {"sweeps": sweep}
 
 
-def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir, corpus_meta) -> None:
-    """runs: one dict per model × seed × datastore fraction with keys model, seed, store_fraction and the
-    paths selected, meta, sweep, search (`resmem.stages.run_records`); corpus_meta: the corpus's corpus.json,
-    recorded in the provenance."""
+def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir) -> None:
+    """runs: one dict per model × seed × datastore fraction with keys model, seed, store_fraction, tokenizer and
+    the paths selected, meta, sweep, search, datastore_report and corpus_meta (`resmem.stages.run_records`); each
+    corpus's corpus.json (by tokenizer) goes into the provenance."""
     from resmem.lm.report import write_report
 
-    corpus = {k: v for k, v in read_json(corpus_meta).items() if k != "files"}
+    corpora = {
+        tokenizer: {k: v for k, v in read_json(path).items() if k != "files"}
+        for tokenizer, path in {run["tokenizer"]: run["corpus_meta"] for run in runs}.items()
+    }
     shared.aggregate(experiment, runs, out, config, repo_dir, summarize, LM_SUMMARY_COLUMNS, write_report,
-                     corpus=corpus)  # fmt: skip
+                     corpora=corpora)  # fmt: skip

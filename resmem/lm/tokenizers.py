@@ -1,5 +1,6 @@
-"""Tokenizers of a corpus: bytes (the offline default) or a Hugging Face `tokenizers` BPE file; each encodes
-documents joined by its end-of-document separator and describes itself for provenance."""
+"""Tokenizers of a corpus: bytes (the offline default), a Hugging Face `tokenizers` BPE file, or a Hugging Face
+model's own (`resmem.lm.hf.ModelTokenizer`); each encodes documents joined by its end-of-document separator and
+describes itself for provenance."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from resmem.config import ConfigError
 
-TOKENIZERS = ("bytes", "bpe")
+TOKENIZERS = ("bytes", "bpe", "model")
 BYTES_SEPARATOR = "\n\n"
 # Special tokens taken as end-of-document, in order of preference, when a BPE tokenizer file has one of them.
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|eos|>", "<|end_of_text|>", "[EOS]")
@@ -89,9 +90,16 @@ class BPETokenizer:
         }
 
 
-def make_tokenizer(cfg: dict):
-    """The tokenizer named by cfg["tokenizer"] (cfg is the corpus section)."""
+def make_tokenizer(cfg: dict, model_source: str | None = None):
+    """The tokenizer named by cfg["tokenizer"] (cfg is the corpus section); for `model`, the tokenizer of the
+    Hugging Face model (hub name or folder) `model_source`."""
     kind, file = cfg.get("tokenizer", "bytes"), cfg.get("tokenizer_file")
+    if kind == "model":
+        if model_source is None:
+            raise ConfigError("corpus.tokenizer: model tokenizes with a Hugging Face model's tokenizer; none given")
+        from resmem.lm.hf import ModelTokenizer
+
+        return ModelTokenizer(model_source)
     if kind == "bytes":
         if file is not None:
             raise ConfigError(f"corpus.tokenizer_file ({file}) is only used with tokenizer: bpe; remove it or set bpe")

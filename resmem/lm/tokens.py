@@ -1,14 +1,17 @@
 """ResMem and kNN-LM for next-token prediction, from one neighbor search in a token datastore.
 
-The datastore holds one entry per training position: key h_i (the final hidden state fed to the output layer,
-float16 on disk) and value y_i (the next token). With the vocabulary as the class set, ResMem is exactly the
-image-classification math of `resmem.core`:
+The datastore holds one entry per training position: the final hidden state h_i fed to the output layer (float16
+on disk), the search key (h_i itself, or with datastore.key last_ffn_input the input of the last feed-forward
+block, stored beside it) and the value y_i (the next token). With the vocabulary as the class set, ResMem is
+exactly the image-classification math of `resmem.core`:
 
     r_i = onehot(y_i) − softmax(W h_i / T),    prediction = argmax_v [softmax(W h / T) + Σ_j w_j r_j]_v
 
-and since the key is h_i itself, a neighbor's residual is recomputed from its key and the output layer
-(`KeyLogits`): no V-wide residual or logit matrix is ever stored. The kNN-LM baseline (Khandelwal et al. 2020)
-uses the same neighbors, as published: weights w_j = softmax(−d_j²/τ) over squared L2 distances, and the
+and a neighbor's residual is recomputed from h_i and the output layer (`KeyLogits`): no V-wide residual or logit
+matrix is ever stored. The price is compute: each query's k neighbors cost k·V·d multiply-adds per temperature
+(k = 1024, V = 50,257, d = 1024: 5·10¹⁰ per query), in chunks bounded by knn.sweep_chunk_mb; knn.resmem_k gives
+ResMem a smaller k than kNN-LM's. The kNN-LM baseline (Khandelwal et al. 2020) uses the same neighbors, as
+published: weights w_j = softmax(−d_j²/τ) over squared L2 distances, and the
 mixture in log space (`knnlm_sweep`):
 
     p_kNN(v) = Σ_j w_j [y_j = v],    log p = logsumexp(log(1 − λ) + log softmax(W h), log λ + log p_kNN)
@@ -26,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from resmem.artifacts import QUERY_SPLITS
-from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, kernel_prefix_means, softmax, sweep_correct
+from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, neighbor_weights, softmax, sweep_correct
 from resmem.lm.artifacts import LM_SWEEP_COLUMNS
 
 
@@ -47,6 +50,12 @@ class KeyLogits:
         rows = np.asarray(rows)
         keys = np.asarray(self.keys[rows.ravel()], np.float32)
         return (keys @ self.weight.T + self.bias).reshape(*rows.shape, -1)
+
+
+def final_hidden(arrays: dict, split: str) -> np.ndarray:
+    """A split's final hidden states (from which logits and residuals are recomputed) in a datastore: the keys
+    themselves unless datastore.key made them another state."""
+    return arrays.get(f"{split}_hidden", arrays[f"{split}_keys"])
 
 
 def log_likelihoods(logits, labels, chunk: int = 4096) -> np.ndarray:
@@ -88,39 +97,72 @@ def knnlm_sweep(
     ResMem's kernel), p_kNN(v) = Σ_j w_j [y_j = v], and the mixture is taken in log space,
     log p = logsumexp(log(1−λ) + log p_LM, log λ + log p_kNN), with log p_kNN floored at KNN_LOG_FLOOR where no
     neighbor holds the token. So λ = 1 and no neighbor of the right token costs a large finite loss (10,000
-    nats) instead of the infinite one of the linear mixture λ·p_kNN + (1−λ)·p_LM, which it equals elsewhere."""
+    nats) instead of the infinite one of the linear mixture λ·p_kNN + (1−λ)·p_LM, which it equals elsewhere.
+
+    p_kNN is sparse: it is computed only at the (at most k) tokens the neighbors hold, so a query costs O(k log k)
+    beside its V-wide log-softmax whatever the vocabulary. The argmax of the mixture is one of those tokens or
+    the base model's argmax (every other token has the floor and a lower p_LM); ties go to the lowest token id,
+    as a dense argmax over the vocabulary does."""
     query_labels = np.asarray(query_labels)
     train_next = np.asarray(train_next)
     check_neighbors(np.asarray(dist), np.asarray(idx), len(train_next))
     if kernel not in ("squared_l2", "l2"):
         raise ValueError(f"unknown kNN-LM kernel {kernel!r}; use squared_l2 or l2")
-    kernel_dist = np.square(np.asarray(dist, np.float64)) if kernel == "squared_l2" else dist
+    ks = [int(k) for k in ks]
+    k_max = max(ks)
+    if min(ks) < 1 or k_max > np.shape(dist)[1]:
+        raise ValueError(f"every k must lie in [1, {np.shape(dist)[1]}] (neighbors searched); got {ks}")
     vocab = np.shape(query_logits)[1]
     lambdas = np.asarray(lambdas, dtype=np.float64)
     with np.errstate(divide="ignore"):
         log_lam, log_rest = np.log(lambdas), np.log1p(-lambdas)  # −inf at λ = 0 and λ = 1: one term drops out
-
-    def one_hot(rows):
-        v = np.zeros((*rows.shape, vocab))
-        np.put_along_axis(v, train_next[rows][..., None], 1.0, axis=-1)
-        return v
-
     shape = (len(ks), len(widths), len(lambdas))
     correct, nll = np.zeros(shape, dtype=np.int64), np.zeros(shape)
-    lm_start = None
-    # The chunk holds len(lambdas) mixtures of the (queries, widths, V) block at once.
-    per_block = max(1, chunk_bytes // (len(lambdas) + 1))
-    blocks = kernel_prefix_means(kernel_dist, idx, ks, widths, one_hot, vocab, per_block, progress)
-    for start, stop, i, p_knn in blocks:
-        if start != lm_start:
-            log_lm, lm_start = log_softmax(query_logits[start:stop])[:, None, :], start
-            y = query_labels[start:stop]
-        with np.errstate(divide="ignore"):
-            log_knn = np.maximum(np.log(p_knn), KNN_LOG_FLOOR)  # (Q, widths, V)
-        for j in range(len(lambdas)):
-            log_p = np.logaddexp(log_rest[j] + log_lm, log_lam[j] + log_knn)
-            correct[i, :, j] += (log_p.argmax(axis=2) == y[:, None]).sum(axis=0)
-            nll[i, :, j] -= log_p[np.arange(len(y)), :, y].sum(axis=0)
+    # A chunk holds its V-wide log-softmax and about a dozen (queries, k_max) arrays.
+    chunk = max(1, int(chunk_bytes // (8 * (2 * vocab + 12 * k_max))))
+    for start in range(0, len(query_labels), chunk):
+        stop = min(start + chunk, len(query_labels))
+        rows = np.arange(stop - start)
+        log_lm = log_softmax(query_logits[start:stop])
+        y = query_labels[start:stop]
+        lm_best, lm_arg, lm_y = log_lm.max(axis=1), log_lm.argmax(axis=1), log_lm[rows, y]
+        kernel_dist = np.asarray(dist[start:stop, :k_max], np.float64)
+        kernel_dist = np.square(kernel_dist) if kernel == "squared_l2" else kernel_dist
+        held = train_next[np.asarray(idx[start:stop, :k_max])]  # (Q, k_max) next tokens of the neighbors
+        for i, k in enumerate(ks):
+            tokens = held[:, :k]
+            order = np.argsort(tokens, axis=1, kind="stable")
+            sorted_tokens = np.take_along_axis(tokens, order, axis=1)
+            # Each sorted neighbor's group of neighbors holding the same token (a row-wide group id).
+            first = np.ones_like(sorted_tokens, dtype=bool)
+            first[:, 1:] = sorted_tokens[:, 1:] != sorted_tokens[:, :-1]
+            group = np.cumsum(first, axis=1) - 1 + (rows * k)[:, None]
+            lm_at = log_lm[rows[:, None], sorted_tokens]  # (Q, k) log p_LM of the held tokens
+            for w, width in enumerate(widths):
+                weights = neighbor_weights(kernel_dist[:, :k], width)
+                p_y = np.where(tokens == y[:, None], weights, 0.0).sum(axis=1)
+                p_lm_arg = np.where(tokens == lm_arg[:, None], weights, 0.0).sum(axis=1)
+                sorted_weights = np.take_along_axis(weights, order, axis=1)
+                p_held = np.bincount(group.ravel(), sorted_weights.ravel(), minlength=len(rows) * k)[group]
+                with np.errstate(divide="ignore"):
+                    log_knn_held = np.maximum(np.log(p_held), KNN_LOG_FLOOR)
+                    log_knn_y = np.maximum(np.log(p_y), KNN_LOG_FLOOR)
+                    log_knn_lm_arg = np.maximum(np.log(p_lm_arg), KNN_LOG_FLOOR)
+                candidates = np.concatenate([sorted_tokens, lm_arg[:, None]], axis=1)
+                for j in range(len(lambdas)):
+                    nll[i, w, j] -= np.logaddexp(log_rest[j] + lm_y, log_lam[j] + log_knn_y).sum()
+                    scores = np.concatenate(
+                        [
+                            np.logaddexp(log_rest[j] + lm_at, log_lam[j] + log_knn_held),
+                            np.logaddexp(log_rest[j] + lm_best, log_lam[j] + log_knn_lm_arg)[:, None],
+                        ],
+                        axis=1,
+                    )
+                    best = scores.max(axis=1, keepdims=True)
+                    predicted = np.where(scores == best, candidates, vocab).min(axis=1)
+                    correct[i, w, j] += int((predicted == y).sum())
+        if progress is not None:
+            progress.update(stop - start)
     return correct, nll
 
 
@@ -134,16 +176,18 @@ def sweep_table(
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
     knnlm_kernel: str = "squared_l2",
     taus=(1.0,),
+    resmem_ks=None,
 ) -> pd.DataFrame:
-    """Next-token accuracy (and perplexity where it exists) of base, ResMem (k, σ, T; kernel l2) and kNN-LM
-    (k, τ, λ with the published squared_l2 kernel, or k, σ, λ with `knnlm_kernel` l2) on val and test; the
-    `kernel` column says which. `arrays` is a datastore (`resmem.lm.stages.load_datastore`); `neighbors` holds
-    <split>_dist/<split>_idx into its training rows from one search at the largest k."""
+    """Next-token accuracy (and perplexity where it exists) of base, ResMem (k from `resmem_ks` or `ks`, σ, T;
+    kernel l2) and kNN-LM (k, τ, λ with the published squared_l2 kernel, or k, σ, λ with `knnlm_kernel` l2) on
+    val and test; the `kernel` column says which. `arrays` is a datastore (`resmem.lm.stages.load_datastore`);
+    `neighbors` holds <split>_dist/<split>_idx into its training rows from one search at the largest k."""
     width_name, widths = ("tau", taus) if knnlm_kernel == "squared_l2" else ("sigma", sigmas)
-    train_logits = KeyLogits(arrays["train_keys"], arrays["head_weight"], arrays["head_bias"])
+    resmem_ks = ks if resmem_ks is None else resmem_ks
+    train_logits = KeyLogits(final_hidden(arrays, "train"), arrays["head_weight"], arrays["head_bias"])
     rows = []
     for split in QUERY_SPLITS:
-        logits = KeyLogits(arrays[f"{split}_keys"], arrays["head_weight"], arrays["head_bias"])
+        logits = KeyLogits(final_hidden(arrays, split), arrays["head_weight"], arrays["head_bias"])
         labels = np.asarray(arrays[f"{split}_next"])
         dist, idx, n = neighbors[f"{split}_dist"], neighbors[f"{split}_idx"], len(labels)
         base_correct = sum(
@@ -163,19 +207,20 @@ def sweep_table(
         bar = dict(total=n * (len(temperatures) + 1), unit="query", file=sys.stderr, dynamic_ncols=True)
         with tqdm(desc=f"sweep {split}", **bar) as progress:
             resmem = sweep_correct(
-                train_logits, arrays["train_next"], logits, labels, dist, idx, ks, sigmas, temperatures,
+                train_logits, arrays["train_next"], logits, labels, dist, idx, resmem_ks, sigmas, temperatures,
                 chunk_bytes, progress,
             )  # fmt: skip
             knn_correct, knn_nll = knnlm_sweep(
                 logits, labels, dist, idx, arrays["train_next"], ks, widths, lambdas, knnlm_kernel, chunk_bytes,
                 progress,
             )  # fmt: skip
-        for i, k in enumerate(ks):
+        for i, k in enumerate(resmem_ks):
             for s, sigma in enumerate(sigmas):
                 common = {"split": split, "k": int(k), "kernel": "l2", "sigma": float(sigma)}
                 for t, temperature in enumerate(temperatures):
                     accuracy = resmem[t, i, s] / n
                     rows.append({"method": "resmem", **common, "temperature": temperature, "accuracy": accuracy})
+        for i, k in enumerate(ks):
             for w, width in enumerate(widths):
                 for j, lam in enumerate(lambdas):
                     rows.append(

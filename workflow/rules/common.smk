@@ -13,20 +13,24 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
 from resmem.config import ConfigError, experiment_names, validate as validate_config
+from resmem.lm import hf
 from resmem.lm.artifacts import LM_FIGURES
+from resmem.vision import pretrained
 from resmem.vision.external import check_config_files as check_embedding_files
-from resmem.vision.pretrained import check_timm_names, fetch_missing
 from resmem.vision.artifacts import FIGURES
 
 try:
     # against the schema shipped in the package: resmem/config.schema.yaml
     validate_config(config)
-    check_timm_names(config)
+    pretrained.check_timm_names(config)
     if workflow.is_main_process:
-        # the user's embeddings, array by array; pretrained weights, fetched here once (jobs never need network)
+        # the user's embeddings, array by array; pretrained weights and Hugging Face models, fetched here once
+        # (jobs never need network) and checked against the config
         check_embedding_files(config)
-        if not workflow.dryrun:
-            fetch_missing(config)
+        # (workflow.dryrun is still False while the Snakefile is read; the -n flag is in output_settings)
+        if not workflow.output_settings.dryrun:
+            pretrained.fetch_missing(config)
+            hf.fetch_missing(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -36,6 +40,7 @@ EXPERIMENT = "results/{experiment}"
 VISION_RUN = "results/{experiment}/{model}/frac{train_fraction}/seed{seed}"  # model × training fraction × seed
 LM_RUN = "results/{experiment}/{model}/seed{seed}"  # model × seed: the model and its token datastore
 LM_STORE = "results/{experiment}/{model}/seed{seed}/store{store_fraction}"  # a datastore fraction's search
+LM_CORPUS = "results/{experiment}/corpus/{tokenizer}"  # .npz/.json: the corpus tokenized by one tokenizer
 DECODED_IMAGES = f"{EXPERIMENT}/images.npz"  # a folder dataset decoded into memory
 
 
@@ -104,15 +109,16 @@ KINDS = [
         run=LM_STORE,
         datastore=f"{LM_RUN}/datastore.npz",
         stages="resmem.lm.stages",
-        # kNN-LM's interpolation weight lam, its kernel and that kernel's temperatures tau
-        grid=("k", "sigma", "temperature", "lam", "knnlm_kernel", "tau"),
+        # kNN-LM's interpolation weight lam, its kernel and that kernel's temperatures tau; ResMem's own k
+        grid=("k", "sigma", "temperature", "lam", "knnlm_kernel", "tau", "resmem_k"),
         figures=LM_FIGURES,
         summary_caption="../report/lm_summary.rst",
         run_files={
             "meta": f"{LM_RUN}/train_meta.json",
             "search": f"{LM_STORE}/search.json",
+            "datastore_report": f"{LM_RUN}/datastore.json",
+            "corpus_meta": f"{LM_CORPUS}.json",
         },
-        experiment_files={"corpus_meta": f"{EXPERIMENT}/corpus.json"},
     ),
 ]
 
@@ -123,6 +129,7 @@ wildcard_constraints:
     train_fraction=r"[0-9.e-]+",
     store_fraction=r"[0-9.e-]+",
     seed=r"\d+",
+    tokenizer=r"[A-Za-z0-9_.-]+",
 
 
 def names_regex(kind, imported=None):
@@ -210,11 +217,45 @@ def runs(kind, name):
             for s in exp["seeds"]
         ]
     return [
-        {"model": m, "seed": s, "store_fraction": fraction_label(f)}
+        {
+            "model": m,
+            "seed": s,
+            "store_fraction": fraction_label(f),
+            "tokenizer": corpus_tokenizer(exp, m),
+        }
         for m in exp["models"]
         for s in exp["seeds"]
         for f in exp["datastore"]["fractions"]
     ]
+
+
+def corpus_tokenizer(experiment, model):
+    """The tokenizer a language model reads, as named in its corpus's path: bytes, bpe, or for
+    `corpus.tokenizer: model` its Hugging Face tokenizer's source (models that share it share the corpus).
+    """
+    tokenizer = experiment["corpus"]["tokenizer"]
+    if tokenizer != "model":
+        return tokenizer
+    return hf.source_label(hf.tokenizer_source(experiment["models"][model]))
+
+
+def model_corpus(wildcards):
+    """Input of lm_train and lm_datastore: the corpus tokenized for the wildcards' model."""
+    experiment = config["lm_experiments"][wildcards.experiment]
+    path = LM_CORPUS.format(
+        experiment=wildcards.experiment,
+        tokenizer=corpus_tokenizer(experiment, wildcards.model),
+    )
+    return {"corpus": f"{path}.npz", "corpus_meta": f"{path}.json"}
+
+
+def tokenizer_source(wildcards):
+    """Params of lm_corpus: the Hugging Face source of the wildcards' tokenizer (None for bytes and bpe)."""
+    experiment = config["lm_experiments"][wildcards.experiment]
+    for model, spec in experiment["models"].items():
+        if corpus_tokenizer(experiment, model) == wildcards.tokenizer and "hf" in spec:
+            return hf.tokenizer_source(spec)
+    return None
 
 
 def run_files(kind, pattern):

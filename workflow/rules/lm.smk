@@ -4,12 +4,12 @@
 
 rule lm_corpus:
     output:
-        corpus=f"{EXPERIMENT}/corpus.npz",
-        meta=f"{EXPERIMENT}/corpus.json",
+        corpus=f"{LM_CORPUS}.npz",
+        meta=f"{LM_CORPUS}.json",
     log:
-        f"{EXPERIMENT}/logs/corpus.log",
+        f"{EXPERIMENT}/logs/corpus.{{tokenizer}}.log",
     benchmark:
-        f"{EXPERIMENT}/benchmarks/corpus.tsv"
+        f"{EXPERIMENT}/benchmarks/corpus.{{tokenizer}}.tsv"
     wildcard_constraints:
         experiment=names_regex("lm_experiments"),
     conda:
@@ -20,14 +20,14 @@ rule lm_corpus:
         runtime=60,
     params:
         corpus=section("lm_experiments", "corpus"),
+        tokenizer_source=tokenizer_source,
     script:
         "../scripts/lm_corpus.py"
 
 
 rule lm_train:
     input:
-        corpus=f"{EXPERIMENT}/corpus.npz",
-        corpus_meta=f"{EXPERIMENT}/corpus.json",
+        unpack(model_corpus),
     output:
         model=f"{LM_RUN}/model.pt",
         train_log=f"{LM_RUN}/train_log.csv",
@@ -56,7 +56,7 @@ rule lm_train:
 
 rule lm_datastore:
     input:
-        corpus=f"{EXPERIMENT}/corpus.npz",
+        unpack(model_corpus),
         model=f"{LM_RUN}/model.pt",
     output:
         datastore=f"{LM_RUN}/datastore.npz",
@@ -76,9 +76,10 @@ rule lm_datastore:
         runtime=120,
     params:
         datastore=settings(
-            "lm_experiments", "datastore", "stride", "max_tokens", "batch_size"
+            "lm_experiments", "datastore", "key", "stride", "max_tokens", "batch_size"
         ),
         eval_tokens=section("lm_experiments", "eval_tokens"),
+        eval_stride=section("lm_experiments", "eval_stride"),
         amp=section("lm_experiments", "train/amp"),
     script:
         "../scripts/lm_datastore.py"

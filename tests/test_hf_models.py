@@ -1,0 +1,232 @@
+"""Hugging Face causal LMs as base models, offline: a tiny GPT-2, GPT-NeoX and Llama built from configs and
+saved with save_pretrained beside a BPE tokenizer trained here on real text (argparse's source), run
+through the stages and the whole workflow; keys checked against the models' own activations, strided
+perplexity against transformers' own loss, memorization at k = 1."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from resmem.config import ConfigError, validate
+from resmem.core import sweep_correct
+from resmem.lm import hf
+from resmem.lm import stages as lm_stages
+from resmem.lm.model import sliding_windows
+from resmem.lm.tokens import KeyLogits, final_hidden, log_likelihoods
+from tests.conftest import snakemake
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+CONTEXT = 24
+WIDTH = 32
+TEXT = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"  # real text with real structure, offline
+EOS = "<|endoftext|>"
+
+
+def tokenizer_on_text(folder: Path):
+    """A byte-level BPE tokenizer (GPT-2's kind) trained on the corpus text, saved as a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(TEXT.read_text().splitlines(keepends=True), trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
+    fast.save_pretrained(folder)
+    return fast
+
+
+def tiny_config(kind: str, vocab: int):
+    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0)
+    if kind == "gpt2":
+        return transformers.GPT2Config(n_layer=2, n_embd=WIDTH, n_head=2, n_positions=64, **common)
+    if kind == "neox":
+        return transformers.GPTNeoXConfig(num_hidden_layers=2, hidden_size=WIDTH, num_attention_heads=2,
+                                          intermediate_size=64, max_position_embeddings=64, **common)  # fmt: skip
+    return transformers.LlamaConfig(num_hidden_layers=2, hidden_size=WIDTH, num_attention_heads=2,
+                                    num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
+                                    **common)  # fmt: skip
+
+
+CLASSES = {"gpt2": "GPT2LMHeadModel", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM"}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """{kind: folder} of tiny models (random weights, seed 0), each saved with its tokenizer."""
+    root = tmp_path_factory.mktemp("hf")
+    folders = {}
+    for kind, cls in CLASSES.items():
+        folder = root / f"tiny_{kind}"
+        tokenizer = tokenizer_on_text(folder)
+        torch.manual_seed(0)
+        getattr(transformers, cls)(tiny_config(kind, len(tokenizer))).save_pretrained(folder)
+        folders[kind] = folder
+    return folders
+
+
+def experiment(models: dict, **extra) -> dict:
+    """A validated lm experiment over argparse's source (split by line ranges) with the Hugging Face `models`."""
+    corpus = {"name": "text", "path": str(TEXT), "tokenizer": "model", "val_fraction": 0.1, "test_fraction": 0.1}
+    cfg = {"corpus": corpus, "models": models, "context": CONTEXT, **extra}
+    return validate({"lm_experiments": {"x": cfg}})["lm_experiments"]["x"]
+
+
+def stage_run(tmp_path, folder, key="final_hidden", eval_stride=None, eval_tokens=100_000):
+    """corpus → train (epochs 0) → datastore by the stage functions; returns the datastore's arrays, the corpus
+    tokens and the loaded model."""
+    cfg = experiment({"m": {"hf": str(folder)}}, eval_stride=eval_stride)
+    lm_stages.corpus(tmp_path / "c.npz", tmp_path / "c.json", cfg["corpus"], str(folder))
+    out = {"model": tmp_path / "model.pt", "train_log": tmp_path / "log.csv", "meta": tmp_path / "meta.json"}
+    lm_stages.train(tmp_path / "c.npz", tmp_path / "c.json", out, cfg["models"]["m"], cfg["train"], CONTEXT, 500,
+                    seed=0, device="cpu", threads=1, config={})  # fmt: skip
+    store = {**cfg["datastore"], "key": key}
+    lm_stages.datastore(tmp_path / "c.npz", out["model"], tmp_path / "ds.npz", tmp_path / "ds.json", store,
+                        eval_tokens, eval_stride, False, "cpu", threads=1)  # fmt: skip
+    model, _ = lm_stages.load_lm(out["model"])
+    return lm_stages.load_datastore(tmp_path / "ds.npz"), lm_stages.load_tokens(tmp_path / "c.npz"), model
+
+
+@pytest.mark.parametrize("kind", list(CLASSES))
+def test_keys_are_the_models_own_activations(tiny_models, tmp_path, kind):
+    arrays, tokens, model = stage_run(tmp_path, tiny_models[kind], key="last_ffn_input", eval_stride=8)
+    network = model.model
+    # Not copied: epochs 0 keeps the weights where they are, and the model file says where.
+    saved = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert saved["state_dict"] is None and saved["meta"]["model"]["hf"] == str(tiny_models[kind])
+    layer_norm = {"gpt2": "ln_2", "neox": "post_attention_layernorm", "llama": "post_attention_layernorm"}[kind]
+    last_layer = model.decoder_layers()[-1]
+    captured = {}
+    handle = getattr(last_layer, layer_norm).register_forward_hook(lambda m, a, out: captured.update(norm=out))
+    windows = sliding_windows(len(tokens["test"]), CONTEXT, 8)
+    rows = np.array([0, 1, 7, 8, 30, len(arrays["test_pos"]) - 1])
+    try:
+        for row in rows:
+            p = int(arrays["test_pos"][row])
+            start = int(windows.starts[windows.of(np.array([p]))[0]])
+            ids = torch.from_numpy(tokens["test"][start : p + 1].astype(np.int64))[None]
+            with torch.inference_mode():
+                logits = network(ids).logits[0, -1].numpy()
+            # The final hidden state times the output layer gives the model's own logits.
+            ours = KeyLogits(final_hidden(arrays, "test"), arrays["head_weight"], arrays["head_bias"])[[row]][0]
+            np.testing.assert_allclose(ours, logits, rtol=1e-4, atol=1e-4)
+            # The key is the last layer's feed-forward input: its post-attention LayerNorm's output.
+            np.testing.assert_allclose(arrays["test_keys"][row], captured["norm"][0, -1].numpy(), rtol=1e-5, atol=1e-5)
+            assert arrays["test_next"][row] == tokens["test"][p + 1]
+    finally:
+        handle.remove()
+    assert arrays["train_keys"].dtype == np.float16 and arrays["train_hidden"].dtype == np.float16
+    assert not np.allclose(arrays["test_keys"][:50], arrays["test_hidden"][:50], atol=1e-2)
+
+
+@pytest.mark.parametrize("kind,stride", [("gpt2", 8), ("llama", 5), ("neox", None)])
+def test_strided_perplexity_equals_transformers(tiny_models, tmp_path, kind, stride):
+    arrays, tokens, model = stage_run(tmp_path, tiny_models[kind], eval_stride=stride)
+    logits = KeyLogits(final_hidden(arrays, "test"), arrays["head_weight"], arrays["head_bias"])
+    ours = -log_likelihoods(logits, arrays["test_next"]).mean()
+    test = torch.from_numpy(tokens["test"].astype(np.int64))[None]
+    # transformers' perplexity guide, verbatim in substance: max_length = context + 1, the same stride.
+    max_length, step, n = CONTEXT + 1, stride or CONTEXT, test.shape[1]
+    total, count, prev_end = 0.0, 0, 0
+    for begin in range(0, n, step):
+        end = min(begin + max_length, n)
+        target_len = end - prev_end
+        ids = test[:, begin:end]
+        targets = ids.clone()
+        targets[:, :-target_len] = -100
+        with torch.inference_mode():
+            loss = model.model(ids, labels=targets).loss
+        scored = int((targets[:, 1:] != -100).sum())
+        total, count, prev_end = total + float(loss) * scored, count + scored, end
+        if end == n:
+            break
+    assert len(arrays["test_pos"]) == count == n - 1  # every test token once
+    assert ours == pytest.approx(total / count, rel=1e-5)
+
+
+def test_resmem_memorizes_training_positions_at_k1(tiny_models, tmp_path):
+    arrays, _, _ = stage_run(tmp_path, tiny_models["gpt2"])
+    keys = np.asarray(arrays["train_keys"], np.float32)
+    index = faiss.IndexFlatL2(keys.shape[1])
+    index.add(keys)
+    dist, idx = index.search(keys, 1)
+    logits = KeyLogits(final_hidden(arrays, "train"), arrays["head_weight"], arrays["head_bias"])
+    labels = np.asarray(arrays["train_next"])
+    base = (logits[: len(labels)].argmax(axis=1) == labels).mean()
+    correct = sweep_correct(logits, labels, logits, labels, np.sqrt(np.maximum(dist, 0)), idx, [1], [1.0], [1.0])
+    # Every position finds a key at distance 0: itself, or a position with the same context (a window's first
+    # tokens), whose state and so residual are the same. ResMem then predicts that neighbour's next token
+    # exactly: softmax(z) + onehot(y_n) - softmax(z) = onehot(y_n).
+    assert np.all(dist[:, 0] == 0)
+    same_label = labels[idx[:, 0]] == labels
+    assert base < 0.2 < 0.9 < same_label.mean()  # random weights know nothing; the datastore knows nearly all
+    assert correct[0, 0, 0] == same_label.sum()
+
+
+def test_hf_models_run_through_the_workflow(tiny_models, tmp_path):
+    models = {
+        "gpt2": {"hf": str(tiny_models["gpt2"])},
+        # NeoX reads GPT-2's tokenizer folder (the same vocabulary), so the two share one tokenized corpus.
+        "neox": {"hf": str(tiny_models["neox"]), "tokenizer": str(tiny_models["gpt2"])},
+        "llama": {"hf": str(tiny_models["llama"])},
+    }
+    cfg = experiment(models, eval_stride=12, eval_tokens=400)
+    cfg["datastore"].update(key="last_ffn_input", fractions=[0.5, 1.0])
+    cfg["knn"].update(k=[1, 4], sigma=[1.0], temperature=[1.0], lam=[0.0, 0.25], tau=[1.0])
+    config = tmp_path / "hf.yaml"
+    config.write_text(yaml.safe_dump({"device": "cpu", "lm_experiments": {"hf_tiny": cfg}}, sort_keys=False))
+    snakemake(tmp_path, configfile=config)
+    results = tmp_path / "results" / "hf_tiny"
+    corpora = sorted(p.name for p in (results / "corpus").glob("*.npz"))
+    assert corpora == sorted(f"{hf.source_label(str(tiny_models[k]))}.npz" for k in ("gpt2", "llama"))
+    summary = pd.read_csv(results / "summary.csv")
+    assert sorted(summary.model.unique()) == ["gpt2", "llama", "neox"] and len(summary) == 6
+    assert summary.base_test_ppl.between(1, 1e4).all() and summary.knnlm_test_ppl.notna().all()
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert set(provenance["corpora"]) == {hf.source_label(str(tiny_models[k])) for k in ("gpt2", "llama")}
+    report = json.loads((results / "gpt2" / "seed0" / "datastore.json").read_text())
+    assert report["key"] == "last_ffn_input" and report["eval_stride"] == 12 and report["key_dim"] == WIDTH
+    assert not list(results.glob("*/seed0/train_checkpoint.pt"))
+
+
+def test_hf_config_errors_name_the_key(tiny_models, tmp_path):
+    with pytest.raises(ConfigError, match=r"lm_experiments\.x\.corpus\.tokenizer: the Hugging Face model m .*model"):
+        validate({"lm_experiments": {"x": {"models": {"m": {"hf": "gpt2"}}}}})
+    with pytest.raises(ConfigError, match=r"corpus\.tokenizer: model .* but own is trained here"):
+        experiment({"m": {"hf": "gpt2"}, "own": {"n_layer": 1}})
+    with pytest.raises(ConfigError, match=r"eval_stride: 30 new tokens per window exceed context = 24"):
+        experiment({"m": {"hf": "gpt2"}}, eval_stride=30)
+    with pytest.raises(ConfigError, match=r"models\.m: Additional properties .*n_layer"):
+        experiment({"m": {"hf": "gpt2", "n_layer": 2}})
+    # A folder without weights: named before any job.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=rf"models\.m\.hf: the folder {empty} lacks .*save_pretrained"):
+        hf.fetch_missing({"lm_experiments": {"x": experiment({"m": {"hf": str(empty)}})}})
+    assert hf.source_label("EleutherAI/pythia-160m") == "EleutherAI--pythia-160m"
+
+
+def test_a_missing_hub_model_offline_stops_before_any_job(tmp_path, monkeypatch):
+    cfg = experiment({"m": {"hf": "resmem-test/no-such-model"}})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    config = tmp_path / "missing.yaml"
+    config.write_text(yaml.safe_dump({"device": "cpu", "lm_experiments": {"x": cfg}}, sort_keys=False))
+    proc = snakemake(tmp_path, configfile=config, check=False)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "lm_experiments.x.models.m.hf" in message and "resmem-test/no-such-model" in message
+    assert str(tmp_path / "hf_home") in message and "python -m resmem.lm.hf" in message
+    assert not (tmp_path / "results").exists()
