@@ -197,6 +197,8 @@ def test_hf_models_run_through_the_workflow(tiny_models, tmp_path):
     assert set(provenance["corpora"]) == {hf.source_label(str(tiny_models[k])) for k in ("gpt2", "llama")}
     report = json.loads((results / "gpt2" / "seed0" / "datastore.json").read_text())
     assert report["key"] == "last_ffn_input" and report["eval_stride"] == 12 and report["key_dim"] == WIDTH
+    assert (summary.datastore_key == "last_ffn_input").all() and (summary.eval_stride == 12).all()
+    assert "- llama: key last_ffn_input, 12 new tokens per window" in (results / "summary.md").read_text()
     assert not list(results.glob("*/seed0/train_checkpoint.pt"))
 
 

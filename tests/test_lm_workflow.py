@@ -99,6 +99,7 @@ def test_summary_figures_and_provenance(lm_run):
     assert params["gpt_l1_d16"] < params["gpt_l1_d32"]
     markdown = (results / "summary.md").read_text()
     assert "| gpt_l1_d32 |" in markdown and "ResMem has no perplexity" in markdown
+    assert "- gpt_l1_d16: key final_hidden, 32 new tokens per window" in markdown  # context 32, no eval_stride
     for figure in LM_FIGURES:
         assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000
         assert (results / "figures" / f"{figure}.pdf").exists()

@@ -85,7 +85,12 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
             f"| {cell('resmem_test_acc')} | {cell('resmem_gain', sign='+')} | {cell('knnlm_test_acc')} "
             f"| {cell('knnlm_gain', sign='+')} | {cell('base_test_ppl', 1)} | {cell('knnlm_test_ppl', 1)} |"
         )
-    return "\n".join([*lines, "", NO_PERPLEXITY, ""])
+    protocols = summary.groupby("model", sort=False)[["datastore_key", "eval_stride"]].first()
+    used = [
+        f"- {model}: key {r.datastore_key}, {r.eval_stride} new tokens per window" for model, r in protocols.iterrows()
+    ]
+    keys = ["", "Search keys (for ResMem and kNN-LM alike) and evaluation windows:", *used]
+    return "\n".join([*lines, "", NO_PERPLEXITY, *keys, ""])
 
 
 def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
