@@ -48,8 +48,10 @@ def save_npz_streaming(path, blocks, rows: dict[str, int]) -> None:
     """Write an .npz whose arrays arrive in row blocks: `blocks` yields (key, array) pairs, the blocks of a key
     in order, and `rows` gives each key's total row count.
 
-    Each array is filled block by block into a .npy memmap beside `path`, which np.savez then copies into the
-    zip in 16 MiB pieces, so memory stays bounded however large the arrays (an ImageNet datastore is ~10 GB)."""
+    Each array is filled block by block into a .npy memmap beside `path`, then copied into the (uncompressed)
+    zip in 16 MiB pieces as np.savez does, so memory stays bounded however large the arrays (an ImageNet
+    datastore is ~10 GB). Each scratch file is deleted as soon as it is copied: the disk holds the datastore
+    plus its largest array at most, not twice the datastore (a WikiText-103 GPT-2 datastore is ~360 GB)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
@@ -69,8 +71,11 @@ def save_npz_streaming(path, blocks, rows: dict[str, int]) -> None:
         short = {k: (filled[k], rows[k]) for k in arrays if filled[k] != rows[k]}
         if short:
             raise ValueError(f"{path}: rows written vs expected {short}")
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for key in list(arrays):
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, arrays.pop(key), allow_pickle=False)
+                (path.parent / f".{path.name}.{key}.npy").unlink()
     finally:
         arrays.clear()  # drop the memmaps before their files
         for scratch in path.parent.glob(f".{path.name}.*.npy"):

@@ -155,6 +155,26 @@ def test_strided_perplexity_equals_transformers(tiny_models, tmp_path, kind, str
     assert ours == pytest.approx(total / count, rel=1e-5)
 
 
+def test_a_hugging_face_model_fine_tunes_with_the_training_code(tiny_models, tmp_path):
+    """epochs > 0: the same training loop fine-tunes the model; its weights are stored, reloaded and used."""
+    cfg = experiment({"m": {"hf": str(tiny_models["llama"]), "epochs": 2}})
+    cfg["train"].update(batch_size=16, lr=3e-3)
+    lm_stages.corpus(tmp_path / "c.npz", tmp_path / "c.json", cfg["corpus"], str(tiny_models["llama"]))
+    out = {"model": tmp_path / "model.pt", "train_log": tmp_path / "log.csv", "meta": tmp_path / "meta.json"}
+    lm_stages.train(tmp_path / "c.npz", tmp_path / "c.json", out, cfg["models"]["m"], cfg["train"], CONTEXT, 500,
+                    seed=0, device="cpu", threads=2, config={})  # fmt: skip
+    history = pd.read_csv(out["train_log"])
+    assert history.epoch.tolist() == [1, 2] and history.loss.iloc[1] < history.loss.iloc[0]
+    assert history.val_acc.iloc[1] > 0.1  # random weights start near 1 / vocabulary
+    model, meta = lm_stages.load_lm(out["model"])
+    assert meta["train"]["epochs"] == 2
+    pretrained = transformers.AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    tuned, original = model.model.state_dict(), pretrained.state_dict()
+    assert not torch.equal(tuned["lm_head.weight"], original["lm_head.weight"])
+    saved = torch.load(out["model"], weights_only=False)["state_dict"]
+    assert all(torch.equal(saved[f"model.{name}"], value) for name, value in tuned.items())
+
+
 def test_resmem_memorizes_training_positions_at_k1(tiny_models, tmp_path):
     arrays, _, _ = stage_run(tmp_path, tiny_models["gpt2"])
     keys = np.asarray(arrays["train_keys"], np.float32)

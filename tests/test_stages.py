@@ -189,3 +189,38 @@ def test_run_records_line_files_up_with_runs():
     ]
     with pytest.raises(ValueError, match="input 'sweep' lists 1 files for 2 runs"):
         shared.run_records(runs, {"sweep": ["only one"]})
+
+
+def test_streamed_npz_holds_every_block_and_frees_each_scratch_file_once_copied(tmp_path, monkeypatch):
+    """Blocks of several arrays, interleaved, land in one uncompressed .npz that memory-maps back exactly; while
+    the archive is written, each array's scratch file is gone once it is copied (disk: the datastore plus its
+    largest array, not twice the datastore), and none is left behind."""
+    rng = np.random.default_rng(0)
+    keys, nxt = rng.normal(size=(1000, 8)).astype(np.float16), rng.integers(0, 50, 1000)
+
+    def blocks():
+        for start in range(0, 1000, 300):
+            yield "keys", keys[start : start + 300]
+            yield "next", nxt[start : start + 300]
+        yield "head", np.eye(3, dtype=np.float32)
+
+    copied, scratch_seen = [], []
+    write_array = np.lib.format.write_array
+
+    def recording(member, array, **kwargs):
+        scratch_seen.append(sorted(p.name for p in tmp_path.glob(".store.npz.*.npy")))
+        copied.append(array.shape)
+        return write_array(member, array, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", recording)
+    io.save_npz_streaming(tmp_path / "store.npz", blocks(), {"keys": 1000, "next": 1000, "head": 3})
+    assert scratch_seen == [
+        [".store.npz.head.npy", ".store.npz.keys.npy", ".store.npz.next.npy"],
+        [".store.npz.head.npy", ".store.npz.next.npy"],
+        [".store.npz.head.npy"],
+    ]
+    assert not list(tmp_path.glob(".store.npz.*"))
+    loaded = io.load_npz(tmp_path / "store.npz", ["keys", "next", "head"], mmap=True)
+    np.testing.assert_array_equal(loaded["keys"], keys)
+    np.testing.assert_array_equal(loaded["next"], nxt)
+    np.testing.assert_array_equal(loaded["head"], np.eye(3))
