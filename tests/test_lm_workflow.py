@@ -120,6 +120,27 @@ def test_rerun_is_a_no_op_and_a_lambda_change_reruns_only_the_sweep(lm_run):
     assert planned == {"lm_sweep": 4, "lm_select": 4, "lm_aggregate": 1, "all": 1}
 
 
+def test_token_sweeps_ask_for_a_gpu_unless_the_device_switch_says_cpu(lm_run):
+    """The token sweep computes its V-wide logits on the device (`KeyLogits`), so it asks for a GPU like the
+    datastore and the search; the image sweep, all on the CPU, does not (tests/test_workflow.py)."""
+
+    def gpu_requests(device):
+        proc = snakemake(lm_run["workdir"], "-n", "--forcerun", "lm_datastore", "--config", f"device={device}",
+                         configfile=lm_run["config"])  # fmt: skip
+        jobs, current = {}, None
+        for line in proc.stdout.splitlines():
+            if line.startswith(("rule ", "localrule ")):
+                current = line.split()[1].rstrip(":")
+            elif line.strip().startswith("resources:") and current:
+                jobs.setdefault(current, set()).add("gpu=1" in line)
+        return jobs
+
+    auto = gpu_requests("auto")
+    assert auto["lm_datastore"] == auto["lm_sweep"] == auto["lm_neighbors"] == {True}
+    assert auto["lm_select"] == {False}
+    assert gpu_requests("cpu")["lm_sweep"] == {False}
+
+
 @pytest.mark.parametrize("name,models,corpora", [("lm", 4, 1), ("wikitext103_gpt2", 3, 1)])
 def test_lm_paper_configs_dry_run_offline(tmp_path, name, models, corpora):
     """Every job is planned offline (no dataset, no Hugging Face model fetched), the three GPT-2 models share

@@ -67,6 +67,8 @@ def test_key_logits_equal_the_output_layer_applied_to_keys():
     np.testing.assert_allclose(logits[rows], expected, rtol=1e-6)
     np.testing.assert_array_equal(logits[5:9], logits[np.arange(5, 9)])
     assert logits.shape == (300, VOCAB) and len(logits) == 300
+    assert str(logits.device) == "cpu" and str(KeyLogits(arrays["val_keys"], arrays["head_weight"], arrays["head_bias"],
+                                                          "auto").device) == "cpu"  # fmt: skip # no GPU here
 
 
 def test_token_resmem_equals_brute_force():

@@ -204,7 +204,9 @@ def neighbors(index_path, rows_path, datastore_path, out: dict, knn: dict, devic
     shared.neighbors(index_path, rows_path, datastore_path, arrays["train_keys"], queries, out, knn, device)
 
 
-def sweep(datastore_path, neighbors_path, out_path, knn: dict) -> None:
+def sweep(datastore_path, neighbors_path, out_path, knn: dict, device: str = "cpu") -> None:
+    """Base, ResMem and kNN-LM over the grid from the one search; the V-wide logits of the neighbors are
+    computed on `device` (`resmem.lm.tokens.KeyLogits`)."""
     from resmem.lm.tokens import sweep_table
 
     arrays = load_datastore(datastore_path)
@@ -212,7 +214,7 @@ def sweep(datastore_path, neighbors_path, out_path, knn: dict) -> None:
     found = shared.load_neighbors(neighbors_path, query_rows, max(knn["k"]), datastore_path)
     table = sweep_table(
         arrays, found, knn["k"], knn["sigma"], knn["temperature"], knn["lam"], int(knn["sweep_chunk_mb"] * 2**20),
-        knn["knnlm_kernel"], knn["tau"], knn["resmem_k"],
+        knn["knnlm_kernel"], knn["tau"], knn["resmem_k"], device,
     )  # fmt: skip
     io.write_csv(out_path, table)
 

@@ -34,22 +34,37 @@ from resmem.lm.artifacts import LM_SWEEP_COLUMNS
 
 
 class KeyLogits:
-    """The logits h @ W.T + b of datastore rows, computed from their keys when indexed (rows of any shape, or
-    a slice): the stand-in for a stored N×V logit matrix wherever `resmem.core` takes one."""
+    """The logits h @ W.T + b of datastore rows, computed from their final hidden states when indexed (rows of any
+    shape, or a slice): the stand-in for a stored N×V logit matrix wherever `resmem.core` takes one.
 
-    def __init__(self, keys: np.ndarray, weight: np.ndarray, bias: np.ndarray):
-        self.keys, self.weight, self.bias = keys, np.asarray(weight, np.float32), np.asarray(bias, np.float32)
+    The product, k·V·d multiply-adds per query's neighbors and most of a token sweep's arithmetic, runs in
+    float32 on `device` (the config's switch: a CUDA GPU when there is one; the same code on the CPU)."""
+
+    def __init__(self, keys: np.ndarray, weight: np.ndarray, bias: np.ndarray, device: str = "cpu"):
+        import torch
+
+        from resmem.device import torch_device
+
+        self.keys, self.device = keys, torch_device(device)
+        # Copies: the output layer is a read-only memmap of the datastore.
+        self.weight = torch.tensor(np.asarray(weight), dtype=torch.float32, device=self.device)
+        self.bias = torch.tensor(np.asarray(bias), dtype=torch.float32, device=self.device)
         self.shape = (len(keys), len(self.weight))
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    def _logits(self, keys) -> np.ndarray:
+        import torch
+
+        hidden = torch.from_numpy(np.array(keys, np.float32)).to(self.device)  # a copy: keys may be a memmap
+        return torch.addmm(self.bias, hidden, self.weight.T).cpu().numpy()
+
     def __getitem__(self, rows) -> np.ndarray:
         if isinstance(rows, slice):
-            return np.asarray(self.keys[rows], np.float32) @ self.weight.T + self.bias
+            return self._logits(self.keys[rows])
         rows = np.asarray(rows)
-        keys = np.asarray(self.keys[rows.ravel()], np.float32)
-        return (keys @ self.weight.T + self.bias).reshape(*rows.shape, -1)
+        return self._logits(self.keys[rows.ravel()]).reshape(*rows.shape, -1)
 
 
 def final_hidden(arrays: dict, split: str) -> np.ndarray:
@@ -177,17 +192,19 @@ def sweep_table(
     knnlm_kernel: str = "squared_l2",
     taus=(1.0,),
     resmem_ks=None,
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """Next-token accuracy (and perplexity where it exists) of base, ResMem (k from `resmem_ks` or `ks`, σ, T;
     kernel l2) and kNN-LM (k, τ, λ with the published squared_l2 kernel, or k, σ, λ with `knnlm_kernel` l2) on
     val and test; the `kernel` column says which. `arrays` is a datastore (`resmem.lm.stages.load_datastore`);
-    `neighbors` holds <split>_dist/<split>_idx into its training rows from one search at the largest k."""
+    `neighbors` holds <split>_dist/<split>_idx into its training rows from one search at the largest k; the
+    logits are computed on `device` (`KeyLogits`)."""
     width_name, widths = ("tau", taus) if knnlm_kernel == "squared_l2" else ("sigma", sigmas)
     resmem_ks = ks if resmem_ks is None else resmem_ks
-    train_logits = KeyLogits(final_hidden(arrays, "train"), arrays["head_weight"], arrays["head_bias"])
+    train_logits = KeyLogits(final_hidden(arrays, "train"), arrays["head_weight"], arrays["head_bias"], device)
     rows = []
     for split in QUERY_SPLITS:
-        logits = KeyLogits(final_hidden(arrays, split), arrays["head_weight"], arrays["head_bias"])
+        logits = KeyLogits(final_hidden(arrays, split), arrays["head_weight"], arrays["head_bias"], device)
         labels = np.asarray(arrays[f"{split}_next"])
         dist, idx, n = neighbors[f"{split}_dist"], neighbors[f"{split}_idx"], len(labels)
         base_correct = sum(

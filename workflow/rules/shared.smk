@@ -94,10 +94,12 @@ for kind in KINDS:
         threads: 1
         resources:
             mem_mb=sweep_memory_mb(kind.section),
+            gpu=gpu_request if kind.sweep_on_device else 0,
             runtime=60,
         params:
             stages=kind.stages,
             knn=settings(kind.section, "knn", *kind.grid, "sweep_chunk_mb"),
+            device=config["device"] if kind.sweep_on_device else None,
         script:
             "../scripts/sweep.py"
 
