@@ -49,6 +49,17 @@ def planned_jobs(output: str) -> dict[str, int]:
     return jobs
 
 
+def gpu_requests(output: str) -> dict[str, set[bool]]:
+    """{rule: {whether a job asked for a GPU}} from the job listing of a dry run."""
+    jobs, current = {}, None
+    for line in output.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            current = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and current:
+            jobs.setdefault(current, set()).add("gpu=1" in line)
+    return jobs
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """The workflow on config/smoke.yaml, run once for the whole session."""

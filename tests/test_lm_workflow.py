@@ -11,7 +11,7 @@ import yaml
 from resmem.artifacts import NEIGHBOR_KEYS
 from resmem.lm.artifacts import DATASTORE_KEYS, LM_FIGURES, LM_SUMMARY_COLUMNS, LM_SWEEP_COLUMNS
 from resmem.lm.tokens import select
-from tests.conftest import REPO, planned_jobs, snakemake
+from tests.conftest import REPO, gpu_requests, planned_jobs, snakemake
 
 MODELS = ("gpt_l1_d16", "gpt_l1_d32")
 LM_SMOKE = {
@@ -124,21 +124,15 @@ def test_token_sweeps_ask_for_a_gpu_unless_the_device_switch_says_cpu(lm_run):
     """The token sweep computes its V-wide logits on the device (`KeyLogits`), so it asks for a GPU like the
     datastore and the search; the image sweep, all on the CPU, does not (tests/test_workflow.py)."""
 
-    def gpu_requests(device):
+    def requests(device):
         proc = snakemake(lm_run["workdir"], "-n", "--forcerun", "lm_datastore", "--config", f"device={device}",
                          configfile=lm_run["config"])  # fmt: skip
-        jobs, current = {}, None
-        for line in proc.stdout.splitlines():
-            if line.startswith(("rule ", "localrule ")):
-                current = line.split()[1].rstrip(":")
-            elif line.strip().startswith("resources:") and current:
-                jobs.setdefault(current, set()).add("gpu=1" in line)
-        return jobs
+        return gpu_requests(proc.stdout)
 
-    auto = gpu_requests("auto")
+    auto = requests("auto")
     assert auto["lm_datastore"] == auto["lm_sweep"] == auto["lm_neighbors"] == {True}
     assert auto["lm_select"] == {False}
-    assert gpu_requests("cpu")["lm_sweep"] == {False}
+    assert requests("cpu")["lm_sweep"] == {False}
 
 
 @pytest.mark.parametrize("name,models,corpora", [("lm", 4, 1), ("wikitext103_gpt2", 3, 1)])

@@ -11,7 +11,7 @@ import torch
 from resmem.artifacts import NEIGHBOR_KEYS, SWEEP_COLUMNS
 from resmem.sweep import select
 from resmem.vision.artifacts import EMBEDDING_KEYS, FIGURES, SPLIT_KEYS, SUMMARY_COLUMNS
-from tests.conftest import REPO, planned_jobs, snakemake, write_config
+from tests.conftest import REPO, gpu_requests, planned_jobs, snakemake, write_config
 
 MODELS = ("cnn_w1", "cnn_w4")
 
@@ -223,17 +223,11 @@ def test_report_holds_every_figure_with_its_caption(smoke_run):
 
 
 def test_gpu_rules_request_a_gpu_unless_the_device_switch_says_cpu(smoke_run):
-    def gpu_requests(*extra):
+    def requests(*extra):
         proc = snakemake(smoke_run["workdir"], "-n", "--forcerun", "train", *extra, configfile=smoke_run["config"])
-        jobs, current = {}, None
-        for line in proc.stdout.splitlines():
-            if line.startswith(("rule ", "localrule ")):
-                current = line.split()[1].rstrip(":")
-            elif line.strip().startswith("resources:") and current:
-                jobs.setdefault(current, set()).add("gpu=1" in line)
-        return jobs
+        return gpu_requests(proc.stdout)
 
-    requests = gpu_requests()
-    assert requests["train"] == requests["embed"] == requests["index"] == requests["neighbors"] == {True}
-    assert requests["sweep"] == requests["aggregate"] == {False}
-    assert gpu_requests("--config", "device=cpu")["train"] == {False}
+    auto = requests()
+    assert auto["train"] == auto["embed"] == auto["index"] == auto["neighbors"] == {True}
+    assert auto["sweep"] == auto["aggregate"] == {False}
+    assert requests("--config", "device=cpu")["train"] == {False}
