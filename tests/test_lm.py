@@ -108,8 +108,11 @@ def test_sliding_windows_score_every_position_once_as_transformers(n_tokens, str
     assert np.all(windows.ends - windows.starts <= CONTEXT)
 
 
-@pytest.mark.parametrize("stride", [None, 5])
-def test_datastore_entries_are_the_models_own_states_in_their_windows(stride):
+@pytest.mark.parametrize("stride,position_chunk", [(None, 1 << 20), (5, 1 << 20), (5, 2)])
+def test_datastore_entries_are_the_models_own_states_in_their_windows(stride, position_chunk, monkeypatch):
+    """Each entry is the state at its position in the window that scores it, also when the window lookup goes a
+    few positions at a time (a window straddling two lookups is run twice, each time for its own positions)."""
+    monkeypatch.setattr("resmem.lm.model.POSITION_CHUNK", position_chunk)
     torch.manual_seed(0)
     model = GPT(256, CONTEXT, n_layer=2, n_head=2, n_embd=16)
     tokens = np.random.default_rng(0).integers(0, 256, 300).astype(np.int32)

@@ -205,6 +205,7 @@ class TokenWindows:
 
 
 KEYS = ("final_hidden", "last_ffn_input")  # datastore.key
+POSITION_CHUNK = 1 << 20  # positions whose windows are looked up at once by `datastore_entries`
 
 
 @dataclass(frozen=True)
@@ -308,27 +309,31 @@ def datastore_entries(
 ):
     """Yield ({"hidden": final hidden states, "key": the search keys where they differ}, next tokens) numpy
     blocks (float32, int64) for the sorted `positions`, in order: each position's states in the window that
-    scores it (`sliding_windows`) and the token that follows it."""
+    scores it (`sliding_windows`) and the token that follows it. Only windows that score a wanted position are
+    run; their lookup goes POSITION_CHUNK positions at a time, so memory stays bounded for a 100M-token split (a
+    window that straddles two chunks is run once for each)."""
     device = torch.device(device)
     model.to(device).eval()
     modules = key_modules(model, key)
-    window_of = windows.of(positions)
-    wanted_windows = np.unique(window_of)
-    for i in range(0, len(wanted_windows), batch_size):
-        batch = wanted_windows[i : i + batch_size]
-        lo, hi = np.searchsorted(window_of, [batch[0], batch[-1] + 1])
-        starts, ends = windows.starts[batch], windows.ends[batch]
-        # Windows are padded on the right (the last one may be short): causal attention keeps it from the rest.
-        width = int((ends - starts).max())
-        rows = np.minimum(starts[:, None] + np.arange(width), ends[:, None] - 1)
-        x = torch.from_numpy(tokens[rows].astype(np.int64)).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            states = capture_inputs(model, x, modules)
-        wanted = positions[lo:hi]
-        flat = torch.from_numpy(
-            np.searchsorted(batch, window_of[lo:hi]) * width + wanted - windows.starts[window_of[lo:hi]]
-        )
-        yield (
-            {name: state.flatten(0, 1)[flat.to(device)].float().cpu().numpy() for name, state in states.items()},
-            np.asarray(tokens[wanted + 1], dtype=np.int64),
-        )
+    for chunk_start in range(0, len(positions), POSITION_CHUNK):
+        chunk = positions[chunk_start : chunk_start + POSITION_CHUNK]
+        window_of = windows.of(chunk)
+        wanted_windows = np.unique(window_of)
+        for i in range(0, len(wanted_windows), batch_size):
+            batch = wanted_windows[i : i + batch_size]
+            lo, hi = np.searchsorted(window_of, [batch[0], batch[-1] + 1])
+            starts, ends = windows.starts[batch], windows.ends[batch]
+            # Windows are padded on the right (the last may be short): causal attention keeps it from the rest.
+            width = int((ends - starts).max())
+            rows = np.minimum(starts[:, None] + np.arange(width), ends[:, None] - 1)
+            x = torch.from_numpy(tokens[rows].astype(np.int64)).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                states = capture_inputs(model, x, modules)
+            wanted, their_windows = chunk[lo:hi], window_of[lo:hi]
+            flat = torch.from_numpy(
+                np.searchsorted(batch, their_windows) * width + wanted - windows.starts[their_windows]
+            )
+            yield (
+                {name: state.flatten(0, 1)[flat.to(device)].float().cpu().numpy() for name, state in states.items()},
+                np.asarray(tokens[wanted + 1], dtype=np.int64),
+            )
