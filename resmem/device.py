@@ -18,6 +18,7 @@ from pathlib import Path
 
 DEVICES = ("auto", "cpu", "cuda")
 SIMULATED_GPUS = "RESMEM_SIMULATED_GPUS"  # tests: pretend this many GPUs exist
+GPU_BRANCHES_ON_CPU = "RESMEM_GPU_BRANCHES_ON_CPU"  # tests: "1" takes the GPU-only branches on the CPU too
 GPU_LOCK_DIR = "RESMEM_GPU_LOCK_DIR"  # where the per-GPU lock files live (default: a per-user temp folder)
 
 
@@ -35,6 +36,13 @@ def torch_device(device: str = "auto"):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
+
+
+def accelerated(device) -> bool:
+    """Whether the speed branches written for a GPU are taken (bf16 autocast, channels_last, torch.compile): on a
+    CUDA device, and under the test switch RESMEM_GPU_BRANCHES_ON_CPU=1 on the CPU too, where torch runs them
+    as well, so that CI executes the code a GPU box runs and compares it with the plain path."""
+    return device.type == "cuda" or os.environ.get(GPU_BRANCHES_ON_CPU) == "1"
 
 
 def faiss_gpu_count(device: str = "auto") -> int:

@@ -2,7 +2,8 @@
 
 The recipe (all in the config's `train` section): SGD with Nesterov momentum or AdamW, a linear warm-up then
 cosine or step decay (per optimizer step), weight decay, label smoothing, augmentation. On a CUDA device the
-same code adds bf16 autocast, channels_last and optionally torch.compile; on the CPU those switches are off.
+same code adds bf16 autocast, channels_last and optionally torch.compile; on the CPU those switches are off
+(except under the test switch of `resmem.device.accelerated`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from resmem.device import accelerated
 from resmem.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,7 @@ def lr_factor(step: int, total_steps: int, cfg: dict, steps_per_epoch: int) -> f
 
 
 def use_amp(cfg: dict, device: torch.device) -> bool:
-    return bool(cfg["amp"]) and device.type == "cuda"
+    return bool(cfg["amp"]) and accelerated(device)
 
 
 @torch.inference_mode()
@@ -119,7 +121,7 @@ def train(
     )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     amp = use_amp(cfg, device)
-    forward = torch.compile(model) if cfg["compile"] and device.type == "cuda" else model
+    forward = torch.compile(model) if cfg["compile"] and accelerated(device) else model
     # The optimizer's layout is part of what a checkpoint must match (v2: biases and norm weights undecayed).
     fingerprint = json.dumps({"cfg": cfg, "seed": seed, "optimizer_groups": "v2"}, sort_keys=True)
 

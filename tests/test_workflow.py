@@ -107,7 +107,7 @@ def test_experiment_outputs(smoke_run):
     markdown = (results / "summary.md").read_text()
     assert "| cnn_w1 |" in markdown and "±" in markdown
     latex = (results / "summary.tex").read_text()
-    assert r"\begin{tabular}" in latex and r"cnn\_w4 & 450 & 0.5 &" in latex and r"\pm" in latex
+    assert r"\begin{tabular}" in latex and r"cnn\_w4 & 438 & 0.5 &" in latex and r"\pm" in latex
 
     for figure in FIGURES:
         assert (results / "figures" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -116,7 +116,7 @@ def datastore(
     import torch
     from tqdm import tqdm
 
-    from resmem.device import torch_device
+    from resmem.device import accelerated, torch_device
     from resmem.lm.model import datastore_entries, datastore_positions, output_layer, sliding_windows
 
     torch.set_num_threads(threads)
@@ -124,7 +124,7 @@ def datastore(
     model, meta = load_lm(model_path)
     tokens = load_tokens(corpus_path)
     context, key = meta["context"], store["key"]
-    amp = amp and dev.type == "cuda"
+    amp = amp and accelerated(dev)
     positions = {
         "train": datastore_positions(len(tokens["train"]), store["stride"], store["max_tokens"]),
         **{s: datastore_positions(len(tokens[s]), 1, eval_tokens) for s in QUERY_SPLITS},

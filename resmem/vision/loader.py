@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from resmem.config import ConfigError
+from resmem.device import accelerated
 from resmem.vision.data import Pool
 
 RESIZED_CROP_MIN_SIZE = 64  # folder images at least this large train on random-resized crops by default
@@ -55,7 +56,7 @@ class Loader:
         self.pool, self.batch_size, self.device = pool.subset(indices), batch_size, device
         self.augment = resolve_augment(augment, self.pool)
         self.num_workers = num_workers
-        self.memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+        self.memory_format = torch.channels_last if channels_last and accelerated(device) else torch.contiguous_format
         self.mean = torch.tensor(self.pool.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(self.pool.std, device=device).view(1, -1, 1, 1)
         if self.pool.images is not None:

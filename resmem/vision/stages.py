@@ -230,6 +230,7 @@ def embed(
     import torch
 
     from resmem.device import torch_device
+    from resmem.train import use_amp
     from resmem.vision.models import extract
 
     torch.set_num_threads(threads)
@@ -240,7 +241,7 @@ def embed(
     data = normalized(data, norm and (tuple(norm["mean"]), tuple(norm["std"])))
     rows = load_train_rows(train_rows_path)
     loaders = _loaders(data, {**load_split(split_path, data), "train_idx": rows}, recipe, dev, batch_size)
-    amp = recipe["amp"] and dev.type == "cuda"
+    amp = use_amp(recipe, dev)
 
     def blocks():
         yield "train_idx", rows

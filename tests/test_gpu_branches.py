@@ -1,0 +1,118 @@
+"""The speed branches written for a GPU (bf16 autocast, channels_last, torch.compile), taken on the CPU under
+the test switch RESMEM_GPU_BRANCHES_ON_CPU (`resmem.device.accelerated`), against the plain path: so CI runs
+the code a GPU box runs. channels_last gives the same network; bf16 stays within its precision."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from resmem.config import validate
+from resmem.device import GPU_BRANCHES_ON_CPU, accelerated
+from resmem.lm.model import GPT, datastore_entries, sliding_windows
+from resmem.train import seed_everything, train, use_amp
+from resmem.vision.data import load_dataset, make_split
+from resmem.vision.loader import Loader
+from resmem.vision.models import build_model, extract
+from tests.conftest import REPO
+
+CPU = torch.device("cpu")
+
+
+def recipe(**changes) -> dict:
+    cfg = validate({"experiments": {"x": {"models": {"m": {"arch": "small_cnn"}}}}})["experiments"]["x"]["train"]
+    return {**cfg, "epochs": 2, "amp": False, "channels_last": False, "compile": False, **changes}
+
+
+def fit_and_embed(cfg: dict):
+    """small_cnn trained on 300 digits with `cfg`, then embedded: (state dict, features, logits, history)."""
+    digits = load_dataset({"name": "digits"})
+    split = make_split(digits, 0.25, 0.2, 0)
+    loaders = [Loader(digits.train, split[f"{s}_idx"][:n], 64, CPU, channels_last=cfg["channels_last"])
+               for s, n in (("train", 300), ("val", 100))]  # fmt: skip
+    seed_everything(0)
+    model = build_model({"arch": "small_cnn", "width": 4}, 10, 1)
+    history = train(model, *loaders, cfg, 0, CPU)
+    blocks = list(extract(model, loaders[1], amp=use_amp(cfg, CPU)))
+    features, logits = (np.concatenate([b[i] for b in blocks]) for i in (0, 1))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, features, logits, history
+
+
+def test_the_switch_turns_the_branches_on_only_when_asked(monkeypatch):
+    monkeypatch.delenv(GPU_BRANCHES_ON_CPU, raising=False)
+    assert not accelerated(CPU) and accelerated(torch.device("cuda"))
+    assert not use_amp(recipe(amp=True), CPU)
+    digits = load_dataset({"name": "digits"})
+    assert Loader(digits.train, np.arange(8), 4, CPU, channels_last=True).memory_format == torch.contiguous_format
+    monkeypatch.setenv(GPU_BRANCHES_ON_CPU, "1")
+    assert accelerated(CPU) and use_amp(recipe(amp=True), CPU)
+    loader = Loader(digits.train, np.arange(8), 4, CPU, channels_last=True)
+    x, _ = next(loader.epoch())
+    assert loader.memory_format == torch.channels_last and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_trains_the_same_network(monkeypatch):
+    plain = fit_and_embed(recipe(channels_last=True))  # switch off: channels_last is not taken on the CPU
+    monkeypatch.setenv(GPU_BRANCHES_ON_CPU, "1")
+    branch = fit_and_embed(recipe(channels_last=True))
+    for key, value in plain[0].items():
+        torch.testing.assert_close(branch[0][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    np.testing.assert_array_equal(branch[2].argmax(axis=1), plain[2].argmax(axis=1))
+    np.testing.assert_allclose(branch[1], plain[1], rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_autocast_stays_within_its_precision(monkeypatch):
+    plain = fit_and_embed(recipe(amp=True))
+    monkeypatch.setenv(GPU_BRANCHES_ON_CPU, "1")
+    branch = fit_and_embed(recipe(amp=True))
+    # bf16 keeps 8 bits of mantissa: features within a few percent of their scale, the same predictions nearly
+    # everywhere, and training that learns as much.
+    scale = np.abs(plain[1]).max()
+    assert np.abs(branch[1] - plain[1]).max() < 0.05 * scale
+    assert (branch[2].argmax(axis=1) == plain[2].argmax(axis=1)).mean() >= 0.95
+    assert abs(branch[3][-1]["val_acc"] - plain[3][-1]["val_acc"]) <= 0.05
+
+
+COMPILE_CHECK = """
+import json, os
+import torch
+from tests.test_gpu_branches import GPU_BRANCHES_ON_CPU, fit_and_embed, recipe
+plain = fit_and_embed(recipe(compile=True))
+os.environ[GPU_BRANCHES_ON_CPU] = "1"
+branch = fit_and_embed(recipe(compile=True))
+worst = max((branch[0][k].float() - v.float()).abs().max().item() / max(v.float().abs().max().item(), 1e-12)
+            for k, v in plain[0].items())
+print(json.dumps({"worst": worst, "same": float((branch[2].argmax(1) == plain[2].argmax(1)).mean()),
+                  "compiled": torch._dynamo.utils.counters["stats"]["unique_graphs"]}))
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile needs a C++ compiler"
+)
+def test_torch_compile_trains_the_same_network():
+    """In a fresh interpreter, as a job runs it: inductor builds its C++ through setuptools, which breaks when
+    the standard library's distutils was imported first (as some earlier test in this process may)."""
+    proc = subprocess.run([sys.executable, "-c", COMPILE_CHECK], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["compiled"] >= 1  # the branch really compiled the model
+    assert result["worst"] < 1e-3 and result["same"] >= 0.99
+
+
+def test_the_token_datastore_under_bf16_autocast(monkeypatch):
+    """lm_datastore's amp branch: bf16 states within bf16 precision of the float32 ones."""
+    torch.manual_seed(0)
+    model = GPT(256, 16, n_layer=2, n_head=2, n_embd=32)
+    tokens = np.random.default_rng(0).integers(0, 256, 200).astype(np.int32)
+    positions, windows = np.arange(150), sliding_windows(200, 16, 8)
+    plain = np.concatenate([s["hidden"] for s, _ in datastore_entries(model, tokens, positions, windows, 4, "cpu")])
+    bf16 = np.concatenate(
+        [s["hidden"] for s, _ in datastore_entries(model, tokens, positions, windows, 4, "cpu", amp=True)]
+    )
+    assert not np.array_equal(bf16, plain)  # the branch really ran in bf16
+    np.testing.assert_allclose(bf16, plain, atol=0.1 * np.abs(plain).max())
