@@ -4,6 +4,7 @@ through the stages and the whole workflow; keys checked against the models' own 
 perplexity against transformers' own loss, memorization at k = 1."""
 
 import json
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -238,6 +239,15 @@ def test_hf_config_errors_name_the_key(tiny_models, tmp_path):
     with pytest.raises(ConfigError, match=rf"models\.m\.hf: the folder {empty} lacks .*save_pretrained"):
         hf.fetch_missing({"lm_experiments": {"x": experiment({"m": {"hf": str(empty)}})}})
     assert hf.source_label("EleutherAI/pythia-160m") == "EleutherAI--pythia-160m"
+
+
+def test_without_transformers_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    config = {"lm_experiments": {"x": experiment({"m": {"hf": "gpt2"}})}}
+    with pytest.raises(
+        ConfigError, match=r'invalid config at lm_experiments\.x\.models\.m\.hf: .*pip install -e "\.\[hf\]"'
+    ):
+        hf.fetch_missing(config)
 
 
 def test_a_missing_hub_model_offline_stops_before_any_job(tmp_path, monkeypatch):

@@ -42,13 +42,13 @@ def hf_models(config: dict) -> list[tuple[str, dict]]:
     ]
 
 
-def require_transformers(at: str):
+def require_transformers(what: str):
+    """The transformers module, or a ConfigError saying how to install it for `what` (a config key)."""
     try:
         import transformers
     except ImportError:
         raise ConfigError(
-            f"invalid config at {at}.hf: Hugging Face models need the optional transformers package: "
-            'pip install -e ".[hf]"'
+            f'{what}: Hugging Face models need the optional transformers package: pip install -e ".[hf]"'
         ) from None
     return transformers
 
@@ -101,7 +101,7 @@ def fetch_missing(config: dict) -> None:
     """Fetch the Hugging Face models and tokenizers the config names and the cache lacks; without network (or
     for a local folder that lacks files), a ConfigError naming the model's key and the folder."""
     for at, spec in hf_models(config):
-        require_transformers(at)
+        require_transformers(f"invalid config at {at}.hf")
         wanted = [(spec["hf"], "hf", (WEIGHT_FILES,) if spec.get("tokenizer") else (WEIGHT_FILES, TOKENIZER_FILES))]
         if spec.get("tokenizer"):
             wanted.append((spec["tokenizer"], "tokenizer", (TOKENIZER_FILES,)))
@@ -131,7 +131,7 @@ class ModelTokenizer:
     """A model's own tokenizer (AutoTokenizer) for the corpus: documents joined by its EOS token."""
 
     def __init__(self, source: str):
-        transformers = require_transformers("corpus.tokenizer")
+        transformers = require_transformers("corpus.tokenizer: model")
         try:
             self._tok = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError) as exc:

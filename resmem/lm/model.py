@@ -154,7 +154,7 @@ def build_lm(spec: dict, vocab_size: int, context: int) -> nn.Module:
 def load_causal_lm(spec: dict) -> CausalLM:
     """The Hugging Face model of an hf spec in float32, from its folder or the hub cache only: jobs never
     download (the workflow fetched it before any job)."""
-    transformers = require_transformers("models")
+    transformers = require_transformers(f"models: {spec['hf']}")
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             spec["hf"], revision=spec.get("revision"), local_files_only=True, dtype=torch.float32
