@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import struct
@@ -16,7 +17,25 @@ from pathlib import Path
 
 import numpy as np
 
+from resmem.config import ConfigError
+
+log = logging.getLogger("resmem")
+
 PROVENANCE_PACKAGES = ("torch", "torchvision", "faiss", "snakemake", "numpy")
+
+
+def fetch_or_explain(at: str, missing: str, folder, fetch, advice: str) -> None:
+    """Run `fetch()`, a download into `folder` for the config key `at`, in the process that plans the workflow;
+    any failure (no network, the hub offline, an unknown name) becomes a ConfigError that names the key, what is
+    `missing` from the folder, and `advice` on getting it there."""
+    log.info("%s: fetching into %s", at, folder)
+    try:
+        fetch()
+    except Exception as exc:  # an OSError without network, the hub's own errors, a bad file
+        raise ConfigError(
+            f"invalid config at {at}: {missing} not in {folder} and could not be fetched "
+            f"({type(exc).__name__}: {exc}). {advice}"
+        ) from None
 
 
 class ArtifactError(ValueError):

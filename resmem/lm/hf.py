@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from resmem.config import ConfigError
-
-log = logging.getLogger("resmem")
+from resmem.io import fetch_or_explain
 
 # The files a model needs, by what they are; a folder or cached snapshot missing one kind is incomplete.
 WEIGHT_FILES = (
@@ -115,16 +115,15 @@ def fetch_missing(config: dict) -> None:
                     f"invalid config at {at}.{key}: the folder {folder} lacks config.json, weights or tokenizer "
                     "files; write it with save_pretrained (model and tokenizer)"
                 )
-            log.info("%s: fetching %s into %s", at, source, folder)
-            try:
-                download(source, revision, weights=WEIGHT_FILES in needs)
-            except Exception as exc:  # no network (an OSError), the hub offline, an unknown name
-                raise ConfigError(
-                    f"invalid config at {at}.{key}: the Hugging Face model {source!r} is not in {folder} and could "
-                    f"not be fetched ({type(exc).__name__}: {exc}). Where there is network, run "
-                    f"`python -m resmem.lm.hf CONFIG` (or `huggingface-cli download {source}`) and copy {folder} "
-                    "here (or point HF_HOME at a copy), or give hf a local folder written by save_pretrained"
-                ) from None
+            fetch_or_explain(
+                f"{at}.{key}",
+                f"the Hugging Face model {source!r} is",
+                folder,
+                partial(download, source, revision, weights=WEIGHT_FILES in needs),
+                f"Where there is network, run `python -m resmem.lm.hf CONFIG` (or `huggingface-cli download "
+                f"{source}`) and copy {folder} here (or point HF_HOME at a copy), or give hf a local folder "
+                "written by save_pretrained",
+            )
 
 
 class ModelTokenizer:

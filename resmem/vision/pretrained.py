@@ -6,11 +6,12 @@ and the folder to put them in."""
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 from resmem.config import ConfigError
+from resmem.io import fetch_or_explain
 
-log = logging.getLogger("resmem")
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
 
 
@@ -87,16 +88,14 @@ def fetch_missing(config: dict) -> None:
         what, folder, cached = locate(spec)
         if cached:
             continue
-        log.info("%s: fetching the pretrained weights %s into %s", at, what, folder)
-        try:
-            download(spec)
-        except Exception as exc:  # no network (an OSError), the hub offline, a bad file
-            raise ConfigError(
-                f"invalid config at {at}.pretrained: the weights {what} are not in {folder} and could not be "
-                f"fetched ({type(exc).__name__}: {exc}). Where there is network, run the workflow once (or "
-                f"`python -m resmem.vision.pretrained CONFIG`) and copy {folder} here (or point TORCH_HOME / "
-                "HF_HOME at a copy), or set pretrained: false"
-            ) from None
+        fetch_or_explain(
+            f"{at}.pretrained",
+            f"the weights {what} are",
+            folder,
+            partial(download, spec),
+            f"Where there is network, run the workflow once (or `python -m resmem.vision.pretrained CONFIG`) and "
+            f"copy {folder} here (or point TORCH_HOME / HF_HOME at a copy), or set pretrained: false",
+        )
 
 
 if __name__ == "__main__":
