@@ -3,7 +3,8 @@
 Importing this package is cheap: torch and faiss load only in the modules that need them.
 """
 
-from resmem.core import neighbor_weights, residuals, resmem_predict, resmem_scores, softmax, sweep_correct
+from resmem.core import neighbor_weights, residuals, resmem_predict, resmem_scores, softmax
+from resmem.engine import sweep_correct
 from resmem.estimator import ResMem
 
 __all__ = ["ResMem", "neighbor_weights", "residuals", "resmem_predict", "resmem_scores", "softmax", "sweep_correct"]

@@ -7,15 +7,16 @@ training embeddings, sorted by ascending Euclidean distance (not squared), as `r
     weights     w_j = exp(-d_j / σ) / Σ_l exp(-d_l / σ)        over the k nearest training examples
     prediction  ŷ   = argmax_c [ softmax(z' / T) + Σ_j w_j r_j ]_c
 
-Everything is computed in float64: predictions are argmaxes, and float32 would flip near-ties between this
-engine and any other implementation of the same formula.
+Everything here is computed in float64 numpy: predictions are argmaxes, and plain float32 would flip near-ties
+between this code and any other implementation of the same formula. It is the reference; the grid sweep runs in
+float32 torch on the device (`resmem.engine`) and hands its near-ties back to `sweep_correct_float64`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_SWEEP_CHUNK_BYTES = 256 * 2**20  # bound on the gathered residual block (queries × k_max × C float64)
+DEFAULT_SWEEP_CHUNK_BYTES = 256 * 2**20  # bound on a sweep chunk's working set (knn.sweep_chunk_mb)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -165,7 +166,7 @@ def kernel_prefix_means(
             progress.update(stop - start)
 
 
-def sweep_correct(
+def sweep_correct_float64(
     train_logits: np.ndarray,
     train_labels: np.ndarray,
     query_logits: np.ndarray,
@@ -178,7 +179,9 @@ def sweep_correct(
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
     progress=None,
 ) -> np.ndarray:
-    """Number of correct ResMem predictions for every (T, k, σ) from one neighbor search at k_max.
+    """Number of correct ResMem predictions for every (T, k, σ) from one neighbor search at k_max, in float64
+    numpy: the reference that the sweep engine (`resmem.engine.sweep_correct`, float32 torch) equals bit for
+    bit, and that re-decides the engine's near-ties.
 
     Returns an int64 array of shape (len(temperatures), len(ks), len(sigmas)), in the order given. The
     neighbors' residuals are computed from their gathered logits segment by segment (see

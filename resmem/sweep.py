@@ -9,14 +9,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from resmem.artifacts import QUERY_SPLITS, SWEEP_COLUMNS
-from resmem.core import sweep_correct
+from resmem.engine import sweep_correct
 
 
-def sweep_table(embeddings: dict, neighbors: dict, ks, sigmas, temperatures, chunk_bytes: int) -> pd.DataFrame:
+def sweep_table(
+    embeddings: dict, neighbors: dict, ks, sigmas, temperatures, chunk_bytes: int, device: str = "cpu"
+) -> pd.DataFrame:
     """Accuracy at every (k, σ, T) on val and test, plus one base-model row per split with k = 0.
 
     `embeddings` holds train_logits/train_y and <split>_logits/<split>_y; `neighbors` holds
-    <split>_dist/<split>_idx from one search at the largest k."""
+    <split>_dist/<split>_idx from one search at the largest k; the sweep engine runs on `device`."""
     rows = []
     for split in QUERY_SPLITS:
         logits, labels = embeddings[f"{split}_logits"], embeddings[f"{split}_y"]
@@ -41,6 +43,7 @@ def sweep_table(embeddings: dict, neighbors: dict, ks, sigmas, temperatures, chu
                 temperatures,
                 chunk_bytes=chunk_bytes,
                 progress=bar,
+                device=device,
             )
         for t, temperature in enumerate(temperatures):
             for i, k in enumerate(ks):

@@ -6,7 +6,8 @@ from scipy.special import softmax as scipy_softmax
 from sklearn.neighbors import NearestNeighbors
 
 from resmem import ResMem
-from resmem.core import neighbor_weights, residuals, resmem_predict, resmem_scores, sweep_correct
+from resmem.core import neighbor_weights, residuals, resmem_predict, resmem_scores, sweep_correct_float64
+from resmem.engine import sweep_correct
 from resmem.knn import build_index, search
 
 
@@ -102,11 +103,12 @@ def test_huge_sigma_gives_uniform_weights(problem):
     np.testing.assert_allclose(neighbor_weights(problem["dist"][:, :10], 0.3).sum(1), 1.0)
 
 
-def test_sweep_equals_per_point_evaluation(problem):
+@pytest.mark.parametrize("sweep", [sweep_correct, sweep_correct_float64], ids=["engine", "float64"])
+def test_sweep_equals_per_point_evaluation(problem, sweep):
     p = problem
     ks, sigmas, temps = [16, 1, 5, 64, 2], [0.01, 0.3, 1.0, 100.0], [0.5, 1.0, 2.0]
-    # A chunk bound far below one query block forces many chunks.
-    correct = sweep_correct(
+    # A chunk bound far below one query block forces many chunks (and the engine's gathered residuals).
+    correct = sweep(
         p["train_logits"],
         p["train_y"],
         p["query_logits"],

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from resmem.config import ConfigError, validate
-from resmem.core import sweep_correct
+from resmem.engine import sweep_correct
 from resmem.lm import hf
 from resmem.lm import stages as lm_stages
 from resmem.lm.model import sliding_windows

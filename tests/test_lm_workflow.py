@@ -121,8 +121,8 @@ def test_rerun_is_a_no_op_and_a_lambda_change_reruns_only_the_sweep(lm_run):
 
 
 def test_token_sweeps_ask_for_a_gpu_unless_the_device_switch_says_cpu(lm_run):
-    """The token sweep computes its V-wide logits on the device (`KeyLogits`), so it asks for a GPU like the
-    datastore and the search; the image sweep, all on the CPU, does not (tests/test_workflow.py)."""
+    """The token sweep runs the sweep engine and its V-wide logits on the device (`KeyLogits`), so it asks for a
+    GPU like the datastore and the search (as the image sweep does, tests/test_workflow.py)."""
 
     def requests(device):
         proc = snakemake(lm_run["workdir"], "-n", "--forcerun", "lm_datastore", "--config", f"device={device}",

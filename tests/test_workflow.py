@@ -228,6 +228,7 @@ def test_gpu_rules_request_a_gpu_unless_the_device_switch_says_cpu(smoke_run):
         return gpu_requests(proc.stdout)
 
     auto = requests()
-    assert auto["train"] == auto["embed"] == auto["index"] == auto["neighbors"] == {True}
-    assert auto["sweep"] == auto["aggregate"] == {False}
-    assert requests("--config", "device=cpu")["train"] == {False}
+    assert auto["train"] == auto["embed"] == auto["index"] == auto["neighbors"] == auto["sweep"] == {True}
+    assert auto["select"] == auto["aggregate"] == {False}
+    on_cpu = requests("--config", "device=cpu")
+    assert on_cpu["train"] == on_cpu["sweep"] == {False}

@@ -205,8 +205,8 @@ def neighbors(index_path, rows_path, datastore_path, out: dict, knn: dict, devic
 
 
 def sweep(datastore_path, neighbors_path, out_path, knn: dict, device: str = "cpu") -> None:
-    """Base, ResMem and kNN-LM over the grid from the one search; the V-wide logits of the neighbors are
-    computed on `device` (`resmem.lm.tokens.KeyLogits`)."""
+    """Base, ResMem and kNN-LM over the grid from the one search; ResMem's sweep engine and the V-wide logits
+    of the neighbors (`resmem.lm.tokens.KeyLogits`) run on `device`."""
     from resmem.lm.tokens import sweep_table
 
     arrays = load_datastore(datastore_path)

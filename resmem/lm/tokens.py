@@ -29,7 +29,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from resmem.artifacts import QUERY_SPLITS
-from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, neighbor_weights, softmax, sweep_correct
+from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, neighbor_weights, softmax
+from resmem.engine import sweep_correct
 from resmem.lm.artifacts import LM_SWEEP_COLUMNS
 
 
@@ -54,17 +55,18 @@ class KeyLogits:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def _logits(self, keys) -> np.ndarray:
+    def on_device(self, rows):
+        """The logits of `rows` (an index array of any shape, or a slice) as a float32 tensor on the device,
+        shaped rows.shape + (V,): what the sweep engine gathers residuals from."""
         import torch
 
-        hidden = torch.from_numpy(np.array(keys, np.float32)).to(self.device)  # a copy: keys may be a memmap
-        return torch.addmm(self.bias, hidden, self.weight.T).cpu().numpy()
+        flat = rows if isinstance(rows, slice) else np.asarray(rows).ravel()
+        hidden = torch.from_numpy(np.array(self.keys[flat], np.float32)).to(self.device)  # a copy: keys may be a memmap
+        logits = torch.addmm(self.bias, hidden, self.weight.T)
+        return logits if isinstance(rows, slice) else logits.view(*np.shape(rows), -1)
 
     def __getitem__(self, rows) -> np.ndarray:
-        if isinstance(rows, slice):
-            return self._logits(self.keys[rows])
-        rows = np.asarray(rows)
-        return self._logits(self.keys[rows.ravel()]).reshape(*rows.shape, -1)
+        return self.on_device(rows).cpu().numpy()
 
 
 def final_hidden(arrays: dict, split: str) -> np.ndarray:
@@ -225,7 +227,7 @@ def sweep_table(
         with tqdm(desc=f"sweep {split}", **bar) as progress:
             resmem = sweep_correct(
                 train_logits, arrays["train_next"], logits, labels, dist, idx, resmem_ks, sigmas, temperatures,
-                chunk_bytes, progress,
+                chunk_bytes, progress, device,
             )  # fmt: skip
             knn_correct, knn_nll = knnlm_sweep(
                 logits, labels, dist, idx, arrays["train_next"], ks, widths, lambdas, knnlm_kernel, chunk_bytes,

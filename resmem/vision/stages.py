@@ -322,14 +322,14 @@ def _neighbors_of(arrays: dict, neighbors_path, embeddings_path, k_needed: int) 
     return shared.load_neighbors(neighbors_path, query_rows, k_needed, embeddings_path)
 
 
-def sweep(embeddings_path, neighbors_path, out_path, knn: dict) -> None:
+def sweep(embeddings_path, neighbors_path, out_path, knn: dict, device: str = "cpu") -> None:
+    """ResMem over the whole grid from the one search, by the sweep engine on `device` (`resmem.engine`)."""
     from resmem.sweep import sweep_table
 
     arrays = load_embeddings(embeddings_path)
     found = _neighbors_of(arrays, neighbors_path, embeddings_path, max(knn["k"]))
-    table = sweep_table(
-        arrays, found, knn["k"], knn["sigma"], knn["temperature"], chunk_bytes=int(knn["sweep_chunk_mb"] * 2**20)
-    )
+    chunk_bytes = int(knn["sweep_chunk_mb"] * 2**20)
+    table = sweep_table(arrays, found, knn["k"], knn["sigma"], knn["temperature"], chunk_bytes, device)
     io.write_csv(out_path, table)
 
 

@@ -84,8 +84,6 @@ class Kind:
     experiment_files: dict = field(default_factory=dict)
     # what the aggregate writes besides summary.csv, summary.md, the provenance and the figures
     tables: dict = field(default_factory=dict)
-    # whether its sweep computes on the device (the token datastore's V-wide logits), so asks for a GPU
-    sweep_on_device: bool = False
 
 
 KINDS = [
@@ -121,7 +119,6 @@ KINDS = [
             "datastore_report": f"{LM_RUN}/datastore.json",
             "corpus_meta": f"{LM_CORPUS}.json",
         },
-        sweep_on_device=True,
     ),
 ]
 

@@ -91,15 +91,14 @@ for kind in KINDS:
             experiment=names_regex(kind.section),
         conda:
             "../../envs/resmem.yaml"
-        threads: 1
+        threads: 4  # the sweep engine's CPU threads (Snakemake lowers it to --cores)
         resources:
             mem_mb=sweep_memory_mb(kind.section),
-            gpu=gpu_request if kind.sweep_on_device else 0,
+            gpu=gpu_request,
             runtime=60,
         params:
             stages=kind.stages,
             knn=settings(kind.section, "knn", *kind.grid, "sweep_chunk_mb"),
-            device=config["device"] if kind.sweep_on_device else None,
         script:
             "../scripts/sweep.py"
 

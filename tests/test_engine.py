@@ -1,0 +1,131 @@
+"""The sweep engine (float32 torch, near-ties re-decided in float64) against the float64 reference, bit for bit, on
+data built to be full of ties: quantized logits, duplicated embeddings and token states."""
+
+import numpy as np
+import pytest
+
+from resmem import engine
+from resmem.core import sweep_correct_float64
+from resmem.knn import build_index, search
+from resmem.lm.tokens import KeyLogits
+
+KS, SIGMAS, TEMPERATURES = [1, 2, 3, 5, 8, 20, 40], [0.05, 1.0, 1e6], [1.0, 2.0]
+
+
+def tie_heavy_images(seed=0, n_points=30, copies=20, n_query=300, n_classes=4):
+    """Training embeddings are `copies` copies of `n_points` points (their distances tie), logits are integers in
+    {-1, 0, 1} (equal logits give equal probabilities and residuals), and a third of the queries sit exactly on a
+    training point (distance 0)."""
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=(n_points, 6)).astype(np.float32)
+    train_emb = np.repeat(points, copies, axis=0)
+    train_y = rng.integers(0, n_classes, len(train_emb))
+    train_logits = rng.integers(-1, 2, (len(train_emb), n_classes)).astype(np.float32)
+    query_emb = points[rng.integers(0, n_points, n_query)] + rng.normal(size=(n_query, 6)).astype(np.float32)
+    query_emb[::3] = points[rng.integers(0, n_points, len(query_emb[::3]))]
+    query_y = rng.integers(0, n_classes, n_query)
+    query_logits = rng.integers(-1, 2, (n_query, n_classes)).astype(np.float32)
+    dist, idx = search(build_index(train_emb, device="cpu"), query_emb, max(KS), device="cpu")
+    return train_logits, train_y, query_logits, query_y, dist, idx
+
+
+def tie_heavy_tokens(seed=0, n_states=40, copies=25, n_query=300, vocab=16, dim=8):
+    """A token datastore whose hidden states repeat, with logits exact in float32 (states in multiples of 1/2,
+    an output layer of integers), so that every way of computing them gives the same numbers."""
+    rng = np.random.default_rng(seed)
+    states = (rng.integers(-2, 3, (n_states, dim)) / 2).astype(np.float16)
+    train_keys = np.repeat(states, copies, axis=0)
+    query_keys = states[rng.integers(0, n_states, n_query)].astype(np.float32)
+    query_keys[1::2] += rng.normal(size=query_keys[1::2].shape).astype(np.float32)
+    weight = rng.integers(-1, 2, (vocab, dim)).astype(np.float32)
+    bias = np.zeros(vocab, np.float32)
+    dist, idx = search(build_index(train_keys.astype(np.float32), device="cpu"), query_keys, max(KS), device="cpu")
+    train_logits, query_logits = KeyLogits(train_keys, weight, bias), KeyLogits(query_keys, weight, bias)
+    train_next, query_next = rng.integers(0, vocab, len(train_keys)), rng.integers(0, vocab, n_query)
+    return train_logits, train_next, query_logits, query_next, dist, idx
+
+
+def redecided(monkeypatch) -> list:
+    """Records the number of queries of each call to the float64 reference from the engine."""
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[3]))
+        return sweep_correct_float64(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "sweep_correct_float64", counting)
+    return calls
+
+
+@pytest.mark.parametrize("make", [tie_heavy_images, tie_heavy_tokens], ids=["images", "tokens"])
+@pytest.mark.parametrize("chunk_bytes", [256 * 2**20, 20_000], ids=["table", "gathered"])
+def test_engine_equals_the_float64_reference_on_tie_heavy_data(make, chunk_bytes, monkeypatch):
+    problem = make()
+    expected = sweep_correct_float64(*problem, KS, SIGMAS, TEMPERATURES)
+    calls = redecided(monkeypatch)
+    got = engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES, chunk_bytes=chunk_bytes)
+    np.testing.assert_array_equal(got, expected)
+    assert sum(calls) > 0  # the data has near-ties, and the reference decided them
+    assert len(calls) > 1 or chunk_bytes > 20_000  # the small budget ran many chunks
+
+
+@pytest.mark.parametrize("make", [tie_heavy_images, tie_heavy_tokens], ids=["images", "tokens"])
+def test_without_the_float64_redecision_float32_flips_ties(make, monkeypatch):
+    """The data is hard enough that float32 alone differs from the reference: the re-decision is what makes
+    the engine exact."""
+    problem = make()
+    monkeypatch.setattr(engine, "margin_bound", lambda k, n_classes: -1.0)
+    got = engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES)
+    assert np.any(got != sweep_correct_float64(*problem, KS, SIGMAS, TEMPERATURES))
+
+
+def test_near_ties_are_rare_on_continuous_data(monkeypatch):
+    """The margin bound is tight enough that the float64 reference re-decides few queries (here < 1 %)."""
+    rng = np.random.default_rng(1)
+    n_classes, n_query = 10, 2000
+    centers = 2 * rng.normal(size=(n_classes, 8))
+    train_y, query_y = rng.integers(0, n_classes, 3000), rng.integers(0, n_classes, n_query)
+    train_emb = (centers[train_y] + rng.normal(size=(3000, 8))).astype(np.float32)
+    query_emb = (centers[query_y] + rng.normal(size=(n_query, 8))).astype(np.float32)
+    train_logits = (rng.normal(size=(3000, n_classes)) + np.eye(n_classes)[train_y]).astype(np.float32)
+    query_logits = (rng.normal(size=(n_query, n_classes)) + np.eye(n_classes)[query_y]).astype(np.float32)
+    dist, idx = search(build_index(train_emb, device="cpu"), query_emb, max(KS), device="cpu")
+    problem = (train_logits, train_y, query_logits, query_y, dist, idx)
+    calls = redecided(monkeypatch)
+    got = engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES)
+    np.testing.assert_array_equal(got, sweep_correct_float64(*problem, KS, SIGMAS, TEMPERATURES))
+    assert sum(calls) < 0.01 * n_query * len(TEMPERATURES)
+
+
+def test_memmapped_logits_and_progress(tmp_path):
+    """An ImageNet-size datastore is a memmap that never fits the table budget: the chunks' rows are gathered."""
+    train_logits, train_y, query_logits, query_y, dist, idx = tie_heavy_images()
+    np.save(tmp_path / "logits.npy", train_logits)
+    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r")
+
+    class Progress:
+        done = 0
+
+        def update(self, n):
+            self.done += n
+
+    progress = Progress()
+    got = engine.sweep_correct(mapped, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES,
+                               chunk_bytes=50_000, progress=progress)  # fmt: skip
+    expected = sweep_correct_float64(train_logits, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES)
+    np.testing.assert_array_equal(got, expected)
+    assert progress.done == len(query_y) * len(TEMPERATURES)
+
+
+def test_margin_bound_grows_with_k_and_stays_far_below_probability_gaps():
+    assert engine.margin_bound(1, 10) < engine.margin_bound(1024, 10) < 1e-3
+    assert engine.margin_bound(16, 50_257) < 2e-5  # a 50k vocabulary barely moves it
+
+
+def test_bad_inputs_are_named():
+    train_logits, train_y, query_logits, query_y, dist, idx = tie_heavy_images()
+    with pytest.raises(ValueError, match="every k must lie in"):
+        engine.sweep_correct(train_logits, train_y, query_logits, query_y, dist, idx, [41], [1.0], [1.0])
+    with pytest.raises(ValueError, match="1 class; ResMem needs at least 2"):
+        engine.sweep_correct(train_logits[:, :1], train_y * 0, query_logits[:, :1], query_y * 0, dist, idx, [1], [1.0],
+                             [1.0])  # fmt: skip
