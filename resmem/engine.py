@@ -126,10 +126,9 @@ class ResidualRows:
 
 
 def queries_per_chunk(chunk_bytes: int, k_max: int, n_sigmas: int, n_classes: int, table: bool) -> int:
-    """Queries whose working set fits `chunk_bytes`: the gathered float32 residuals of a segment (≤ k_max rows
-    each) and three (S, C) float32 blocks, plus, without a table, the chunk's unique rows' logits and their
-    residuals."""
-    per_query = 4 * n_classes * (k_max + 3 * n_sigmas) + (0 if table else 8 * n_classes * k_max)
+    """Queries whose working set fits `chunk_bytes`: three (S, C) float32 blocks and the (S, k_max) bags of
+    rows and weights, plus, without a table, the chunk's unique rows' logits and residuals."""
+    per_query = 12 * n_classes * n_sigmas + 16 * n_sigmas * k_max + (0 if table else 8 * n_classes * k_max)
     return max(1, int(chunk_bytes // per_query))
 
 
@@ -154,6 +153,7 @@ def sweep_correct(
     with (`KeyLogits`); `dist`/`idx` are one search at the largest k, sorted ascending. Working memory stays
     within about twice `chunk_bytes` (the residual table, when it fits, and one chunk's blocks)."""
     import torch
+    import torch.nn.functional as F
 
     from resmem.device import torch_device
 
@@ -192,10 +192,11 @@ def sweep_correct(
                 hits = torch.zeros((stop - start, len(ks), len(sigmas)), dtype=torch.bool, device=device)
                 near_tie = torch.zeros(stop - start, dtype=torch.bool, device=device)
                 for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-                    if hi > lo:
-                        segment = rows[:, lo:hi]
-                        gathered = table.index_select(0, segment.flatten()).view(*segment.shape, n_classes)
-                        total += torch.bmm(u[:, :, lo:hi], gathered)
+                    if hi > lo:  # Σ_j u_j r_j over the segment for every (query, σ): one weighted bag of rows each
+                        bags = rows[:, None, lo:hi].expand(-1, len(sigmas), -1).reshape(-1, hi - lo)
+                        weights = u[:, :, lo:hi].reshape(-1, hi - lo)
+                        segment = F.embedding_bag(bags, table, per_sample_weights=weights, mode="sum")
+                        total += segment.view(stop - start, len(sigmas), n_classes)
                     scores = torch.addcdiv(base[:, None, :], total, norms[:, :, j, None])  # (Q, S, C)
                     best, predicted = scores.max(dim=2)
                     scores.scatter_(2, predicted[:, :, None], -torch.inf)

@@ -116,3 +116,13 @@ def test_the_token_datastore_under_bf16_autocast(monkeypatch):
     )
     assert not np.array_equal(bf16, plain)  # the branch really ran in bf16
     np.testing.assert_allclose(bf16, plain, atol=0.1 * np.abs(plain).max())
+
+
+def test_the_gpu_check_runs_its_cpu_halves_without_cuda():
+    """bench/gpu_check.py, the one command for a GPU box, runs here too: every comparison on the CPU halves."""
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no CUDA here" in proc.stdout
+    assert "11 of 11 checks passed" in proc.stdout
+    for check in ("train (bf16, channels_last)", "faiss ivfpq (fp16 tables)", "engine (tokens)", "two GPUs"):
+        assert check in proc.stdout
