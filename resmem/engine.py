@@ -59,19 +59,21 @@ def ieee_float32():
         torch.set_float32_matmul_precision(previous)
 
 
-def logits_on_device(source, rows, device):
-    """float32 logits of training rows (an index array, or a slice) as a tensor on `device`: from an array
-    (memmaps included), or from an object that computes them there (`resmem.lm.tokens.KeyLogits.on_device`)."""
+def logits_on_device(source, rows, device, out=None):
+    """float32 logits of training rows (an index array, or a slice) as a tensor on `device`, written into `out`
+    when given: from an array (memmaps included), or from an object that computes them there
+    (`resmem.lm.tokens.KeyLogits.on_device`)."""
     import torch
 
     if hasattr(source, "on_device"):
-        return source.on_device(rows)
-    return torch.from_numpy(np.array(source[rows], dtype=np.float32)).to(device)  # a copy: a memmap is read-only
+        return source.on_device(rows, out)
+    logits = torch.from_numpy(np.array(source[rows], dtype=np.float32))  # a copy: a memmap is read-only
+    return logits.to(device) if out is None else out.copy_(logits)
 
 
 def residuals_on_device(logits, labels, temperature: float):
-    """onehot(y) − softmax(z/T) in float32 (logits: a float32 tensor), each entry within (SOFTMAX_BLOCK + 7)u of
-    the exact value whatever the number of classes C (u = 2⁻²⁴):
+    """onehot(y) − softmax(z/T) in float32, computed in place of `logits` (a float32 tensor), each entry within
+    (SOFTMAX_BLOCK + 7)u of the exact value whatever the number of classes C (u = 2⁻²⁴):
 
     - the exponents t = (z − max z)/T carry two roundings, 2u|t| absolutely, so e = exp(t) is off relatively by
       2u|t| plus 4u for exp itself (2 ulp: CUDA's expf; SLEEF's on the CPU is within 1), and since p = e/S ≤ e^t,
@@ -82,7 +84,7 @@ def residuals_on_device(logits, labels, temperature: float):
     - the division and 1 − p add 2u."""
     import torch
 
-    r = logits - logits.amax(dim=1, keepdim=True)
+    r = logits.sub_(logits.amax(dim=1, keepdim=True))
     if temperature != 1.0:
         r.div_(temperature)
     r.exp_()
@@ -109,9 +111,8 @@ class ResidualRows:
             block = max(1, table_bytes // (n_classes * 16))  # a block's temporaries stay within the budget
             for start in range(0, n, block):
                 rows = slice(start, min(start + block, n))
-                self.table[rows] = residuals_on_device(
-                    logits_on_device(train_logits, rows, device), self.labels[rows], temperature
-                )
+                logits = logits_on_device(train_logits, rows, device, out=self.table[rows])
+                residuals_on_device(logits, self.labels[rows], temperature)
 
     def of(self, idx: np.ndarray):
         """(table, rows): a (M, C) residual tensor and the (Q, k) tensor of `idx`'s rows in it."""

@@ -29,8 +29,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from resmem.artifacts import QUERY_SPLITS
-from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, neighbor_weights, softmax
-from resmem.engine import sweep_correct
+from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, softmax
+from resmem.engine import logits_on_device, sweep_correct
 from resmem.lm.artifacts import LM_SWEEP_COLUMNS
 
 
@@ -55,14 +55,14 @@ class KeyLogits:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def on_device(self, rows):
+    def on_device(self, rows, out=None):
         """The logits of `rows` (an index array of any shape, or a slice) as a float32 tensor on the device,
-        shaped rows.shape + (V,): what the sweep engine gathers residuals from."""
+        shaped rows.shape + (V,), written into `out` when given: what the sweep engine takes residuals from."""
         import torch
 
         flat = rows if isinstance(rows, slice) else np.asarray(rows).ravel()
-        hidden = torch.from_numpy(np.array(self.keys[flat], np.float32)).to(self.device)  # a copy: keys may be a memmap
-        logits = torch.addmm(self.bias, hidden, self.weight.T)
+        hidden = torch.from_numpy(np.array(self.keys[flat])).to(self.device).float()  # a copy: keys may be a memmap
+        logits = torch.addmm(self.bias, hidden, self.weight.T, out=out)
         return logits if isinstance(rows, slice) else logits.view(*np.shape(rows), -1)
 
     def __getitem__(self, rows) -> np.ndarray:
@@ -105,6 +105,7 @@ def knnlm_sweep(
     kernel: str = "squared_l2",
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
     progress=None,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """kNN-LM at every (k, width, λ): (number of correct argmax predictions, sum of −log p(y)), both shaped
     (len(ks), len(widths), len(lambdas)).
@@ -119,7 +120,15 @@ def knnlm_sweep(
     p_kNN is sparse: it is computed only at the (at most k) tokens the neighbors hold, so a query costs O(k log k)
     beside its V-wide log-softmax whatever the vocabulary. The argmax of the mixture is one of those tokens or
     the base model's argmax (every other token has the floor and a lower p_LM); ties go to the lowest token id,
-    as a dense argmax over the vocabulary does."""
+    as a dense argmax over the vocabulary does.
+
+    In float64 torch on `device`, all λ at once: the same code on the CPU and on a GPU (where sums of a token's
+    neighbours' weights, `index_add_`, may add in another order: the last bit of a tie between two tokens that
+    several neighbours each hold may then differ)."""
+    import torch
+
+    from resmem.device import torch_device
+
     query_labels = np.asarray(query_labels)
     train_next = np.asarray(train_next)
     check_neighbors(np.asarray(dist), np.asarray(idx), len(train_next))
@@ -129,55 +138,50 @@ def knnlm_sweep(
     k_max = max(ks)
     if min(ks) < 1 or k_max > np.shape(dist)[1]:
         raise ValueError(f"every k must lie in [1, {np.shape(dist)[1]}] (neighbors searched); got {ks}")
+    device = torch_device(device)
     vocab = np.shape(query_logits)[1]
-    lambdas = np.asarray(lambdas, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        log_lam, log_rest = np.log(lambdas), np.log1p(-lambdas)  # −inf at λ = 0 and λ = 1: one term drops out
+    lam = torch.tensor(np.asarray(lambdas, dtype=np.float64), device=device)[:, None, None]  # (Λ, 1, 1)
+    log_lam, log_rest = torch.log(lam), torch.log1p(-lam)  # −inf at λ = 0 and λ = 1: one term drops out
     shape = (len(ks), len(widths), len(lambdas))
     correct, nll = np.zeros(shape, dtype=np.int64), np.zeros(shape)
-    # A chunk holds its V-wide log-softmax and about a dozen (queries, k_max) arrays.
-    chunk = max(1, int(chunk_bytes // (8 * (2 * vocab + 12 * k_max))))
+    # A chunk holds its V-wide logits and log-softmax and about a dozen (Λ, queries, k_max) arrays.
+    chunk = max(1, int(chunk_bytes // (8 * (2 * vocab + 12 * k_max * len(lambdas)))))
     for start in range(0, len(query_labels), chunk):
         stop = min(start + chunk, len(query_labels))
-        rows = np.arange(stop - start)
-        log_lm = log_softmax(query_logits[start:stop])
-        y = query_labels[start:stop]
-        lm_best, lm_arg, lm_y = log_lm.max(axis=1), log_lm.argmax(axis=1), log_lm[rows, y]
-        kernel_dist = np.asarray(dist[start:stop, :k_max], np.float64)
-        kernel_dist = np.square(kernel_dist) if kernel == "squared_l2" else kernel_dist
-        held = train_next[np.asarray(idx[start:stop, :k_max])]  # (Q, k_max) next tokens of the neighbors
+        rows = torch.arange(stop - start, device=device)
+        log_lm = torch.log_softmax(logits_on_device(query_logits, slice(start, stop), device).double(), dim=1)
+        y = torch.from_numpy(np.array(query_labels[start:stop], dtype=np.int64)).to(device)
+        lm_best, lm_arg = log_lm.max(dim=1)  # the first maximal token on ties, as numpy's argmax
+        lm_y = log_lm[rows, y]
+        kernel_dist = torch.from_numpy(np.array(dist[start:stop, :k_max], dtype=np.float64)).to(device)
+        kernel_dist = kernel_dist.square() if kernel == "squared_l2" else kernel_dist
+        held = torch.from_numpy(np.array(train_next[np.asarray(idx[start:stop, :k_max])], dtype=np.int64)).to(device)
         for i, k in enumerate(ks):
             tokens = held[:, :k]
-            order = np.argsort(tokens, axis=1, kind="stable")
-            sorted_tokens = np.take_along_axis(tokens, order, axis=1)
+            sorted_tokens, order = torch.sort(tokens, dim=1, stable=True)
             # Each sorted neighbor's group of neighbors holding the same token (a row-wide group id).
-            first = np.ones_like(sorted_tokens, dtype=bool)
+            first = torch.ones_like(sorted_tokens, dtype=torch.bool)
             first[:, 1:] = sorted_tokens[:, 1:] != sorted_tokens[:, :-1]
-            group = np.cumsum(first, axis=1) - 1 + (rows * k)[:, None]
-            lm_at = log_lm[rows[:, None], sorted_tokens]  # (Q, k) log p_LM of the held tokens
+            group = (torch.cumsum(first, dim=1) - 1 + (rows * k)[:, None]).flatten()
+            lm_candidates = torch.cat([log_lm.gather(1, sorted_tokens), lm_best[:, None]], dim=1)  # (Q, k + 1)
+            candidates = torch.cat([sorted_tokens, lm_arg[:, None]], dim=1)
             for w, width in enumerate(widths):
-                weights = neighbor_weights(kernel_dist[:, :k], width)
-                p_y = np.where(tokens == y[:, None], weights, 0.0).sum(axis=1)
-                p_lm_arg = np.where(tokens == lm_arg[:, None], weights, 0.0).sum(axis=1)
-                sorted_weights = np.take_along_axis(weights, order, axis=1)
-                p_held = np.bincount(group.ravel(), sorted_weights.ravel(), minlength=len(rows) * k)[group]
-                with np.errstate(divide="ignore"):
-                    log_knn_held = np.maximum(np.log(p_held), KNN_LOG_FLOOR)
-                    log_knn_y = np.maximum(np.log(p_y), KNN_LOG_FLOOR)
-                    log_knn_lm_arg = np.maximum(np.log(p_lm_arg), KNN_LOG_FLOOR)
-                candidates = np.concatenate([sorted_tokens, lm_arg[:, None]], axis=1)
-                for j in range(len(lambdas)):
-                    nll[i, w, j] -= np.logaddexp(log_rest[j] + lm_y, log_lam[j] + log_knn_y).sum()
-                    scores = np.concatenate(
-                        [
-                            np.logaddexp(log_rest[j] + lm_at, log_lam[j] + log_knn_held),
-                            np.logaddexp(log_rest[j] + lm_best, log_lam[j] + log_knn_lm_arg)[:, None],
-                        ],
-                        axis=1,
-                    )
-                    best = scores.max(axis=1, keepdims=True)
-                    predicted = np.where(scores == best, candidates, vocab).min(axis=1)
-                    correct[i, w, j] += int((predicted == y).sum())
+                shifted = kernel_dist[:, :k] - kernel_dist[:, :1]  # as `neighbor_weights`: the nearest weighs 1
+                weights = torch.exp(-shifted / width)
+                weights /= weights.sum(dim=1, keepdim=True)
+                p_y = torch.where(tokens == y[:, None], weights, 0.0).sum(dim=1)
+                p_lm_arg = torch.where(tokens == lm_arg[:, None], weights, 0.0).sum(dim=1)
+                sorted_weights = weights.gather(1, order).flatten()
+                p_held = torch.zeros(len(rows) * k, dtype=torch.float64, device=device)
+                p_held = p_held.index_add_(0, group, sorted_weights)[group].view(len(rows), k)
+                log_knn = torch.log(torch.cat([p_held, p_lm_arg[:, None]], dim=1)).clamp_(min=KNN_LOG_FLOOR)
+                log_knn_y = torch.log(p_y).clamp_(min=KNN_LOG_FLOOR)
+                log_p_y = torch.logaddexp(log_rest[:, :, 0] + lm_y, log_lam[:, :, 0] + log_knn_y)  # (Λ, Q)
+                nll[i, w] -= log_p_y.sum(dim=1).cpu().numpy()
+                scores = torch.logaddexp(log_rest + lm_candidates, log_lam + log_knn)  # (Λ, Q, k + 1)
+                best = scores.amax(dim=2, keepdim=True)
+                predicted = torch.where(scores == best, candidates, vocab).amin(dim=2)  # ties: the lowest token
+                correct[i, w] += (predicted == y).sum(dim=1).cpu().numpy()
         if progress is not None:
             progress.update(stop - start)
     return correct, nll
@@ -231,7 +235,7 @@ def sweep_table(
             )  # fmt: skip
             knn_correct, knn_nll = knnlm_sweep(
                 logits, labels, dist, idx, arrays["train_next"], ks, widths, lambdas, knnlm_kernel, chunk_bytes,
-                progress,
+                progress, device,
             )  # fmt: skip
         for i, k in enumerate(resmem_ks):
             for s, sigma in enumerate(sigmas):
