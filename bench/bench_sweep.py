@@ -7,7 +7,7 @@
 Each side runs in its own process, so that its peak resident memory (ru_maxrss) is its own. The engine's search
 and sweep are each timed as the best of three runs. The script prints the machine, its threads, its measured
 float32 matmul throughput and the fraction of it the sweep achieves (its arithmetic is 2·Q·S·k_max·C
-multiply-adds, the batched matmuls of the residuals), checks the goals (sweep ≤ 0.3 × search, ≥ 100× faster than
+multiply-adds, the kernel-weighted sums of the residuals), checks the goals (sweep ≤ 0.3 × search, ≥ 100× faster than
 the baseline, peak RSS ≤ 1 GiB) and that both sides give identical accuracies at every grid point.
 """
 
@@ -153,7 +153,7 @@ def main() -> None:
         f"engine:   {search + sweep:8.2f} s (search {search:.2f} s, sweep {sweep:.2f} s = {sweep / search:.2f} x "
         f"search; best of 3 each), peak RSS {fast['peak_mib']:.0f} MiB ({fast['data_mib']:.0f} MiB of it before "
         f"the timed work: interpreter, libraries, the data)\n"
-        f"sweep:    {achieved:.1f} GFLOP/s of matmul arithmetic = {achieved / fast['matmul_gflops']:.0%} of the "
+        f"sweep:    {achieved:.1f} GFLOP/s of weighted-sum arithmetic = {achieved / fast['matmul_gflops']:.0%} of the "
         f"machine's float32 matmul throughput",
         flush=True,
     )

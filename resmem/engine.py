@@ -3,7 +3,8 @@ and token datastores alike, in torch on the device the config's switch selects (
 
 For one temperature T and one chunk of queries it computes, for all σ at once, the kernel-weighted prefix sums
 of the neighbors' residuals, growing segment by segment between consecutive grid values of k (the neighbors
-are sorted): each segment is one batched matmul (Q, S, L) @ (Q, L, C) in float32. The residuals come from
+are sorted): each segment is one float32 weighted bag of residual rows per (query, σ) (`embedding_bag`, which reads
+the rows where they lie instead of gathering a (Q, L, C) copy for a batched matmul). The residuals come from
 
 - one float32 table r = onehot(y) − softmax(z/T) of the whole training set, built once per temperature, when
   N × C × 4 bytes fit the chunk budget (CIFAR-size datastores), or else
@@ -97,22 +98,29 @@ def residuals_on_device(logits, labels, temperature: float):
 
 
 class ResidualRows:
-    """The float32 residuals at one temperature of the training rows a chunk's neighbors name, on the device."""
+    """The float32 residuals at one temperature (`set_temperature`) of the training rows a chunk's neighbors name,
+    on the device: rows of one table when it fits `table_bytes` (filled again in place for each temperature:
+    fresh memory costs page faults), else each chunk's unique rows."""
 
-    def __init__(self, train_logits, train_labels, temperature: float, device, table_bytes: int):
+    def __init__(self, train_logits, train_labels, device, table_bytes: int):
         import torch
 
-        self.logits, self.temperature, self.device = train_logits, temperature, device
+        self.logits, self.device, self.table_bytes = train_logits, device, table_bytes
         self.labels = torch.from_numpy(np.array(train_labels, dtype=np.int64)).to(device)
         n, n_classes = len(self.labels), train_logits.shape[1]
-        self.table = None
-        if n * n_classes * 4 <= table_bytes:
-            self.table = torch.empty((n, n_classes), dtype=torch.float32, device=device)
-            block = max(1, table_bytes // (n_classes * 16))  # a block's temporaries stay within the budget
-            for start in range(0, n, block):
-                rows = slice(start, min(start + block, n))
-                logits = logits_on_device(train_logits, rows, device, out=self.table[rows])
-                residuals_on_device(logits, self.labels[rows], temperature)
+        fits = n * n_classes * 4 <= table_bytes
+        self.table = torch.empty((n, n_classes), dtype=torch.float32, device=device) if fits else None
+
+    def set_temperature(self, temperature: float) -> None:
+        self.temperature = temperature
+        if self.table is None:
+            return
+        n, n_classes = self.table.shape
+        block = max(1, self.table_bytes // (n_classes * 16))  # a block's temporaries stay within the budget
+        for start in range(0, n, block):
+            rows = slice(start, min(start + block, n))
+            logits = logits_on_device(self.logits, rows, self.device, out=self.table[rows])
+            residuals_on_device(logits, self.labels[rows], temperature)
 
     def of(self, idx: np.ndarray):
         """(table, rows): a (M, C) residual tensor and the (Q, k) tensor of `idx`'s rows in it."""
@@ -177,8 +185,9 @@ def sweep_correct(
     thresholds = torch.tensor([margin_bound(int(k), n_classes) for k in k_sorted], device=device)
     correct = np.zeros((len(temperatures), len(ks), len(sigmas)), dtype=np.int64)
     with ieee_float32(), torch.inference_mode():
+        residual_rows = ResidualRows(train_logits, train_labels, device, chunk_bytes)
         for t, temperature in enumerate(temperatures):
-            residual_rows = ResidualRows(train_logits, train_labels, temperature, device, chunk_bytes)
+            residual_rows.set_temperature(temperature)
             working = chunk_bytes if device.type == "cuda" else min(chunk_bytes, CPU_CHUNK_BYTES)
             chunk = queries_per_chunk(working, k_max, len(sigmas), n_classes, residual_rows.table is not None)
             for start in range(0, len(query_labels), chunk):
@@ -190,6 +199,7 @@ def sweep_correct(
                 base = torch.from_numpy(softmax(query_logits[start:stop], temperature)).to(device).float()
                 table, rows = residual_rows.of(idx[start:stop, :k_max])
                 total = torch.zeros((stop - start, len(sigmas), n_classes), dtype=torch.float32, device=device)
+                scores = torch.empty_like(total)  # one buffer for every k: a fresh block each time costs page faults
                 hits = torch.zeros((stop - start, len(ks), len(sigmas)), dtype=torch.bool, device=device)
                 near_tie = torch.zeros(stop - start, dtype=torch.bool, device=device)
                 for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -198,7 +208,7 @@ def sweep_correct(
                         weights = u[:, :, lo:hi].reshape(-1, hi - lo)
                         segment = F.embedding_bag(bags, table, per_sample_weights=weights, mode="sum")
                         total += segment.view(stop - start, len(sigmas), n_classes)
-                    scores = torch.addcdiv(base[:, None, :], total, norms[:, :, j, None])  # (Q, S, C)
+                    torch.addcdiv(base[:, None, :], total, norms[:, :, j, None], out=scores)
                     best, predicted = scores.max(dim=2)
                     scores.scatter_(2, predicted[:, :, None], -torch.inf)
                     margin = best - scores.amax(dim=2)  # to the runner-up: 0 for an exact tie
