@@ -91,7 +91,7 @@ for kind in KINDS:
             experiment=names_regex(kind.section),
         conda:
             "../../envs/resmem.yaml"
-        threads: 4  # the sweep engine's CPU threads (Snakemake lowers it to --cores)
+        threads: 1  # the sweep engine's CPU threads: one runs more sweeps at once (raise with --set-threads)
         resources:
             mem_mb=sweep_memory_mb(kind.section),
             gpu=gpu_request,
