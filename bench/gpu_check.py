@@ -12,6 +12,7 @@ Checks, each timed on both sides and compared with the CPU path:
 - faiss flat / IVF / IVF-PQ (float16 lookup tables), built and searched on the GPU: flat the same neighbours,
   IVF and IVF-PQ a recall@10 within 0.05 of the CPU's;
 - engine: the sweep engine on CUDA, for images and for tokens (`KeyLogits`): identical counts at every grid point;
+  kNN-LM's sweep on CUDA: identical counts, losses within 1e-12;
 - torch + faiss in one process (a torch CUDA tensor alive while faiss searches on the GPU, then used again) and in
   two (faiss in a child while this process holds CUDA): the same neighbours, the tensor intact;
 - two GPUs: two jobs take the GPU locks (`resmem.device.claim_gpu`) at once and get different GPUs.
@@ -222,7 +223,7 @@ def check_engine() -> None:
 
     from resmem.engine import sweep_correct
     from resmem.knn import build_index, search
-    from resmem.lm.tokens import KeyLogits
+    from resmem.lm.tokens import KeyLogits, knnlm_sweep
 
     train_emb, train_logits, train_y, query_emb, query_logits, query_y = make_problem(5_000, 1_000, 64, 100)
     dist, idx = search(build_index(train_emb, device="cpu"), query_emb, 64, device="cpu")
@@ -242,6 +243,17 @@ def check_engine() -> None:
         gpu, gpu_s = timed(lambda make: sweep_correct(*make(gpu_device), *grid, device=gpu_device), problem)
         record(f"engine ({name})", np.array_equal(cpu, gpu), cpu_s, gpu_s,
                f"{cpu.size} grid points, {int((cpu != gpu).sum())} differ")  # fmt: skip
+
+    def knnlm(device):  # (k, τ, λ) grid of the published kernel, beside the engine on the same neighbours
+        return knnlm_sweep(tokens(device)[2], query_next, dist, idx, train_next, [1, 4, 16, 64], [1.0, 10.0],
+                           [0.0, 0.25, 1.0], device=device)  # fmt: skip
+
+    (cpu_correct, cpu_nll), cpu_s = timed(knnlm, "cpu")
+    (gpu_correct, gpu_nll), gpu_s = timed(knnlm, gpu_device)
+    worst = float(np.abs(gpu_nll - cpu_nll).max() / np.abs(cpu_nll).max())
+    differ = int((cpu_correct != gpu_correct).sum())
+    record("kNN-LM (tokens)", differ == 0 and worst < 1e-12, cpu_s, gpu_s,
+           f"{differ} of {cpu_correct.size} counts differ, losses within {worst:.0e}")  # fmt: skip
 
 
 # --- GPU locks ------------------------------------------------------------------------------------------------------

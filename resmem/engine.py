@@ -25,7 +25,7 @@ import contextlib
 
 import numpy as np
 
-from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, softmax, sweep_correct_float64
+from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, sweep_correct_float64
 
 UNIT_ROUNDOFF_32 = 2.0**-24
 UNIT_ROUNDOFF_64 = 2.0**-53
@@ -196,7 +196,8 @@ def sweep_correct(
                 u = torch.exp(-(d - d[:, :1])[:, None, :] / sigmas_t[None, :, None])  # (Q, S, k_max), u_0 = 1
                 norms = torch.cumsum(u, dim=2)[:, :, k_columns].float()  # (Q, S, len(ks))
                 u = u.float()
-                base = torch.from_numpy(softmax(query_logits[start:stop], temperature)).to(device).float()
+                query = logits_on_device(query_logits, slice(start, stop), device).double()
+                base = torch.softmax(query / temperature, dim=1).float()  # float64, rounded once
                 table, rows = residual_rows.of(idx[start:stop, :k_max])
                 total = torch.zeros((stop - start, len(sigmas), n_classes), dtype=torch.float32, device=device)
                 scores = torch.empty_like(total)  # one buffer for every k: a fresh block each time costs page faults

@@ -190,7 +190,8 @@ def memory_mb(base):
 
 
 def sweep_memory_mb(kind):
-    """The sweep holds up to about three chunks of `knn.sweep_chunk_mb` at once."""
+    """The sweep engine holds its residual table and a chunk (each within `knn.sweep_chunk_mb`) and the float64
+    re-decision of near-ties: about three budgets, plus 1 GB for torch and the data."""
 
     def mb(wildcards, attempt):
         return (
