@@ -100,7 +100,8 @@ def test_near_ties_are_rare_on_continuous_data(monkeypatch):
 
 
 def test_memmapped_logits_and_progress(tmp_path):
-    """An ImageNet-size datastore is a memmap that never fits the table budget: the chunks' rows are gathered."""
+    """An ImageNet-size datastore is a memmap that does not fit the table budget: each chunk's rows are read from
+    it (here a budget below the 9.6 kB table), and progress counts every query at every temperature."""
     train_logits, train_y, query_logits, query_y, dist, idx = tie_heavy_images()
     np.save(tmp_path / "logits.npy", train_logits)
     mapped = np.load(tmp_path / "logits.npy", mmap_mode="r")
@@ -113,9 +114,10 @@ def test_memmapped_logits_and_progress(tmp_path):
 
     progress = Progress()
     got = engine.sweep_correct(mapped, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES,
-                               chunk_bytes=50_000, progress=progress)  # fmt: skip
+                               chunk_bytes=5_000, progress=progress)  # fmt: skip
     expected = sweep_correct_float64(train_logits, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES)
     np.testing.assert_array_equal(got, expected)
+    assert engine.ResidualRows(mapped, train_y, torch.device("cpu"), 5_000).table is None
     assert progress.done == len(query_y) * len(TEMPERATURES)
 
 
