@@ -47,6 +47,13 @@ def margin_bound(k: int, n_classes: int) -> float:
     return 2.0 * per_score * 1.01
 
 
+def kernel_weights(dist, widths):
+    """exp(−(d_j − d_0)/width) for every width: a (Q, S, k) float64 tensor from sorted distances (Q, k) and widths
+    (S,), as `resmem.core.neighbor_weights` before normalizing: the nearest neighbor weighs 1, so no width can
+    underflow a prefix's normalizer to zero. Normalized over a prefix of k, they are the kernel's weights there."""
+    return (-(dist - dist[:, :1])[:, None, :] / widths[None, :, None]).exp_()
+
+
 @contextlib.contextmanager
 def ieee_float32():
     """Full float32 matmuls for the block (no TF32 on CUDA): the margin bound assumes float32 rounding."""
@@ -193,7 +200,7 @@ def sweep_correct(
             for start in range(0, len(query_labels), chunk):
                 stop = min(start + chunk, len(query_labels))
                 d = torch.from_numpy(np.array(dist[start:stop, :k_max], dtype=np.float64)).to(device)
-                u = torch.exp(-(d - d[:, :1])[:, None, :] / sigmas_t[None, :, None])  # (Q, S, k_max), u_0 = 1
+                u = kernel_weights(d, sigmas_t)  # (Q, S, k_max)
                 norms = torch.cumsum(u, dim=2)[:, :, k_columns].float()  # (Q, S, len(ks))
                 u = u.float()
                 query = logits_on_device(query_logits, slice(start, stop), device).double()

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from resmem.artifacts import QUERY_SPLITS
 from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, softmax
-from resmem.engine import logits_on_device, sweep_correct
+from resmem.engine import kernel_weights, logits_on_device, sweep_correct
 from resmem.lm.artifacts import LM_SWEEP_COLUMNS
 
 
@@ -140,6 +140,7 @@ def knnlm_sweep(
         raise ValueError(f"every k must lie in [1, {np.shape(dist)[1]}] (neighbors searched); got {ks}")
     device = torch_device(device)
     vocab = np.shape(query_logits)[1]
+    widths_t = torch.tensor(np.asarray(widths, dtype=np.float64), device=device)
     lam = torch.tensor(np.asarray(lambdas, dtype=np.float64), device=device)[:, None, None]  # (Λ, 1, 1)
     log_lam, log_rest = torch.log(lam), torch.log1p(-lam)  # −inf at λ = 0 and λ = 1: one term drops out
     shape = (len(ks), len(widths), len(lambdas))
@@ -155,6 +156,7 @@ def knnlm_sweep(
         lm_y = log_lm[rows, y]
         kernel_dist = torch.from_numpy(np.array(dist[start:stop, :k_max], dtype=np.float64)).to(device)
         kernel_dist = kernel_dist.square() if kernel == "squared_l2" else kernel_dist
+        unnormalized = kernel_weights(kernel_dist, widths_t)  # (Q, widths, k_max)
         held = torch.from_numpy(np.array(train_next[np.asarray(idx[start:stop, :k_max])], dtype=np.int64)).to(device)
         for i, k in enumerate(ks):
             tokens = held[:, :k]
@@ -165,10 +167,8 @@ def knnlm_sweep(
             group = (torch.cumsum(first, dim=1) - 1 + (rows * k)[:, None]).flatten()
             lm_candidates = torch.cat([log_lm.gather(1, sorted_tokens), lm_best[:, None]], dim=1)  # (Q, k + 1)
             candidates = torch.cat([sorted_tokens, lm_arg[:, None]], dim=1)
-            for w, width in enumerate(widths):
-                shifted = kernel_dist[:, :k] - kernel_dist[:, :1]  # as `neighbor_weights`: the nearest weighs 1
-                weights = torch.exp(-shifted / width)
-                weights /= weights.sum(dim=1, keepdim=True)
+            for w in range(len(widths)):
+                weights = unnormalized[:, w, :k] / unnormalized[:, w, :k].sum(dim=1, keepdim=True)
                 p_y = torch.where(tokens == y[:, None], weights, 0.0).sum(dim=1)
                 p_lm_arg = torch.where(tokens == lm_arg[:, None], weights, 0.0).sum(dim=1)
                 sorted_weights = weights.gather(1, order).flatten()
