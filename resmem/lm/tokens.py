@@ -87,12 +87,6 @@ def log_likelihoods(logits, labels, chunk: int = 4096) -> np.ndarray:
 KNN_LOG_FLOOR = -10_000.0  # log p_kNN of a token no neighbor holds, as knn-transformers floors log(0)
 
 
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    shifted = z - z.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def knnlm_sweep(
     query_logits,
     query_labels: np.ndarray,
