@@ -29,7 +29,7 @@ from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, sweep_correc
 
 UNIT_ROUNDOFF_32 = 2.0**-24
 UNIT_ROUNDOFF_64 = 2.0**-53
-CPU_CHUNK_BYTES = 32 * 2**20  # on the CPU a chunk's working set stays near the cache: 1.4-1.6x faster than 256 MiB
+CPU_CHUNK_BYTES = 32 * 2**20  # on the CPU a chunk's working set stays near the cache (measured faster than 256 MiB)
 SOFTMAX_BLOCK = 64  # a softmax normalizer sums float32 blocks of this many terms in float64: error ∝ block, not C
 
 
