@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from resmem.device import GPU_BRANCHES_ON_CPU, SIMULATED_GPUS, faiss_gpu_count
 
-from resmem.device import GPU_BRANCHES_ON_CPU, SIMULATED_GPUS, faiss_gpu_count  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CUDA = torch.cuda.is_available()
 CPU = torch.device("cpu")
@@ -165,13 +164,9 @@ def faiss_search(kind: str, device: str, k: int = 10):
     return search(index, queries, k, device=device, nprobe=16)
 
 
-def recall(found, exact) -> float:
+def check_faiss() -> None:
     from resmem.knn import recall_at_k
 
-    return recall_at_k(found, exact)
-
-
-def check_faiss() -> None:
     gpu_device = "cuda" if faiss_gpu_count("auto") else "cpu"
     note = "" if gpu_device == "cuda" else " (faiss sees no GPU: both sides on the CPU)"
     (exact_dist, exact_idx), _ = timed(faiss_search, "flat", "cpu")
@@ -184,7 +179,7 @@ def check_faiss() -> None:
             record(f"faiss {kind}", same >= 0.999 and close < 1e-3, cpu_s, gpu_s,
                    f"{same:.1%} of rows the same neighbours, distances within {close:.1e}{note}")  # fmt: skip
         else:
-            cpu_recall, gpu_recall = recall(cpu_idx, exact_idx), recall(gpu_idx, exact_idx)
+            cpu_recall, gpu_recall = recall_at_k(cpu_idx, exact_idx), recall_at_k(gpu_idx, exact_idx)
             label = "faiss ivfpq (fp16 tables)" if kind == "ivfpq" else f"faiss {kind}"
             record(label, abs(gpu_recall - cpu_recall) <= 0.05, cpu_s, gpu_s,
                    f"recall@10 {gpu_recall:.3f} vs {cpu_recall:.3f} on the CPU{note}")  # fmt: skip
