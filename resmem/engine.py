@@ -2,21 +2,24 @@
 and token datastores alike, in torch on the device the config's switch selects (a CUDA GPU, else CPU threads).
 
 For one temperature T and one chunk of queries it computes, for all σ at once, the kernel-weighted prefix sums
-of the neighbors' residuals, growing segment by segment between consecutive grid values of k (the neighbors
-are sorted): each segment is one float32 weighted bag of residual rows per (query, σ) (`embedding_bag`, which reads
-the rows where they lie instead of gathering a (Q, L, C) copy for a batched matmul). The residuals come from
+of the neighbors' residuals r = onehot(y) − softmax(z/T), growing segment by segment between consecutive grid
+values of k (the neighbors are sorted): each segment is one float32 weighted bag of rows of a residual table per
+(query, σ) (`embedding_bag`, which reads the rows where they lie instead of gathering a (Q, L, C) copy). The table
+holds, per temperature,
 
-- one float32 table r = onehot(y) − softmax(z/T) of the whole training set, built once per temperature, when
-  N × C × 4 bytes fit the chunk budget (CIFAR-size datastores), or else
-- the chunk's unique neighbor rows, recomputed from their logits (a memmapped ImageNet-size logit matrix, or a
-  token datastore's `KeyLogits`, which computes them from hidden states with one matmul on the device).
+- every training row, when N × C × 4 bytes fit the chunk budget (CIFAR-size datastores), or else
+- the unique neighbor rows of a block of queries, as many queries as the budget's rows allow, recomputed from
+  their logits (a memmapped ImageNet-size logit matrix, or a token datastore's `KeyLogits`, which computes them
+  from hidden states with one matmul on the device). A row that many queries share is computed once per block:
+  in a language-model datastore popular contexts are the neighbors of many queries (the default's token
+  datastores: 640,000 neighbor slots of 10,000 queries name 40,000 to 140,000 distinct rows).
 
 Exact: the kernel weights, their normalizers and the base probabilities are computed in float64 and rounded once;
 the residuals are computed in float32 with a softmax whose error does not grow with the number of classes
-(`residuals_on_device`); so the float32 scores lie within a bound derived from float32 rounding (`margin_bound`)
-of the exact ones. A query whose top-two margin falls below that bound at any grid point is
-re-decided by the float64 reference (`resmem.core.sweep_correct_float64`), so every count equals the reference's
-bit for bit, near-ties and exact ties included.
+(`exponentials`); so the float32 scores lie within a bound derived from float32 rounding (`margin_bound`) of the
+exact ones. A query whose top-two margin falls below that bound at any grid point is re-decided by the float64
+reference (`resmem.core.sweep_correct_float64`), so every count equals the reference's bit for bit, near-ties and
+exact ties included.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ SOFTMAX_BLOCK = 64  # a softmax normalizer sums float32 blocks of this many term
 def margin_bound(k: int, n_classes: int) -> float:
     """A top-two margin of float32 scores above which their argmax is the float64 reference's.
 
-    A float32 residual is off by at most (SOFTMAX_BLOCK + 7)u (`residuals_on_device`); the kernel weights, the
+    A float32 residual is off by at most (SOFTMAX_BLOCK + 7)u (`exponentials`); the kernel weights, the
     normalizers and the base probabilities are rounded once from float64 (relative error ≤ u). Each score is
     p_c + Σ_j u_j r_jc / Σ_j u_j with |r_jc| ≤ 1, so the float32 sum of k products is off by at most
     (k + SOFTMAX_BLOCK + 8)u·Σ_j u_j (any summation order: Higham's γ_k), and the quotient, the base probability
@@ -75,13 +78,15 @@ def logits_on_device(source, rows, device, out=None):
 
     if hasattr(source, "on_device"):
         return source.on_device(rows, out)
-    logits = torch.from_numpy(np.array(source[rows], dtype=np.float32))  # a copy: a memmap is read-only
+    picked = source[rows] if isinstance(rows, slice) else np.take(source, rows, axis=0)  # take: faster on memmaps
+    logits = torch.from_numpy(np.array(picked, dtype=np.float32))  # a copy: a memmap is read-only
     return logits.to(device) if out is None else out.copy_(logits)
 
 
-def residuals_on_device(logits, labels, temperature: float):
-    """onehot(y) − softmax(z/T) in float32, computed in place of `logits` (a float32 tensor), each entry within
-    (SOFTMAX_BLOCK + 7)u of the exact value whatever the number of classes C (u = 2⁻²⁴):
+def exponentials(logits, temperature: float):
+    """e = exp((z − max z)/T) in place of `logits` (a float32 tensor, one row per example) and the softmax's
+    normalizer S = Σ_c e_c (float32, one per row): softmax = e / S, and 1 − e/S, −e/S (the residuals) are within
+    (SOFTMAX_BLOCK + 7)u of the exact values whatever the number of classes C (u = 2⁻²⁴):
 
     - the exponents t = (z − max z)/T carry two roundings, 2u|t| absolutely, so e = exp(t) is off relatively by
       2u|t| plus 4u for exp itself (2 ulp: CUDA's expf; SLEEF's on the CPU is within 1), and since p = e/S ≤ e^t,
@@ -90,62 +95,114 @@ def residuals_on_device(logits, labels, temperature: float):
       and adds the blocks in float64, so it is off by (SOFTMAX_BLOCK − 1)u + u when rounded, where a float32 sum
       of all C terms could be off by Cu (thousands of u for a 50k vocabulary);
     - the division and 1 − p add 2u."""
+    e = logits.sub_(logits.amax(dim=1, keepdim=True))
+    if temperature != 1.0:
+        e.div_(temperature)
+    e.exp_()
+    whole = e.shape[1] - e.shape[1] % SOFTMAX_BLOCK
+    blocks = e[:, :whole].reshape(len(e), -1, SOFTMAX_BLOCK).sum(dim=2)
+    return e, (blocks.double().sum(dim=1) + e[:, whole:].double().sum(dim=1)).float()
+
+
+def fits_table(n_rows: int, n_classes: int, chunk_bytes: int) -> bool:
+    """Whether the residual table holds every training row (else each block's unique neighbor rows)."""
+    return n_rows * n_classes * 4 <= chunk_bytes
+
+
+class Grid:
+    """A (k, σ) grid on the device: k sorted ascending (`order` maps back to the order given) with the segment
+    bounds between them, the σ's, and each k's margin bound."""
+
+    def __init__(self, ks, sigmas, n_classes: int, device):
+        import torch
+
+        ks = np.asarray(ks, dtype=np.int64)
+        self.order = np.argsort(ks, kind="stable")
+        k_sorted = ks[self.order]
+        self.k_max, self.n_ks, self.n_sigmas = int(k_sorted[-1]), len(ks), len(sigmas)
+        self.bounds = np.concatenate([[0], k_sorted])
+        self.sigmas = torch.as_tensor(np.asarray(sigmas, dtype=np.float64), device=device)
+        self.k_columns = torch.as_tensor(k_sorted - 1, device=device)
+        self.thresholds = [margin_bound(int(k), n_classes) for k in k_sorted]
+
+    def weights(self, dist, device):
+        """The float32 kernel weights (Q, S, k_max) of sorted distances and their prefix sums at each k
+        (Q, S, len(ks)), both rounded once from float64."""
+        import torch
+
+        d = torch.from_numpy(np.array(dist[:, : self.k_max], dtype=np.float64)).to(device)
+        u = kernel_weights(d, self.sigmas)
+        return u.float(), torch.cumsum(u, dim=2)[:, :, self.k_columns].float()
+
+
+def fill_residuals(table, train_logits, labels, rows, temperature: float, pass_rows: int) -> None:
+    """table[i] = onehot(y) − softmax(z/T) of training row rows[i] (an index array, or None for every row), in
+    float32 on the table's device, `pass_rows` rows at a time."""
     import torch
 
-    r = logits.sub_(logits.amax(dim=1, keepdim=True))
-    if temperature != 1.0:
-        r.div_(temperature)
-    r.exp_()
-    whole = r.shape[1] - r.shape[1] % SOFTMAX_BLOCK
-    blocks = r[:, :whole].reshape(len(r), -1, SOFTMAX_BLOCK).sum(dim=2)
-    normalizer = blocks.double().sum(dim=1) + r[:, whole:].double().sum(dim=1)
-    r.div_(normalizer.float()[:, None]).neg_()
-    r[torch.arange(len(r), device=r.device), labels] += 1.0
-    return r
+    n = len(table) if rows is None else len(rows)
+    for start in range(0, n, pass_rows):
+        here = slice(start, min(start + pass_rows, n))
+        source_rows = here if rows is None else rows[here]
+        logits = logits_on_device(train_logits, source_rows, table.device, out=table[here])
+        e, normalizer = exponentials(logits, temperature)
+        residuals = e.div_(normalizer[:, None]).neg_()
+        residuals[torch.arange(len(e), device=e.device), labels[source_rows]] += 1.0
 
 
-class ResidualRows:
-    """The float32 residuals at one temperature (`set_temperature`) of the training rows a chunk's neighbors name,
-    on the device: rows of one table when it fits `table_bytes` (filled again in place for each temperature:
-    fresh memory costs page faults), else each chunk's unique rows."""
+def query_blocks(idx, k_max: int, max_rows: int, max_slots: int):
+    """(start, stop, unique rows, their (Q, k_max) local indices) for consecutive blocks of queries whose
+    neighbors name at most `max_rows` distinct training rows (one query's k_max at least), each as long as
+    that allows (and at most `max_slots` neighbor slots): a block shrinks until its rows fit, and the next one
+    starts at the size that fitted."""
+    import torch
 
-    def __init__(self, train_logits, train_labels, device, table_bytes: int):
-        import torch
-
-        self.logits, self.device, self.table_bytes = train_logits, device, table_bytes
-        self.labels = torch.from_numpy(np.array(train_labels, dtype=np.int64)).to(device)
-        n, n_classes = len(self.labels), train_logits.shape[1]
-        fits = n * n_classes * 4 <= table_bytes
-        self.table = torch.empty((n, n_classes), dtype=torch.float32, device=device) if fits else None
-
-    def set_temperature(self, temperature: float) -> None:
-        self.temperature = temperature
-        if self.table is None:
-            return
-        n, n_classes = self.table.shape
-        block = max(1, self.table_bytes // (n_classes * 16))  # a block's temporaries stay within the budget
-        for start in range(0, n, block):
-            rows = slice(start, min(start + block, n))
-            logits = logits_on_device(self.logits, rows, self.device, out=self.table[rows])
-            residuals_on_device(logits, self.labels[rows], temperature)
-
-    def of(self, idx: np.ndarray):
-        """(table, rows): a (M, C) residual tensor and the (Q, k) tensor of `idx`'s rows in it."""
-        import torch
-
-        if self.table is not None:
-            return self.table, torch.from_numpy(np.array(idx, dtype=np.int64)).to(self.device)
-        unique, inverse = np.unique(idx, return_inverse=True)
-        labels = self.labels[torch.from_numpy(unique).to(self.device)]
-        table = residuals_on_device(logits_on_device(self.logits, unique, self.device), labels, self.temperature)
-        return table, torch.from_numpy(inverse.reshape(idx.shape)).to(self.device)
+    n_query, size = len(idx), max(1, max_slots // k_max)
+    start = 0
+    while start < n_query:
+        size = min(size, n_query - start)
+        while True:
+            slots = torch.from_numpy(np.array(idx[start : start + size, :k_max], dtype=np.int64)).view(-1)
+            unique, local = torch.unique(slots, return_inverse=True)  # sorted; torch's sort is 7× numpy's
+            if len(unique) <= max_rows or size == 1:
+                break
+            size = max(1, min(size - 1, int(0.9 * size * max_rows / len(unique))))
+        yield start, start + size, unique.numpy(), local.view(size, k_max)
+        start += size
 
 
-def queries_per_chunk(chunk_bytes: int, k_max: int, n_sigmas: int, n_classes: int, table: bool) -> int:
-    """Queries whose working set fits `chunk_bytes`: three (S, C) float32 blocks and the (S, k_max) bags of
-    rows and weights, plus, without a table, the chunk's unique rows' logits and residuals."""
-    per_query = 12 * n_classes * n_sigmas + 16 * n_sigmas * k_max + (0 if table else 8 * n_classes * k_max)
-    return max(1, int(chunk_bytes // per_query))
+def base_probabilities(query_logits, rows: slice, temperature: float, device):
+    """softmax(z/T) of a slice of queries: a float64 tensor on the device."""
+    import torch
+
+    return torch.softmax(logits_on_device(query_logits, rows, device).double() / temperature, dim=1)
+
+
+def decide(table, rows, u, norms, base, labels, grid: Grid):
+    """Correct predictions (Q, len(ks), S) and near-ties (Q,) of a chunk over the k's of the grid: each
+    segment's Σ_j u_j r_j, one weighted bag of table rows (`rows`, (Q, k_max)) per (query, σ), is added to the
+    prefix sums, and the argmax of the scores base + sums / norms taken at each k. A top-two margin at or below
+    the grid's bound makes a near-tie (0 for an exact tie)."""
+    import torch
+    import torch.nn.functional as F
+
+    n_query, n_sigmas = len(labels), grid.n_sigmas
+    total = torch.zeros((n_query, n_sigmas, table.shape[1]), dtype=torch.float32, device=table.device)
+    scores = torch.empty_like(total)  # one buffer for every k: a fresh block each time costs page faults
+    hits = torch.zeros((n_query, grid.n_ks, n_sigmas), dtype=torch.bool, device=table.device)
+    near_tie = torch.zeros(n_query, dtype=torch.bool, device=table.device)
+    for j, (lo, hi) in enumerate(zip(grid.bounds[:-1], grid.bounds[1:], strict=True)):
+        if hi > lo:
+            bags = rows[:, None, lo:hi].expand(-1, n_sigmas, -1).reshape(-1, hi - lo)
+            weights = u[:, :, lo:hi].reshape(-1, hi - lo)
+            total += F.embedding_bag(bags, table, per_sample_weights=weights, mode="sum").view_as(total)
+        torch.addcdiv(base[:, None, :], total, norms[:, :, j, None], out=scores)
+        best, predicted = scores.max(dim=2)
+        scores.scatter_(2, predicted[:, :, None], -torch.inf)
+        margin = best - scores.amax(dim=2)  # to the runner-up: 0 for an exact tie
+        hits[:, grid.order[j]] = predicted == labels[:, None]
+        near_tie |= (margin <= grid.thresholds[j]).any(dim=1)
+    return hits, near_tie
 
 
 def sweep_correct(
@@ -167,68 +224,54 @@ def sweep_correct(
 
     `train_logits` is an N×C array (a memmap too) or an object computing the logits of the rows it is indexed
     with (`KeyLogits`); `dist`/`idx` are one search at the largest k, sorted ascending. Working memory stays
-    within about twice `chunk_bytes` (the residual table, when it fits, and one chunk's blocks)."""
+    within about twice `chunk_bytes` (the residual table and one chunk's blocks)."""
     import torch
-    import torch.nn.functional as F
 
     from resmem.device import torch_device
 
     dist, idx, query_labels = np.asarray(dist), np.asarray(idx), np.asarray(query_labels)
     check_neighbors(dist, idx, len(train_labels))
-    ks = np.asarray(ks, dtype=np.int64)
-    order = np.argsort(ks, kind="stable")
-    k_sorted = ks[order]
-    if len(ks) == 0 or k_sorted[0] < 1 or k_sorted[-1] > dist.shape[1]:
-        raise ValueError(f"every k must lie in [1, {dist.shape[1]}] (neighbors searched); got {ks.tolist()}")
-    k_max = int(k_sorted[-1])
-    bounds = np.concatenate([[0], k_sorted])
-    n_classes = query_logits.shape[1]
+    if len(ks) == 0 or min(ks) < 1 or max(ks) > dist.shape[1]:
+        raise ValueError(f"every k must lie in [1, {dist.shape[1]}] (neighbors searched); got {list(ks)}")
+    n_rows, n_classes = len(train_labels), query_logits.shape[1]
     if n_classes < 2:
         raise ValueError(f"the logits have {n_classes} class; ResMem needs at least 2")
     device = torch_device(device)
-    sigmas_t = torch.as_tensor(np.asarray(sigmas, dtype=np.float64), device=device)
-    labels_t = torch.from_numpy(np.array(query_labels, dtype=np.int64)).to(device)
-    k_columns = torch.as_tensor(k_sorted - 1, device=device)
-    thresholds = torch.tensor([margin_bound(int(k), n_classes) for k in k_sorted], device=device)
+    grid = Grid(ks, sigmas, n_classes, device)
+    working = chunk_bytes if device.type == "cuda" else min(chunk_bytes, CPU_CHUNK_BYTES)
+    # per query: three (S, C) float32 blocks and the (S, k_max) bags of rows and weights
+    chunk = max(1, working // (12 * n_classes * grid.n_sigmas + 16 * grid.n_sigmas * grid.k_max))
+    pass_rows = max(1, working // (32 * n_classes))  # one pass's logits: 4 MiB on the CPU (cache; faster than 16)
+    whole = fits_table(n_rows, n_classes, chunk_bytes)
+    max_rows = n_rows if whole else max(chunk_bytes // (4 * n_classes), grid.k_max)
+    table = torch.empty((min(max_rows, n_rows), n_classes), dtype=torch.float32, device=device)  # reused
+    train_labels_t = torch.from_numpy(np.array(train_labels, dtype=np.int64)).to(device)
+    query_labels_t = torch.from_numpy(np.array(query_labels, dtype=np.int64)).to(device)
     correct = np.zeros((len(temperatures), len(ks), len(sigmas)), dtype=np.int64)
     with ieee_float32(), torch.inference_mode():
-        residual_rows = ResidualRows(train_logits, train_labels, device, chunk_bytes)
         for t, temperature in enumerate(temperatures):
-            residual_rows.set_temperature(temperature)
-            working = chunk_bytes if device.type == "cuda" else min(chunk_bytes, CPU_CHUNK_BYTES)
-            chunk = queries_per_chunk(working, k_max, len(sigmas), n_classes, residual_rows.table is not None)
-            for start in range(0, len(query_labels), chunk):
-                stop = min(start + chunk, len(query_labels))
-                d = torch.from_numpy(np.array(dist[start:stop, :k_max], dtype=np.float64)).to(device)
-                u = kernel_weights(d, sigmas_t)  # (Q, S, k_max)
-                norms = torch.cumsum(u, dim=2)[:, :, k_columns].float()  # (Q, S, len(ks))
-                u = u.float()
-                query = logits_on_device(query_logits, slice(start, stop), device).double()
-                base = torch.softmax(query / temperature, dim=1).float()  # float64, rounded once
-                table, rows = residual_rows.of(idx[start:stop, :k_max])
-                total = torch.zeros((stop - start, len(sigmas), n_classes), dtype=torch.float32, device=device)
-                scores = torch.empty_like(total)  # one buffer for every k: a fresh block each time costs page faults
-                hits = torch.zeros((stop - start, len(ks), len(sigmas)), dtype=torch.bool, device=device)
-                near_tie = torch.zeros(stop - start, dtype=torch.bool, device=device)
-                for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-                    if hi > lo:  # Σ_j u_j r_j over the segment for every (query, σ): one weighted bag of rows each
-                        bags = rows[:, None, lo:hi].expand(-1, len(sigmas), -1).reshape(-1, hi - lo)
-                        weights = u[:, :, lo:hi].reshape(-1, hi - lo)
-                        segment = F.embedding_bag(bags, table, per_sample_weights=weights, mode="sum")
-                        total += segment.view(stop - start, len(sigmas), n_classes)
-                    torch.addcdiv(base[:, None, :], total, norms[:, :, j, None], out=scores)
-                    best, predicted = scores.max(dim=2)
-                    scores.scatter_(2, predicted[:, :, None], -torch.inf)
-                    margin = best - scores.amax(dim=2)  # to the runner-up: 0 for an exact tie
-                    hits[:, order[j]] = predicted == labels_t[start:stop, None]
-                    near_tie |= (margin <= thresholds[j]).any(dim=1)
-                correct[t] += (hits & ~near_tie[:, None, None]).sum(dim=0).cpu().numpy()
-                redo = start + np.flatnonzero(near_tie.cpu().numpy())
-                if len(redo):  # near-ties: the float64 reference decides them
-                    correct[t] += sweep_correct_float64(
-                        train_logits, train_labels, query_logits[redo], query_labels[redo], dist[redo], idx[redo],
-                        ks, sigmas, [temperature], chunk_bytes,
-                    )[0]  # fmt: skip
-                if progress is not None:
-                    progress.update(stop - start)
+            if whole:
+                fill_residuals(table, train_logits, train_labels_t, None, temperature, pass_rows)
+                blocks = [(0, len(query_labels), None, idx)]
+            else:  # the index arrays of a block: three int64 copies of its neighbor slots within the budget
+                blocks = query_blocks(idx, grid.k_max, max_rows, max(1, chunk_bytes // 24))
+            for first, last, unique, rows in blocks:
+                if unique is not None:
+                    fill_residuals(table, train_logits, train_labels_t, unique, temperature, pass_rows)
+                for start in range(first, last, chunk):
+                    stop = min(start + chunk, last)
+                    here = rows[start - first : stop - first, : grid.k_max]  # a block's tensor, or idx itself
+                    here = here if torch.is_tensor(here) else torch.from_numpy(np.array(here, dtype=np.int64))
+                    u, norms = grid.weights(dist[start:stop], device)
+                    base = base_probabilities(query_logits, slice(start, stop), temperature, device).float()
+                    hits, near_tie = decide(table, here.to(device), u, norms, base, query_labels_t[start:stop], grid)
+                    correct[t] += (hits & ~near_tie[:, None, None]).sum(dim=0).cpu().numpy()
+                    redo = start + np.flatnonzero(near_tie.cpu().numpy())
+                    if len(redo):  # near-ties: the float64 reference decides them
+                        correct[t] += sweep_correct_float64(
+                            train_logits, train_labels, query_logits[redo], query_labels[redo], dist[redo],
+                            idx[redo], ks, sigmas, [temperature], chunk_bytes,
+                        )[0]  # fmt: skip
+                    if progress is not None:
+                        progress.update(stop - start)
     return correct

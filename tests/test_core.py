@@ -107,7 +107,7 @@ def test_huge_sigma_gives_uniform_weights(problem):
 def test_sweep_equals_per_point_evaluation(problem, sweep):
     p = problem
     ks, sigmas, temps = [16, 1, 5, 64, 2], [0.01, 0.3, 1.0, 100.0], [0.5, 1.0, 2.0]
-    # A chunk bound far below one query block forces many chunks (and the engine's gathered residuals).
+    # A chunk bound far below one query block forces many chunks (and the engine's per-block residual tables).
     correct = sweep(
         p["train_logits"],
         p["train_y"],

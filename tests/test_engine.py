@@ -1,9 +1,9 @@
 """The sweep engine (float32 torch, near-ties re-decided in float64) against the float64 reference, bit for bit, on
-data built to be full of ties: quantized logits, duplicated embeddings and token states."""
+data built to be full of ties: quantized logits, duplicated embeddings and token states; with a residual table and
+with candidates (the budget below the table's size)."""
 
 import numpy as np
 import pytest
-import torch
 
 from resmem import engine
 from resmem.core import sweep_correct_float64
@@ -59,16 +59,47 @@ def redecided(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("make", [tie_heavy_images, tie_heavy_tokens], ids=["images", "tokens"])
-@pytest.mark.parametrize("chunk_bytes", [256 * 2**20, 5_000], ids=["table", "gathered"])
-def test_engine_equals_the_float64_reference_on_tie_heavy_data(make, chunk_bytes, monkeypatch):
+@pytest.mark.parametrize("mode", ["table", "blocks", "small blocks"])
+def test_engine_equals_the_float64_reference_on_tie_heavy_data(make, mode, monkeypatch):
     problem = make()
+    table_bytes = len(problem[1]) * problem[2].shape[1] * 4
+    chunk_bytes = {"table": table_bytes, "blocks": table_bytes - 1, "small blocks": 5_000}[mode]
+    assert engine.fits_table(len(problem[1]), problem[2].shape[1], chunk_bytes) == (mode == "table")
     expected = sweep_correct_float64(*problem, KS, SIGMAS, TEMPERATURES)
     calls = redecided(monkeypatch)
     got = engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES, chunk_bytes=chunk_bytes)
     np.testing.assert_array_equal(got, expected)
     assert sum(calls) > 0  # the data has near-ties, and the reference decided them
-    table = engine.ResidualRows(problem[0], problem[1], torch.device("cpu"), chunk_bytes).table
-    assert (table is None) == (chunk_bytes == 5_000)  # the small budget gathers each chunk's rows
+
+
+def test_query_blocks_cover_the_queries_with_their_rows_within_the_bound():
+    idx = np.random.default_rng(0).integers(0, 500, (200, 12))
+    blocks = list(engine.query_blocks(idx, 10, 150, 10_000))
+    assert [b[0] for b in blocks] == [0] + [b[1] for b in blocks[:-1]] and blocks[-1][1] == len(idx)
+    assert len(blocks) > 1 and max(stop - start for start, stop, _, _ in blocks) > 1
+    for start, stop, unique, local in blocks:
+        assert len(unique) <= 150 and np.all(np.diff(unique) > 0)
+        np.testing.assert_array_equal(unique[local.numpy()], idx[start:stop, :10])  # only the first k_max
+
+
+def test_a_row_that_queries_share_is_computed_once_per_block(monkeypatch):
+    """Token states repeat and neighbors are shared: each block's residual table computes each row it needs
+    once, far fewer rows than the neighbor slots."""
+    problem = tie_heavy_tokens()
+    chunk_bytes = len(problem[1]) * problem[2].shape[1] * 4 - 1  # one row short of the whole table
+    requested, compute = [], engine.logits_on_device
+
+    def counting(source, rows, device, out=None):
+        if source is problem[0]:
+            requested.append(len(rows))
+        return compute(source, rows, device, out)
+
+    monkeypatch.setattr(engine, "logits_on_device", counting)
+    engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES, chunk_bytes=chunk_bytes)
+    max_rows = chunk_bytes // (4 * problem[2].shape[1])
+    blocks = list(engine.query_blocks(problem[5], max(KS), max_rows, chunk_bytes // 24))
+    assert sum(requested) == len(TEMPERATURES) * sum(len(unique) for _, _, unique, _ in blocks)
+    assert sum(requested) < 0.5 * len(TEMPERATURES) * problem[5][:, : max(KS)].size
 
 
 @pytest.mark.parametrize("make", [tie_heavy_images, tie_heavy_tokens], ids=["images", "tokens"])
@@ -100,7 +131,7 @@ def test_near_ties_are_rare_on_continuous_data(monkeypatch):
 
 
 def test_memmapped_logits_and_progress(tmp_path):
-    """An ImageNet-size datastore is a memmap that does not fit the table budget: each chunk's rows are read from
+    """An ImageNet-size datastore is a memmap that does not fit the table budget: each block's rows are read from
     it (here a budget below the 9.6 kB table), and progress counts every query at every temperature."""
     train_logits, train_y, query_logits, query_y, dist, idx = tie_heavy_images()
     np.save(tmp_path / "logits.npy", train_logits)
@@ -117,7 +148,7 @@ def test_memmapped_logits_and_progress(tmp_path):
                                chunk_bytes=5_000, progress=progress)  # fmt: skip
     expected = sweep_correct_float64(train_logits, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES)
     np.testing.assert_array_equal(got, expected)
-    assert engine.ResidualRows(mapped, train_y, torch.device("cpu"), 5_000).table is None
+    assert not engine.fits_table(len(train_y), train_logits.shape[1], 5_000)
     assert progress.done == len(query_y) * len(TEMPERATURES)
 
 

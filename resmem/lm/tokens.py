@@ -60,8 +60,8 @@ class KeyLogits:
         shaped rows.shape + (V,), written into `out` when given: what the sweep engine takes residuals from."""
         import torch
 
-        flat = rows if isinstance(rows, slice) else np.asarray(rows).ravel()
-        hidden = torch.from_numpy(np.array(self.keys[flat])).to(self.device).float()  # a copy: keys may be a memmap
+        picked = self.keys[rows] if isinstance(rows, slice) else np.take(self.keys, np.ravel(rows), axis=0)
+        hidden = torch.from_numpy(np.array(picked)).to(self.device).float()  # take: faster on a memmap; a copy
         logits = torch.addmm(self.bias, hidden, self.weight.T, out=out)
         return logits if isinstance(rows, slice) else logits.view(*np.shape(rows), -1)
 
