@@ -2,8 +2,12 @@
 
     .venv/bin/python bench/bench_datastore.py            # 1,000,000 keys (d = 64, float16) × 2 × 10,000 queries
     .venv/bin/python bench/bench_datastore.py --quick    # 100,000 keys, for a check in seconds
+    .venv/bin/python bench/bench_datastore.py --datastore results/stdlib_lm/gpt_l3_d96/seed0/datastore.npz \
+        --sweep-mb 64                                    # a real datastore of a workflow run, a smaller budget
 
-Keys are clustered like hidden states (a mixture of Gaussians). For each index kind the script builds the
+Keys are clustered like hidden states (a mixture of Gaussians), with random next tokens: their queries share
+few neighbors, unlike a real language model's (`--datastore` runs the same on a datastore.npz that the workflow
+made; the script prints how many distinct rows the neighbor slots name). For each index kind the script builds the
 index (`resmem.lm.stages.index`), runs the one search at k = 64 for val and test (`resmem.lm.stages.neighbors`:
 IVF-PQ distances recomputed exactly, recall@64 against exact search on 1,000 test queries) and then the sweep
 of ResMem and kNN-LM (`resmem.lm.stages.sweep`, V = 256), each in its own process so that peak memory is its
@@ -68,12 +72,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--datastore", type=Path, help="a datastore.npz of a workflow run instead of random data")
+    parser.add_argument("--sweep-mb", type=float, default=256, help="knn.sweep_chunk_mb (MiB) of the sweep")
     args = parser.parse_args()
     n, n_query, dim = (100_000, 2_000, 64) if args.quick else (1_000_000, 10_000, 64)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        in_child("make_datastore", tmp / "ds.npz", n, n_query, dim)  # a child too: peak RSS survives fork + exec
-        print(f"datastore: {n:,} keys of dim {dim} (float16), 2 × {n_query:,} queries, k = {K}, V = {VOCAB}")
+        if args.datastore is None:
+            datastore = tmp / "ds.npz"
+            in_child("make_datastore", datastore, n, n_query, dim)  # a child too: peak RSS survives fork + exec
+        else:
+            datastore = args.datastore.resolve()
+        arrays = lm_stages.load_datastore(datastore)
+        (n, dim), n_query = arrays["train_keys"].shape, len(arrays["val_next"])
+        vocab = len(arrays["head_weight"])
+        print(f"datastore: {n:,} keys of dim {dim}, 2 × {n_query:,} queries, k = {K}, V = {vocab:,}")
+        del arrays
         for kind, nlist in (("flat", None), ("ivfpq", None)):
             knn = {
                 "normalize": False,
@@ -92,19 +106,22 @@ def main() -> None:
                 "knnlm_kernel": "squared_l2",
                 "tau": [1.0, 10.0],
                 "resmem_k": None,
-                "sweep_chunk_mb": 256,
+                "sweep_chunk_mb": args.sweep_mb,
             }
             built = {"index": tmp / f"{kind}.faiss", "rows": tmp / f"{kind}_rows.npz"}
-            index = in_child("index", tmp / "ds.npz", built, knn, args.device)
+            index = in_child("index", datastore, built, knn, args.device)
             found = {"neighbors": tmp / f"{kind}.npz", "report": tmp / f"{kind}.json"}
-            search = in_child("neighbors", built["index"], built["rows"], tmp / "ds.npz", found, knn, args.device)
-            sweep = in_child("sweep", tmp / "ds.npz", found["neighbors"], tmp / f"{kind}.csv", knn, args.device)
+            search = in_child("neighbors", built["index"], built["rows"], datastore, found, knn, args.device)
+            sweep = in_child("sweep", datastore, found["neighbors"], tmp / f"{kind}.csv", knn, args.device)
             report = json.loads((tmp / f"{kind}.json").read_text())
+            with np.load(found["neighbors"]) as neighbors:
+                distinct = [len(np.unique(neighbors[f"{split}_idx"])) for split in ("val", "test")]
             print(
                 f"{kind:>6}: index {index['seconds']:.1f} s ({index['peak_mib']:.0f} MiB) | search "
                 f"{search['seconds']:.1f} s, {report['queries_per_second']:,.0f} queries/s, recall@{K} "
                 f"{report['recall_at_k_max']:.3f} ({search['peak_mib']:.0f} MiB) | sweep {sweep['seconds']:.1f} s "
-                f"({sweep['peak_mib']:.0f} MiB)"
+                f"({sweep['peak_mib']:.0f} MiB) | a split's {n_query * K:,} neighbor slots name "
+                f"{min(distinct):,}–{max(distinct):,} distinct rows"
             )
 
 
