@@ -56,7 +56,7 @@ def timed(function, *args):
 def record(check: str, ok: bool | None, cpu_s: float, gpu_s: float, detail: str) -> None:
     status = "skip" if ok is None else ("ok" if ok else "MISMATCH")
     RESULTS.append((check, status, cpu_s, gpu_s, detail))
-    print(f"{check:<28} {status:<8} cpu {cpu_s:7.2f} s   gpu side {gpu_s:7.2f} s   {detail}", flush=True)
+    print(f"{check:<30} {status:<8} cpu {cpu_s:7.2f} s   gpu side {gpu_s:7.2f} s   {detail}", flush=True)
 
 
 class gpu_branches:
@@ -233,9 +233,15 @@ def check_engine() -> None:
                 query_next, dist, idx)  # fmt: skip
 
     gpu_device = "cuda" if CUDA else "cpu"
-    for name, problem in (("images", lambda device: images), ("tokens", tokens)):
-        cpu, cpu_s = timed(lambda make: sweep_correct(*make("cpu"), *grid, device="cpu"), problem)
-        gpu, gpu_s = timed(lambda make: sweep_correct(*make(gpu_device), *grid, device=gpu_device), problem)
+
+    def engine(device, make, budget):
+        return sweep_correct(*make(device), *grid, budget, device=device)
+
+    # the whole residual table (10 MB), and per-block tables of the rows that blocks of queries share
+    for name, make, budget in (("images", lambda device: images, 2**28), ("tokens", tokens, 2**28),
+                               ("tokens, block tables", tokens, 2**21)):  # fmt: skip
+        cpu, cpu_s = timed(engine, "cpu", make, budget)
+        gpu, gpu_s = timed(engine, gpu_device, make, budget)
         record(f"engine ({name})", np.array_equal(cpu, gpu), cpu_s, gpu_s,
                f"{cpu.size} grid points, {int((cpu != gpu).sum())} differ")  # fmt: skip
 
