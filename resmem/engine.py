@@ -12,7 +12,8 @@ holds, per temperature,
   their logits (a memmapped ImageNet-size logit matrix, or a token datastore's `KeyLogits`, which computes them
   from hidden states with one matmul on the device). A row that many queries share is computed once per block:
   in a language-model datastore popular contexts are the neighbors of many queries (the default's token
-  datastores: 640,000 neighbor slots of 10,000 queries name 40,000 to 140,000 distinct rows).
+  datastores: 640,000 neighbor slots of 10,000 queries name 40,000 to 140,000 distinct rows), and the queries
+  are blocked in the order of their lowest neighbor row (`locality_order`) so that those sharing rows meet.
 
 Exact: the kernel weights, their normalizers and the base probabilities are computed in float64 and rounded once;
 the residuals are computed in float32 with a softmax whose error does not grow with the number of classes
@@ -150,20 +151,26 @@ def fill_residuals(table, train_logits, labels, rows, temperature: float, pass_r
         residuals[torch.arange(len(e), device=e.device), labels[source_rows]] += 1.0
 
 
-def query_blocks(idx, k_max: int, max_rows: int, max_slots: int):
-    """(start, stop, unique rows, their (Q, k_max) local indices) for consecutive blocks of queries whose
-    neighbors name at most `max_rows` distinct training rows (one query's k_max at least), each as long as
-    that allows (and at most `max_slots` neighbor slots): a block shrinks until its rows fit, and the next one
-    starts at the size that fitted."""
+def locality_order(idx, k_max: int) -> np.ndarray:
+    """The queries ordered by their lowest neighbor row: queries whose neighbor sets overlap often share that row
+    (a MinHash), so they land in the same block and their shared rows are computed once (on the default's token
+    stores a third fewer rows than in the queries' own order; 8 % fewer on random clusters)."""
+    return np.argsort(np.asarray(idx)[:, :k_max].min(axis=1), kind="stable")
+
+
+def query_blocks(idx, order: np.ndarray, k_max: int, max_rows: int, max_slots: int):
+    """(first, last, unique rows, their local indices) for consecutive blocks order[first:last] of queries whose
+    neighbors name at most `max_rows` distinct training rows (one query's k_max at least), each as long as that
+    allows (and at most `max_slots` neighbor slots): a block shrinks until its rows fit, and the next one starts
+    at the size that fitted. The local indices are a (last − first, k_max) tensor: unique[local] = idx[order]."""
     import torch
 
-    n_query, size = len(idx), max(1, max_slots // k_max)
-    start = 0
-    while start < n_query:
-        size = min(size, n_query - start)
+    start, size = 0, max(1, max_slots // k_max)
+    while start < len(order):
+        size = min(size, len(order) - start)
         while True:
-            slots = torch.from_numpy(np.array(idx[start : start + size, :k_max], dtype=np.int64)).view(-1)
-            unique, local = torch.unique(slots, return_inverse=True)  # sorted; torch's sort is 7× numpy's
+            rows = np.array(idx[order[start : start + size], :k_max], dtype=np.int64)
+            unique, local = torch.unique(torch.from_numpy(rows).view(-1), return_inverse=True)  # 7× numpy's sort
             if len(unique) <= max_rows or size == 1:
                 break
             size = max(1, min(size - 1, int(0.9 * size * max_rows / len(unique))))
@@ -171,8 +178,8 @@ def query_blocks(idx, k_max: int, max_rows: int, max_slots: int):
         start += size
 
 
-def base_probabilities(query_logits, rows: slice, temperature: float, device):
-    """softmax(z/T) of a slice of queries: a float64 tensor on the device."""
+def base_probabilities(query_logits, rows: np.ndarray, temperature: float, device):
+    """softmax(z/T) of some queries: a float64 tensor on the device."""
     import torch
 
     return torch.softmax(logits_on_device(query_logits, rows, device).double() / temperature, dim=1)
@@ -248,30 +255,34 @@ def sweep_correct(
     train_labels_t = torch.from_numpy(np.array(train_labels, dtype=np.int64)).to(device)
     query_labels_t = torch.from_numpy(np.array(query_labels, dtype=np.int64)).to(device)
     correct = np.zeros((len(temperatures), len(ks), len(sigmas)), dtype=np.int64)
+    # the queries in blocks that share rows; all of them in their own order with the whole table
+    order = np.arange(len(query_labels)) if whole else locality_order(idx, grid.k_max)
     with ieee_float32(), torch.inference_mode():
         for t, temperature in enumerate(temperatures):
             if whole:
                 fill_residuals(table, train_logits, train_labels_t, None, temperature, pass_rows)
-                blocks = [(0, len(query_labels), None, idx)]
+                blocks = [(0, len(order), None, None)]
             else:  # the index arrays of a block: three int64 copies of its neighbor slots within the budget
-                blocks = query_blocks(idx, grid.k_max, max_rows, max(1, chunk_bytes // 24))
-            for first, last, unique, rows in blocks:
+                blocks = query_blocks(idx, order, grid.k_max, max_rows, max(1, chunk_bytes // 24))
+            for first, last, unique, local in blocks:
                 if unique is not None:
                     fill_residuals(table, train_logits, train_labels_t, unique, temperature, pass_rows)
                 for start in range(first, last, chunk):
-                    stop = min(start + chunk, last)
-                    here = rows[start - first : stop - first, : grid.k_max]  # a block's tensor, or idx itself
-                    here = here if torch.is_tensor(here) else torch.from_numpy(np.array(here, dtype=np.int64))
-                    u, norms = grid.weights(dist[start:stop], device)
-                    base = base_probabilities(query_logits, slice(start, stop), temperature, device).float()
-                    hits, near_tie = decide(table, here.to(device), u, norms, base, query_labels_t[start:stop], grid)
+                    queries = order[start : min(start + chunk, last)]
+                    if local is None:  # table rows are training rows
+                        rows = torch.from_numpy(np.array(idx[queries, : grid.k_max], dtype=np.int64))
+                    else:
+                        rows = local[start - first : start - first + len(queries)]
+                    u, norms = grid.weights(dist[queries], device)
+                    base = base_probabilities(query_logits, queries, temperature, device).float()
+                    hits, near_tie = decide(table, rows.to(device), u, norms, base, query_labels_t[queries], grid)
                     correct[t] += (hits & ~near_tie[:, None, None]).sum(dim=0).cpu().numpy()
-                    redo = start + np.flatnonzero(near_tie.cpu().numpy())
+                    redo = np.sort(queries[near_tie.cpu().numpy()])
                     if len(redo):  # near-ties: the float64 reference decides them
                         correct[t] += sweep_correct_float64(
                             train_logits, train_labels, query_logits[redo], query_labels[redo], dist[redo],
                             idx[redo], ks, sigmas, [temperature], chunk_bytes,
                         )[0]  # fmt: skip
                     if progress is not None:
-                        progress.update(stop - start)
+                        progress.update(len(queries))
     return correct

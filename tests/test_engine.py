@@ -74,12 +74,14 @@ def test_engine_equals_the_float64_reference_on_tie_heavy_data(make, mode, monke
 
 def test_query_blocks_cover_the_queries_with_their_rows_within_the_bound():
     idx = np.random.default_rng(0).integers(0, 500, (200, 12))
-    blocks = list(engine.query_blocks(idx, 10, 150, 10_000))
+    order = engine.locality_order(idx, 10)
+    assert sorted(order) == list(range(len(idx))) and np.all(np.diff(idx[order, :10].min(axis=1)) >= 0)
+    blocks = list(engine.query_blocks(idx, order, 10, 150, 10_000))
     assert [b[0] for b in blocks] == [0] + [b[1] for b in blocks[:-1]] and blocks[-1][1] == len(idx)
-    assert len(blocks) > 1 and max(stop - start for start, stop, _, _ in blocks) > 1
-    for start, stop, unique, local in blocks:
+    assert len(blocks) > 1 and max(last - first for first, last, _, _ in blocks) > 1
+    for first, last, unique, local in blocks:
         assert len(unique) <= 150 and np.all(np.diff(unique) > 0)
-        np.testing.assert_array_equal(unique[local.numpy()], idx[start:stop, :10])  # only the first k_max
+        np.testing.assert_array_equal(unique[local.numpy()], idx[order[first:last], :10])  # only the first k_max
 
 
 def test_a_row_that_queries_share_is_computed_once_per_block(monkeypatch):
@@ -96,8 +98,8 @@ def test_a_row_that_queries_share_is_computed_once_per_block(monkeypatch):
 
     monkeypatch.setattr(engine, "logits_on_device", counting)
     engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES, chunk_bytes=chunk_bytes)
-    max_rows = chunk_bytes // (4 * problem[2].shape[1])
-    blocks = list(engine.query_blocks(problem[5], max(KS), max_rows, chunk_bytes // 24))
+    max_rows, idx = chunk_bytes // (4 * problem[2].shape[1]), problem[5]
+    blocks = list(engine.query_blocks(idx, engine.locality_order(idx, max(KS)), max(KS), max_rows, chunk_bytes // 24))
     assert sum(requested) == len(TEMPERATURES) * sum(len(unique) for _, _, unique, _ in blocks)
     assert sum(requested) < 0.5 * len(TEMPERATURES) * problem[5][:, : max(KS)].size
 
