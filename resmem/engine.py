@@ -162,7 +162,8 @@ def query_blocks(idx, order: np.ndarray, k_max: int, max_rows: int, max_slots: i
     """(first, last, unique rows, their local indices) for consecutive blocks order[first:last] of queries whose
     neighbors name at most `max_rows` distinct training rows (one query's k_max at least), each as long as that
     allows (and at most `max_slots` neighbor slots): a block shrinks until its rows fit, and the next one starts
-    at the size that fitted. The local indices are a (last − first, k_max) tensor: unique[local] = idx[order]."""
+    at the size that would have filled it. The local indices are a (last − first, k_max) tensor:
+    unique[local] = idx[order[first:last]]."""
     import torch
 
     start, size = 0, max(1, max_slots // k_max)
@@ -176,6 +177,7 @@ def query_blocks(idx, order: np.ndarray, k_max: int, max_rows: int, max_slots: i
             size = max(1, min(size - 1, int(0.9 * size * max_rows / len(unique))))
         yield start, start + size, unique.numpy(), local.view(size, k_max)
         start += size
+        size = max(1, min(max_slots // k_max, int(0.95 * size * max_rows / len(unique))))
 
 
 def base_probabilities(query_logits, rows: np.ndarray, temperature: float, device):
