@@ -10,8 +10,8 @@ few neighbors, unlike a real language model's (`--datastore` runs the same on a 
 made; the script prints how many distinct rows the neighbor slots name). For each index kind the script builds the
 index (`resmem.lm.stages.index`), runs the one search at k = 64 for val and test (`resmem.lm.stages.neighbors`:
 IVF-PQ distances recomputed exactly, recall@64 against exact search on 1,000 test queries) and then the sweep
-of ResMem and kNN-LM (`resmem.lm.stages.sweep`, V = 256), each in its own process so that peak memory is its
-own, and prints times, tokens/s, recall and peak RSS.
+of ResMem and kNN-LM (`resmem.lm.stages.sweep`; V = 256 for the random data), each in its own process so that
+peak memory is its own, and prints times, tokens/s, recall and peak RSS.
 """
 
 from __future__ import annotations

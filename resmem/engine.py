@@ -126,12 +126,12 @@ class Grid:
         self.k_columns = torch.as_tensor(k_sorted - 1, device=device)
         self.thresholds = [margin_bound(int(k), n_classes) for k in k_sorted]
 
-    def weights(self, dist, device):
+    def weights(self, dist):
         """The float32 kernel weights (Q, S, k_max) of sorted distances and their prefix sums at each k
-        (Q, S, len(ks)), both rounded once from float64."""
+        (Q, S, len(ks)), both rounded once from float64, on the grid's device."""
         import torch
 
-        d = torch.from_numpy(np.array(dist[:, : self.k_max], dtype=np.float64)).to(device)
+        d = torch.from_numpy(np.array(dist[:, : self.k_max], dtype=np.float64)).to(self.sigmas.device)
         u = kernel_weights(d, self.sigmas)
         return u.float(), torch.cumsum(u, dim=2)[:, :, self.k_columns].float()
 
@@ -275,7 +275,7 @@ def sweep_correct(
                         rows = torch.from_numpy(np.array(idx[queries, : grid.k_max], dtype=np.int64))
                     else:
                         rows = local[start - first : start - first + len(queries)]
-                    u, norms = grid.weights(dist[queries], device)
+                    u, norms = grid.weights(dist[queries])
                     base = base_probabilities(query_logits, queries, temperature, device).float()
                     hits, near_tie = decide(table, rows.to(device), u, norms, base, query_labels_t[queries], grid)
                     correct[t] += (hits & ~near_tie[:, None, None]).sum(dim=0).cpu().numpy()

@@ -1,6 +1,6 @@
 """The sweep engine (float32 torch, near-ties re-decided in float64) against the float64 reference, bit for bit, on
-data built to be full of ties: quantized logits, duplicated embeddings and token states; with a residual table and
-with candidates (the budget below the table's size)."""
+data built to be full of ties: quantized logits, duplicated embeddings and token states; with a residual table of
+every training row and with per-block tables (a budget below the whole table's size)."""
 
 import numpy as np
 import pytest
@@ -88,7 +88,7 @@ def test_a_row_that_queries_share_is_computed_once_per_block(monkeypatch):
     """Token states repeat and neighbors are shared: each block's residual table computes each row it needs
     once, far fewer rows than the neighbor slots."""
     problem = tie_heavy_tokens()
-    chunk_bytes = len(problem[1]) * problem[2].shape[1] * 4 - 1  # one row short of the whole table
+    chunk_bytes = len(problem[1]) * problem[2].shape[1] * 4 - 1  # a byte short of the whole table: blocks
     requested, compute = [], engine.logits_on_device
 
     def counting(source, rows, device, out=None):
