@@ -9,7 +9,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from resmem.artifacts import QUERY_SPLITS, SWEEP_COLUMNS
-from resmem.engine import sweep_correct
+from resmem.engine import stack_splits, sweep_correct
 
 
 def sweep_table(
@@ -18,33 +18,31 @@ def sweep_table(
     """Accuracy at every (k, σ, T) on val and test, plus one base-model row per split with k = 0.
 
     `embeddings` holds train_logits/train_y and <split>_logits/<split>_y; `neighbors` holds
-    <split>_dist/<split>_idx from one search at the largest k; the sweep engine runs on `device`."""
+    <split>_dist/<split>_idx from one search at the largest k; the sweep engine runs on `device`, over both
+    splits at once (the training rows they share are computed once)."""
+    labels = [np.asarray(embeddings[f"{split}_y"]) for split in QUERY_SPLITS]
+    dist, idx, groups = stack_splits(neighbors, max(ks))
+    bar = dict(desc="sweep " + " + ".join(QUERY_SPLITS), unit="query", file=sys.stderr, dynamic_ncols=True)
+    with tqdm(total=len(groups) * len(temperatures), **bar) as progress:
+        correct = sweep_correct(
+            embeddings["train_logits"],
+            embeddings["train_y"],
+            np.concatenate([embeddings[f"{split}_logits"] for split in QUERY_SPLITS]),
+            np.concatenate(labels),
+            dist,
+            idx,
+            ks,
+            sigmas,
+            temperatures,
+            chunk_bytes=chunk_bytes,
+            progress=progress,
+            device=device,
+            groups=groups,
+        )
     rows = []
-    for split in QUERY_SPLITS:
-        logits, labels = embeddings[f"{split}_logits"], embeddings[f"{split}_y"]
-        base = float((logits.argmax(axis=1) == labels).mean())
+    for g, split in enumerate(QUERY_SPLITS):
+        base = float((embeddings[f"{split}_logits"].argmax(axis=1) == labels[g]).mean())
         rows.append({"split": split, "k": 0, "sigma": np.nan, "temperature": np.nan, "accuracy": base})
-        with tqdm(
-            total=len(labels) * len(temperatures),
-            desc=f"sweep {split}",
-            unit="query",
-            file=sys.stderr,
-            dynamic_ncols=True,
-        ) as bar:
-            correct = sweep_correct(
-                embeddings["train_logits"],
-                embeddings["train_y"],
-                logits,
-                labels,
-                neighbors[f"{split}_dist"],
-                neighbors[f"{split}_idx"],
-                ks,
-                sigmas,
-                temperatures,
-                chunk_bytes=chunk_bytes,
-                progress=bar,
-                device=device,
-            )
         for t, temperature in enumerate(temperatures):
             for i, k in enumerate(ks):
                 for s, sigma in enumerate(sigmas):
@@ -54,7 +52,7 @@ def sweep_table(
                             "k": int(k),
                             "sigma": float(sigma),
                             "temperature": float(temperature),
-                            "accuracy": correct[t, i, s] / len(labels),
+                            "accuracy": correct[g, t, i, s] / len(labels[g]),
                         }
                     )
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))

@@ -72,16 +72,72 @@ def test_engine_equals_the_float64_reference_on_tie_heavy_data(make, mode, monke
     assert sum(calls) > 0  # the data has near-ties, and the reference decided them
 
 
-def test_query_blocks_cover_the_queries_with_their_rows_within_the_bound():
+@pytest.mark.parametrize("make", [tie_heavy_images, tie_heavy_tokens], ids=["images", "tokens"])
+@pytest.mark.parametrize("mode", ["table", "small blocks"])
+def test_groups_swept_at_once_count_each_group_as_the_reference(make, mode, monkeypatch):
+    """val and test swept together (their queries interleaved here): each group's counts equal the float64
+    reference on that group's queries alone, near-ties included."""
+    train_logits, train_labels, query_logits, query_labels, dist, idx = make()
+    groups = np.random.default_rng(2).integers(0, 3, len(query_labels))
+    chunk_bytes = {"table": 10**9, "small blocks": 5_000}[mode]
+    calls = redecided(monkeypatch)
+    got = engine.sweep_correct(
+        train_logits, train_labels, query_logits, query_labels, dist, idx, KS, SIGMAS, TEMPERATURES,
+        chunk_bytes=chunk_bytes, groups=groups,
+    )  # fmt: skip
+    assert got.shape == (3, len(TEMPERATURES), len(KS), len(SIGMAS)) and len(calls) > 0
+    for g in range(3):
+        mine = np.flatnonzero(groups == g)
+        expected = sweep_correct_float64(
+            train_logits, train_labels, query_logits[mine], query_labels[mine], dist[mine], idx[mine], KS, SIGMAS,
+            TEMPERATURES,
+        )  # fmt: skip
+        np.testing.assert_array_equal(got[g], expected)
+    with pytest.raises(ValueError, match="groups must hold one integer ≥ 0 per query"):
+        engine.sweep_correct(train_logits, train_labels, query_logits, query_labels, dist, idx, KS, SIGMAS,
+                             TEMPERATURES, groups=groups[1:])  # fmt: skip
+
+
+def test_query_blocks_are_the_longest_runs_whose_rows_fit():
     idx = np.random.default_rng(0).integers(0, 500, (200, 12))
-    order = engine.locality_order(idx, 10)
-    assert sorted(order) == list(range(len(idx))) and np.all(np.diff(idx[order, :10].min(axis=1)) >= 0)
-    blocks = list(engine.query_blocks(idx, order, 10, 150, 10_000))
+    distinct, numbers = engine.neighbor_rows(idx, 10)
+    np.testing.assert_array_equal(distinct, np.unique(idx[:, :10]))
+    np.testing.assert_array_equal(distinct[numbers.numpy()], idx[:, :10])
+    order = engine.locality_order(numbers)
+    assert sorted(order) == list(range(len(idx)))
+    blocks = list(engine.query_blocks(numbers, order, 150, 10_000))
     assert [b[0] for b in blocks] == [0] + [b[1] for b in blocks[:-1]] and blocks[-1][1] == len(idx)
     assert len(blocks) > 1 and max(last - first for first, last, _, _ in blocks) > 1
-    for first, last, unique, local in blocks:
-        assert len(unique) <= 150 and np.all(np.diff(unique) > 0)
-        np.testing.assert_array_equal(unique[local.numpy()], idx[order[first:last], :10])  # only the first k_max
+    for first, last, rows, local in blocks:
+        slots = idx[order[first:last], :10]
+        np.testing.assert_array_equal(distinct[rows.numpy()], np.unique(slots))  # sorted, each once
+        np.testing.assert_array_equal(distinct[rows.numpy()][local.numpy()], slots)
+        assert len(rows) <= 150
+        if last < len(idx):  # one more query would not fit
+            assert len(np.unique(idx[order[first : last + 1], :10])) > 150
+    few_slots = list(engine.query_blocks(numbers, order, 150, 25))  # two queries' slots at most
+    assert {last - first for first, last, _, _ in few_slots} == {2}
+
+
+def test_locality_order_blocks_clusters_of_queries_that_share_rows():
+    """Queries in clusters, each cluster's rows interleaved with the others' (row r belongs to cluster r mod 40):
+    in locality order a cluster's queries are consecutive, so a row is computed twice only where a block ends
+    inside a cluster, where the queries' own order and their own lowest row alone compute rows several times."""
+    rng = np.random.default_rng(1)
+    n_clusters, rows_each, per_cluster, k = 40, 16, 12, 6
+    cluster = np.repeat(np.arange(n_clusters), per_cluster)
+    rng.shuffle(cluster)
+    idx = np.stack([n_clusters * rng.choice(rows_each, k, replace=False) + c for c in cluster])
+    distinct, numbers = engine.neighbor_rows(idx, k)
+
+    def computed(order):
+        blocks = list(engine.query_blocks(numbers, order, 4 * rows_each, 10_000))
+        return sum(len(rows) for _, _, rows, _ in blocks), len(blocks)
+
+    rows, blocks = computed(engine.locality_order(numbers))
+    assert rows <= len(distinct) + (blocks - 1) * rows_each  # a split cluster at most per block boundary
+    own_lowest = np.argsort(numbers.amin(dim=1).numpy(), kind="stable")
+    assert computed(own_lowest)[0] > 2 * rows and computed(np.arange(len(idx)))[0] > 3 * rows  # 650, 1819, 2741
 
 
 def test_a_row_that_queries_share_is_computed_once_per_block(monkeypatch):
@@ -98,9 +154,9 @@ def test_a_row_that_queries_share_is_computed_once_per_block(monkeypatch):
 
     monkeypatch.setattr(engine, "logits_on_device", counting)
     engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES, chunk_bytes=chunk_bytes)
-    max_rows, idx = chunk_bytes // (4 * problem[2].shape[1]), problem[5]
-    blocks = list(engine.query_blocks(idx, engine.locality_order(idx, max(KS)), max(KS), max_rows, chunk_bytes // 24))
-    assert sum(requested) == len(TEMPERATURES) * sum(len(unique) for _, _, unique, _ in blocks)
+    max_rows, (_, numbers) = chunk_bytes // (4 * problem[2].shape[1]), engine.neighbor_rows(problem[5], max(KS))
+    blocks = list(engine.query_blocks(numbers, engine.locality_order(numbers), max_rows, chunk_bytes // 24))
+    assert sum(requested) == len(TEMPERATURES) * sum(len(rows) for _, _, rows, _ in blocks)
     assert sum(requested) < 0.5 * len(TEMPERATURES) * problem[5][:, : max(KS)].size
 
 

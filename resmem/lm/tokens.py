@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from resmem.artifacts import QUERY_SPLITS
 from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, softmax
-from resmem.engine import kernel_weights, logits_on_device, sweep_correct
+from resmem.engine import kernel_weights, logits_on_device, stack_splits, sweep_correct
 from resmem.lm.artifacts import LM_SWEEP_COLUMNS
 
 
@@ -159,8 +159,8 @@ def knnlm_sweep(
             first = torch.ones_like(sorted_tokens, dtype=torch.bool)
             first[:, 1:] = sorted_tokens[:, 1:] != sorted_tokens[:, :-1]
             group = (torch.cumsum(first, dim=1) - 1 + (rows * k)[:, None]).flatten()
-            lm_candidates = torch.cat([log_lm.gather(1, sorted_tokens), lm_best[:, None]], dim=1)  # (Q, k + 1)
-            candidates = torch.cat([sorted_tokens, lm_arg[:, None]], dim=1)
+            lm_held = log_rest + log_lm.gather(1, sorted_tokens)  # (Λ, Q, k), whatever the width
+            lm_arg_part = log_rest[:, :, 0] + lm_best  # (Λ, Q)
             for w in range(len(widths)):
                 weights = unnormalized[:, w, :k] / unnormalized[:, w, :k].sum(dim=1, keepdim=True)
                 p_y = torch.where(tokens == y[:, None], weights, 0.0).sum(dim=1)
@@ -168,13 +168,17 @@ def knnlm_sweep(
                 sorted_weights = weights.gather(1, order).flatten()
                 p_held = torch.zeros(len(rows) * k, dtype=torch.float64, device=device)
                 p_held = p_held.index_add_(0, group, sorted_weights)[group].view(len(rows), k)
-                log_knn = torch.log(torch.cat([p_held, p_lm_arg[:, None]], dim=1)).clamp_(min=KNN_LOG_FLOOR)
+                log_knn = torch.log(p_held).clamp_(min=KNN_LOG_FLOOR)
                 log_knn_y = torch.log(p_y).clamp_(min=KNN_LOG_FLOOR)
                 log_p_y = torch.logaddexp(log_rest[:, :, 0] + lm_y, log_lam[:, :, 0] + log_knn_y)  # (Λ, Q)
                 nll[i, w] -= log_p_y.sum(dim=1).cpu().numpy()
-                scores = torch.logaddexp(log_rest + lm_candidates, log_lam + log_knn)  # (Λ, Q, k + 1)
-                best = scores.amax(dim=2, keepdim=True)
-                predicted = torch.where(scores == best, candidates, vocab).amin(dim=2)  # ties: the lowest token
+                # The held tokens' best: argmax gives the first maximum, the lowest token (they are sorted).
+                best, first = torch.logaddexp(lm_held, log_lam + log_knn).max(dim=2)  # (Λ, Q)
+                held_best = sorted_tokens.gather(1, first.T).T
+                log_knn_arg = torch.log(p_lm_arg).clamp_(min=KNN_LOG_FLOOR)
+                arg_score = torch.logaddexp(lm_arg_part, log_lam[:, :, 0] + log_knn_arg)
+                predicted = torch.where(arg_score > best, lm_arg, held_best)  # ties: the lowest token
+                predicted = torch.where(arg_score == best, torch.minimum(held_best, lm_arg), predicted)
                 correct[i, w] += (predicted == y).sum(dim=1).cpu().numpy()
         if progress is not None:
             progress.update(stop - start)
@@ -201,16 +205,33 @@ def sweep_table(
     logits are computed on `device` (`KeyLogits`)."""
     width_name, widths = ("tau", taus) if knnlm_kernel == "squared_l2" else ("sigma", sigmas)
     resmem_ks = ks if resmem_ks is None else resmem_ks
-    train_logits = KeyLogits(final_hidden(arrays, "train"), arrays["head_weight"], arrays["head_bias"], device)
+    head = arrays["head_weight"], arrays["head_bias"]
+    train_logits = KeyLogits(final_hidden(arrays, "train"), *head, device)
+    logits = {split: KeyLogits(final_hidden(arrays, split), *head, device) for split in QUERY_SPLITS}
+    labels = {split: np.asarray(arrays[f"{split}_next"]) for split in QUERY_SPLITS}
+    dist, idx, groups = stack_splits(neighbors, max(resmem_ks))
+    bar = dict(desc="sweep " + " + ".join(QUERY_SPLITS), unit="query", file=sys.stderr, dynamic_ncols=True)
+    with tqdm(total=len(groups) * (len(temperatures) + 1), **bar) as progress:
+        resmem = sweep_correct(  # both splits at once: the rows their neighbors share are computed once
+            train_logits, arrays["train_next"],
+            KeyLogits(np.concatenate([logits[split].keys for split in QUERY_SPLITS]), *head, device),
+            np.concatenate(list(labels.values())), dist, idx, resmem_ks, sigmas, temperatures, chunk_bytes,
+            progress, device, groups,
+        )  # fmt: skip
+        knnlm = {}
+        for split in QUERY_SPLITS:  # one split at a time: kNN-LM computes no training row
+            knnlm[split] = knnlm_sweep(
+                logits[split], labels[split], neighbors[f"{split}_dist"], neighbors[f"{split}_idx"],
+                arrays["train_next"], ks, widths, lambdas, knnlm_kernel, chunk_bytes, progress, device,
+            )  # fmt: skip
     rows = []
-    for split in QUERY_SPLITS:
-        logits = KeyLogits(final_hidden(arrays, split), arrays["head_weight"], arrays["head_bias"], device)
-        labels = np.asarray(arrays[f"{split}_next"])
-        dist, idx, n = neighbors[f"{split}_dist"], neighbors[f"{split}_idx"], len(labels)
+    for g, split in enumerate(QUERY_SPLITS):
+        n = len(labels[split])
         base_correct = sum(
-            int((logits[s : s + 4096].argmax(axis=1) == labels[s : s + 4096]).sum()) for s in range(0, n, 4096)
+            int((logits[split][s : s + 4096].argmax(axis=1) == labels[split][s : s + 4096]).sum())
+            for s in range(0, n, 4096)
         )
-        base_loss = float(-log_likelihoods(logits, labels).mean())
+        base_loss = float(-log_likelihoods(logits[split], labels[split]).mean())
         rows.append(
             {
                 "method": "base",
@@ -221,22 +242,13 @@ def sweep_table(
                 "perplexity": float(np.exp(base_loss)),
             }
         )
-        bar = dict(total=n * (len(temperatures) + 1), unit="query", file=sys.stderr, dynamic_ncols=True)
-        with tqdm(desc=f"sweep {split}", **bar) as progress:
-            resmem = sweep_correct(
-                train_logits, arrays["train_next"], logits, labels, dist, idx, resmem_ks, sigmas, temperatures,
-                chunk_bytes, progress, device,
-            )  # fmt: skip
-            knn_correct, knn_nll = knnlm_sweep(
-                logits, labels, dist, idx, arrays["train_next"], ks, widths, lambdas, knnlm_kernel, chunk_bytes,
-                progress, device,
-            )  # fmt: skip
         for i, k in enumerate(resmem_ks):
             for s, sigma in enumerate(sigmas):
                 common = {"split": split, "k": int(k), "kernel": "l2", "sigma": float(sigma)}
                 for t, temperature in enumerate(temperatures):
-                    accuracy = resmem[t, i, s] / n
+                    accuracy = resmem[g, t, i, s] / n
                     rows.append({"method": "resmem", **common, "temperature": temperature, "accuracy": accuracy})
+        knn_correct, knn_nll = knnlm[split]
         for i, k in enumerate(ks):
             for w, width in enumerate(widths):
                 for j, lam in enumerate(lambdas):
