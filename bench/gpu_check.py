@@ -11,8 +11,10 @@ Checks, each timed on both sides and compared with the CPU path:
 - augment: the GPU-resident crop+flip and flip of a batch: identical images (one CPU generator draws offsets);
 - faiss flat / IVF / IVF-PQ (float16 lookup tables), built and searched on the GPU: flat the same neighbours,
   IVF and IVF-PQ a recall@10 within 0.05 of the CPU's;
-- engine: the sweep engine on CUDA, for images and for tokens (`KeyLogits`): identical counts at every grid point;
-  kNN-LM's sweep on CUDA: identical counts, losses within 1e-12;
+- token logits: `KeyLogits` (states times the output layer) on CUDA within float32 rounding of the CPU's;
+- engine: the sweep engine on CUDA, for images and for tokens (`KeyLogits` of states and weights whose logits are
+  exact in float32, so both sides see the same logits): identical counts at every grid point; kNN-LM's sweep on
+  CUDA: identical counts, losses within 1e-12;
 - torch + faiss in one process (a torch CUDA tensor alive while faiss searches on the GPU, then used again) and in
   two (faiss in a child while this process holds CUDA): the same neighbours, the tensor intact;
 - two GPUs: two jobs take the GPU locks (`resmem.device.claim_gpu`) at once and get different GPUs.
@@ -227,10 +229,25 @@ def check_engine() -> None:
     rng = np.random.default_rng(0)
     weight, bias = rng.normal(size=(512, 64)).astype(np.float32), np.zeros(512, np.float32)
     train_next, query_next = rng.integers(0, 512, len(train_emb)), rng.integers(0, 512, len(query_emb))
+    # Token states and an output layer on grids of 1/4 and 1/16 (|state| < 12, |weight| < 5): each logit's
+    # products and their sum take at most 18 significant bits, exact in float32 whatever the order of addition,
+    # so MKL and cuBLAS compute the same logits and the engine and kNN-LM are compared on the same inputs. (On
+    # continuous states the two round differently in the last bits: the "token logits" check.)
+    exact_weight = np.round(weight * 16) / 16
+    train_states, query_states = np.round(train_emb * 4) / 4, np.round(query_emb * 4) / 4
 
     def tokens(device):
-        return (KeyLogits(train_emb, weight, bias, device), train_next, KeyLogits(query_emb, weight, bias, device),
-                query_next, dist, idx)  # fmt: skip
+        return (KeyLogits(train_states, exact_weight, bias, device), train_next,
+                KeyLogits(query_states, exact_weight, bias, device), query_next, dist, idx)  # fmt: skip
+
+    def token_logits(device):  # continuous states: float32 products that each BLAS rounds its own way
+        return KeyLogits(train_emb, weight, bias, device)[np.arange(len(train_emb))]
+
+    cpu_z, cpu_s = timed(token_logits, "cpu")
+    gpu_z, gpu_s = timed(token_logits, "cuda" if CUDA else "cpu")
+    worst = float(np.abs(gpu_z - cpu_z).max() / np.abs(cpu_z).max())
+    record("token logits (KeyLogits)", worst < 1e-5, cpu_s, gpu_s,
+           f"within {worst:.0e} of the largest logit (float32 rounding; TF32 would show as 1e-3)")  # fmt: skip
 
     gpu_device = "cuda" if CUDA else "cpu"
 

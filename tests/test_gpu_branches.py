@@ -123,6 +123,13 @@ def test_the_gpu_check_runs_its_cpu_halves_without_cuda():
     proc = subprocess.run([sys.executable, "bench/gpu_check.py"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no CUDA here" in proc.stdout
-    assert "13 of 13 checks passed" in proc.stdout
-    for check in ("train (bf16, channels_last)", "faiss ivfpq (fp16 tables)", "engine (tokens)", "kNN-LM", "two GPUs"):
+    assert "14 of 14 checks passed" in proc.stdout
+    for check in (
+        "train (bf16, channels_last)",
+        "faiss ivfpq (fp16 tables)",
+        "token logits",
+        "engine (tokens)",
+        "kNN-LM",
+        "two GPUs",
+    ):
         assert check in proc.stdout
