@@ -149,7 +149,7 @@ def fill_residuals(table, train_logits, labels, rows, temperature: float, pass_r
         source_rows = here if rows is None else rows[here]
         logits = logits_on_device(train_logits, source_rows, table.device, out=table[here])
         e, normalizer = exponentials(logits, temperature)
-        residuals = e.div_(normalizer[:, None]).neg_()
+        residuals = torch.div(e, normalizer.neg_()[:, None], out=e)  # −e/S in one pass, bit for bit
         residuals[torch.arange(len(e), device=e.device), labels[source_rows]] += 1.0
 
 

@@ -28,17 +28,26 @@ def recipe(**changes) -> dict:
     return {**cfg, "epochs": 2, "amp": False, "channels_last": False, "compile": False, **changes}
 
 
-def fit_and_embed(cfg: dict):
-    """small_cnn trained on 300 digits with `cfg`, then embedded: (state dict, features, logits, history)."""
+def digit_loaders(cfg: dict) -> list[Loader]:
+    """300 training and 100 validation digits, in the memory format `cfg` asks for."""
     digits = load_dataset({"name": "digits"})
     split = make_split(digits, 0.25, 0.2, 0)
-    loaders = [Loader(digits.train, split[f"{s}_idx"][:n], 64, CPU, channels_last=cfg["channels_last"])
-               for s, n in (("train", 300), ("val", 100))]  # fmt: skip
+    return [Loader(digits.train, split[f"{s}_idx"][:n], 64, CPU, channels_last=cfg["channels_last"])
+            for s, n in (("train", 300), ("val", 100))]  # fmt: skip
+
+
+def embed(model, cfg: dict):
+    """(features, logits) of the validation digits, under bf16 autocast where `cfg` asks and the switch allows."""
+    blocks = list(extract(model, digit_loaders(cfg)[1], amp=use_amp(cfg, CPU)))
+    return tuple(np.concatenate([b[i] for b in blocks]) for i in (0, 1))
+
+
+def fit_and_embed(cfg: dict):
+    """small_cnn trained on 300 digits with `cfg`, then embedded: (state dict, features, logits, history)."""
     seed_everything(0)
     model = build_model({"arch": "small_cnn", "width": 4}, 10, 1)
-    history = train(model, *loaders, cfg, 0, CPU)
-    blocks = list(extract(model, loaders[1], amp=use_amp(cfg, CPU)))
-    features, logits = (np.concatenate([b[i] for b in blocks]) for i in (0, 1))
+    history = train(model, *digit_loaders(cfg), cfg, 0, CPU)
+    features, logits = embed(model, cfg)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, features, logits, history
 
 
@@ -66,15 +75,22 @@ def test_channels_last_trains_the_same_network(monkeypatch):
 
 
 def test_bf16_autocast_stays_within_its_precision(monkeypatch):
-    plain = fit_and_embed(recipe(amp=True))
+    cfg = recipe(amp=True, epochs=10)  # 10 epochs: past chance (46 % val accuracy), so "learns as much" means it
+    plain = fit_and_embed(cfg)
     monkeypatch.setenv(GPU_BRANCHES_ON_CPU, "1")
-    branch = fit_and_embed(recipe(amp=True))
-    # bf16 keeps 8 bits of mantissa: features within a few percent of their scale, the same predictions nearly
-    # everywhere, and training that learns as much.
-    scale = np.abs(plain[1]).max()
-    assert np.abs(branch[1] - plain[1]).max() < 0.05 * scale
+    branch = fit_and_embed(cfg)
+    # Trained in bf16, the network learns as much and predicts the same nearly everywhere (its weights take
+    # another path: how far its features end up depends on the CPU's bf16 kernels, not only on bf16).
+    assert plain[3][-1]["val_acc"] >= 0.3 and abs(branch[3][-1]["val_acc"] - plain[3][-1]["val_acc"]) <= 0.05
     assert (branch[2].argmax(axis=1) == plain[2].argmax(axis=1)).mean() >= 0.95
-    assert abs(branch[3][-1]["val_acc"] - plain[3][-1]["val_acc"]) <= 0.05
+    # The same weights embedded under bf16 autocast (8 bits of mantissa): features within a few percent of their
+    # scale, and the same predictions nearly everywhere.
+    model = build_model({"arch": "small_cnn", "width": 4}, 10, 1)
+    model.load_state_dict(plain[0])
+    features, logits = embed(model, cfg)
+    scale = np.abs(plain[1]).max()
+    assert np.abs(features - plain[1]).max() < 0.05 * scale
+    assert (logits.argmax(axis=1) == plain[2].argmax(axis=1)).mean() >= 0.95
 
 
 COMPILE_CHECK = """

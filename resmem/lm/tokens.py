@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from resmem.artifacts import QUERY_SPLITS
-from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, softmax
+from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors
 from resmem.engine import kernel_weights, logits_on_device, stack_splits, sweep_correct
 from resmem.lm.artifacts import LM_SWEEP_COLUMNS
 
@@ -75,13 +75,23 @@ def final_hidden(arrays: dict, split: str) -> np.ndarray:
     return arrays.get(f"{split}_hidden", arrays[f"{split}_keys"])
 
 
-def log_likelihoods(logits, labels, chunk: int = 4096) -> np.ndarray:
-    """log softmax(z)[y] of every query (float64), in chunks of queries."""
-    out = np.empty(len(labels))
+def base_scores(query_logits, labels, chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES, device: str = "cpu"):
+    """The base model's number of correct argmax predictions (ties: the lowest token) and Σ −log softmax(z)[y]
+    over the queries, in float64 torch on `device`, in chunks of queries within `chunk_bytes`."""
+    import torch
+
+    from resmem.device import torch_device
+
+    device, labels = torch_device(device), np.asarray(labels)
+    chunk = max(1, int(chunk_bytes // (16 * np.shape(query_logits)[1])))  # float32 logits + float64 log-softmax
+    correct, nll = 0, 0.0
     for start in range(0, len(labels), chunk):
-        p = softmax(logits[start : start + chunk])
-        out[start : start + chunk] = np.log(p[np.arange(len(p)), labels[start : start + chunk]])
-    return out
+        stop = min(start + chunk, len(labels))
+        log_p = torch.log_softmax(logits_on_device(query_logits, slice(start, stop), device).double(), dim=1)
+        y = torch.from_numpy(np.array(labels[start:stop], dtype=np.int64)).to(device)
+        correct += int((log_p.argmax(dim=1) == y).sum())
+        nll -= float(log_p.gather(1, y[:, None]).sum())
+    return correct, nll
 
 
 KNN_LOG_FLOOR = -10_000.0  # log p_kNN of a token no neighbor holds, as knn-transformers floors log(0)
@@ -227,11 +237,8 @@ def sweep_table(
     rows = []
     for g, split in enumerate(QUERY_SPLITS):
         n = len(labels[split])
-        base_correct = sum(
-            int((logits[split][s : s + 4096].argmax(axis=1) == labels[split][s : s + 4096]).sum())
-            for s in range(0, n, 4096)
-        )
-        base_loss = float(-log_likelihoods(logits[split], labels[split]).mean())
+        base_correct, base_nll = base_scores(logits[split], labels[split], chunk_bytes, device)
+        base_loss = base_nll / n
         rows.append(
             {
                 "method": "base",
