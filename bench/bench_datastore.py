@@ -4,6 +4,8 @@
     .venv/bin/python bench/bench_datastore.py --quick    # 100,000 keys, for a check in seconds
     .venv/bin/python bench/bench_datastore.py --datastore results/stdlib_lm/gpt_l3_d96/seed0/datastore.npz \
         --sweep-mb 64                                    # a real datastore of a workflow run, a smaller budget
+    git worktree add /tmp/pre-engine 21c6b27             # the project before the sweep engine, then:
+    .venv/bin/python bench/bench_datastore.py --baseline /tmp/pre-engine   # its sweep stage against this one's
 
 Keys are clustered like hidden states (a mixture of Gaussians), with random next tokens: their queries share
 few neighbors, unlike a real language model's (`--datastore` runs the same on a datastore.npz that the workflow
@@ -11,7 +13,14 @@ made; the script prints how many distinct rows the neighbor slots name). For eac
 index (`resmem.lm.stages.index`), runs the one search at k = 64 for val and test (`resmem.lm.stages.neighbors`:
 IVF-PQ distances recomputed exactly, recall@64 against exact search on 1,000 test queries) and then the sweep
 of ResMem and kNN-LM (`resmem.lm.stages.sweep`; V = 256 for the random data), each in its own process so that
-peak memory is its own, and prints times, tokens/s, recall and peak RSS.
+peak memory is its own, and prints times, tokens/s, recall and peak RSS. Beside the sweep it prints ResMem's
+arithmetic — each distinct neighbor row's logits (2·d·V flops) and the weighted sums (2·Q·S·k_max·V) — and the
+fraction of the machine's float32 matmul throughput that the sweep stage achieves on it.
+
+With --baseline PATH (another checkout of this project) the sweep stage of that checkout and of this one run
+alternately on the flat search, --repeats times each, each run in a fresh interpreter timed after its imports (a
+machine whose speed drifts between runs then drifts for both): it prints both times, the speed-up, and whether the
+two tables agree.
 """
 
 from __future__ import annotations
@@ -20,17 +29,23 @@ import argparse
 import json
 import multiprocessing
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from bench_sweep import matmul_gflops
 
 from resmem import io
+from resmem.device import torch_device
 from resmem.lm import stages as lm_stages
 
 K = 64
 VOCAB = 256
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_datastore(path: Path, n: int, n_query: int, dim: int, seed: int = 0) -> None:
@@ -68,12 +83,58 @@ def in_child(name, *args) -> dict:
         return pool.apply(stage, (name, *args))
 
 
+SWEEP_OF_A_TREE = """
+import json, os, resource, sys, time
+import faiss, torch  # imported before the clock starts, as in `stage`
+from resmem.lm import stages
+assert stages.__file__.startswith(os.getcwd() + os.sep), f"{stages.__file__} is not the checkout's"
+start = time.perf_counter()
+stages.sweep(sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_mib": peak}))
+"""
+
+
+def sweep_of_tree(tree: Path, datastore, neighbors, out, knn, device) -> dict:
+    """The sweep stage of the checkout `tree` in a fresh interpreter started there (`python -c` puts the working
+    folder first on the path, so its resmem is the one imported)."""
+    args = [str(datastore), str(neighbors), str(out), json.dumps(knn), device]
+    proc = subprocess.run([sys.executable, "-c", SWEEP_OF_A_TREE, *args], cwd=tree, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"the sweep stage of {tree} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def compare_with(baseline: Path, repeats: int, datastore, neighbors, knn, device, tmp: Path) -> None:
+    """The sweep stage of `baseline` and of this checkout, alternately: times, speed-up, and the tables' agreement."""
+    runs = {"baseline": [], "this tree": []}
+    for _ in range(repeats):
+        for name, tree in (("baseline", baseline), ("this tree", REPO)):
+            runs[name].append(sweep_of_tree(tree, datastore, neighbors, tmp / f"{name}.csv", knn, device))
+    seconds = {name: np.array([run["seconds"] for run in done]) for name, done in runs.items()}
+    for name, done in runs.items():
+        print(f"  sweep stage, {name}: {' '.join(f'{s:.2f}' for s in seconds[name])} s (min "
+              f"{seconds[name].min():.2f}, median {np.median(seconds[name]):.2f}), peak "
+              f"{max(run['peak_mib'] for run in done):.0f} MiB")  # fmt: skip
+    ratio_min = seconds["baseline"].min() / seconds["this tree"].min()
+    ratio_median = np.median(seconds["baseline"]) / np.median(seconds["this tree"])
+    ours, theirs = (pd.read_csv(tmp / f"{name}.csv") for name in ("this tree", "baseline"))
+    same_accuracy = ours.accuracy.to_numpy().tolist() == theirs.accuracy.to_numpy().tolist()
+    loss = float(np.nanmax(np.abs(ours.loss - theirs.loss) / np.abs(theirs.loss)))
+    print(
+        f"  {ratio_min:.2f}× faster by the minima, {ratio_median:.2f}× by the medians ({repeats} runs each, "
+        f"alternated); accuracies {'identical' if same_accuracy else 'DIFFER'}, losses within {loss:.0e} relative"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--datastore", type=Path, help="a datastore.npz of a workflow run instead of random data")
     parser.add_argument("--sweep-mb", type=float, default=256, help="knn.sweep_chunk_mb (MiB) of the sweep")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose sweep stage runs alternately with this")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each sweep stage with --baseline")
     args = parser.parse_args()
     n, n_query, dim = (100_000, 2_000, 64) if args.quick else (1_000_000, 10_000, 64)
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,6 +147,7 @@ def main() -> None:
         arrays = lm_stages.load_datastore(datastore)
         (n, dim), n_query = arrays["train_keys"].shape, len(arrays["val_next"])
         vocab = len(arrays["head_weight"])
+        matmul = matmul_gflops(torch_device(args.device))
         print(f"datastore: {n:,} keys of dim {dim}, 2 × {n_query:,} queries, k = {K}, V = {vocab:,}")
         del arrays
         for kind, nlist in (("flat", None), ("ivfpq", None)):
@@ -112,17 +174,25 @@ def main() -> None:
             index = in_child("index", datastore, built, knn, args.device)
             found = {"neighbors": tmp / f"{kind}.npz", "report": tmp / f"{kind}.json"}
             search = in_child("neighbors", built["index"], built["rows"], datastore, found, knn, args.device)
-            sweep = in_child("sweep", datastore, found["neighbors"], tmp / f"{kind}.csv", knn, args.device)
+            sweep = sweep_of_tree(REPO, datastore, found["neighbors"], tmp / f"{kind}.csv", knn, args.device)
             report = json.loads((tmp / f"{kind}.json").read_text())
             with np.load(found["neighbors"]) as neighbors:
-                distinct = [len(np.unique(neighbors[f"{split}_idx"])) for split in ("val", "test")]
+                idx = {split: neighbors[f"{split}_idx"][:, : max(knn["k"])] for split in ("val", "test")}
+            distinct = [len(np.unique(rows)) for rows in idx.values()]
+            both = len(np.unique(np.concatenate(list(idx.values()))))
+            gflop = len(knn["temperature"]) * 2 * vocab * (both * dim + 2 * n_query * len(knn["sigma"]) * K) / 1e9
             print(
                 f"{kind:>6}: index {index['seconds']:.1f} s ({index['peak_mib']:.0f} MiB) | search "
                 f"{search['seconds']:.1f} s, {report['queries_per_second']:,.0f} queries/s, recall@{K} "
-                f"{report['recall_at_k_max']:.3f} ({search['peak_mib']:.0f} MiB) | sweep {sweep['seconds']:.1f} s "
-                f"({sweep['peak_mib']:.0f} MiB) | a split's {n_query * K:,} neighbor slots name "
-                f"{min(distinct):,}–{max(distinct):,} distinct rows"
+                f"{report['recall_at_k_max']:.3f} ({search['peak_mib']:.0f} MiB) | sweep {sweep['seconds']:.2f} s "
+                f"({sweep['peak_mib']:.0f} MiB)\n        a split's {n_query * K:,} neighbor slots name "
+                f"{min(distinct):,}–{max(distinct):,} distinct rows, both splits' {both:,}; ResMem's arithmetic on "
+                f"them {gflop:.1f} GFLOP = {gflop / sweep['seconds']:.1f} GFLOP/s over the sweep stage, "
+                f"{gflop / sweep['seconds'] / matmul:.0%} of the float32 matmul's {matmul:.0f} GFLOP/s"
             )
+            if args.baseline is not None and kind == "flat":
+                baseline = args.baseline.resolve()
+                compare_with(baseline, args.repeats, datastore, found["neighbors"], knn, args.device, tmp)
 
 
 if __name__ == "__main__":
