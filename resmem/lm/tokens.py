@@ -127,7 +127,7 @@ def knnlm_sweep(
     as a dense argmax over the vocabulary does.
 
     In float64 torch on `device`, all λ at once: the same code on the CPU and on a GPU (where sums of a token's
-    neighbours' weights, `index_add_`, may add in another order: the last bit of a tie between two tokens that
+    neighbours' weights, `scatter_add_`, may add in another order: the last bit of a tie between two tokens that
     several neighbours each hold may then differ)."""
     import torch
 
@@ -165,26 +165,32 @@ def knnlm_sweep(
         for i, k in enumerate(ks):
             tokens = held[:, :k]
             sorted_tokens, order = torch.sort(tokens, dim=1, stable=True)
-            # Each sorted neighbor's group of neighbors holding the same token (a row-wide group id).
-            first = torch.ones_like(sorted_tokens, dtype=torch.bool)
-            first[:, 1:] = sorted_tokens[:, 1:] != sorted_tokens[:, :-1]
-            group = (torch.cumsum(first, dim=1) - 1 + (rows * k)[:, None]).flatten()
-            lm_held = log_rest + log_lm.gather(1, sorted_tokens)  # (Λ, Q, k), whatever the width
+            # The distinct tokens that a query's neighbors hold, lowest first, in the first columns of its row of
+            # `distinct` (padded with −1 to the most any query of the chunk has: far fewer than k where neighbors
+            # agree, as a language model's do), and each sorted neighbor's column there.
+            starts = torch.ones_like(sorted_tokens, dtype=torch.bool)
+            starts[:, 1:] = sorted_tokens[:, 1:] != sorted_tokens[:, :-1]
+            column = torch.cumsum(starts, dim=1) - 1
+            distinct = torch.full((len(rows), int(column[:, -1].max()) + 1), -1, dtype=torch.int64, device=device)
+            distinct.scatter_(1, column, sorted_tokens)
+            padding = distinct < 0
+            lm_held = log_rest + log_lm.gather(1, distinct.clamp(min=0))  # (Λ, Q, distinct), whatever the width
             lm_arg_part = log_rest[:, :, 0] + lm_best  # (Λ, Q)
             for w in range(len(widths)):
                 weights = unnormalized[:, w, :k] / unnormalized[:, w, :k].sum(dim=1, keepdim=True)
                 p_y = torch.where(tokens == y[:, None], weights, 0.0).sum(dim=1)
                 p_lm_arg = torch.where(tokens == lm_arg[:, None], weights, 0.0).sum(dim=1)
-                sorted_weights = weights.gather(1, order).flatten()
-                p_held = torch.zeros(len(rows) * k, dtype=torch.float64, device=device)
-                p_held = p_held.index_add_(0, group, sorted_weights)[group].view(len(rows), k)
+                # each token's weights summed in the neighbors' order (the sort is stable), as a dense sum would
+                p_held = torch.zeros(distinct.shape, dtype=torch.float64, device=device)
+                p_held.scatter_add_(1, column, weights.gather(1, order))
                 log_knn = torch.log(p_held).clamp_(min=KNN_LOG_FLOOR)
                 log_knn_y = torch.log(p_y).clamp_(min=KNN_LOG_FLOOR)
                 log_p_y = torch.logaddexp(log_rest[:, :, 0] + lm_y, log_lam[:, :, 0] + log_knn_y)  # (Λ, Q)
                 nll[i, w] -= log_p_y.sum(dim=1).cpu().numpy()
                 # The held tokens' best: argmax gives the first maximum, the lowest token (they are sorted).
-                best, first = torch.logaddexp(lm_held, log_lam + log_knn).max(dim=2)  # (Λ, Q)
-                held_best = sorted_tokens.gather(1, first.T).T
+                mixed = torch.logaddexp(lm_held, log_lam + log_knn).masked_fill_(padding, -torch.inf)
+                best, best_column = mixed.max(dim=2)  # (Λ, Q)
+                held_best = distinct.gather(1, best_column.T).T
                 log_knn_arg = torch.log(p_lm_arg).clamp_(min=KNN_LOG_FLOOR)
                 arg_score = torch.logaddexp(lm_arg_part, log_lam[:, :, 0] + log_knn_arg)
                 predicted = torch.where(arg_score > best, lm_arg, held_best)  # ties: the lowest token
