@@ -21,7 +21,9 @@ the residuals are computed in float32 with a softmax whose error does not grow w
 (`exponentials`); so the float32 scores lie within a bound derived from float32 rounding (`margin_bound`) of the
 exact ones. A query whose top-two margin falls below that bound at any grid point is re-decided by the float64
 reference (`resmem.core.sweep_correct_float64`), so every count equals the reference's bit for bit, near-ties and
-exact ties included.
+exact ties included. For a token datastore that holds given the logits: `KeyLogits` computes them as float32
+products, whose last bits depend on the BLAS kernel (a handful of rows or thousands, MKL or cuBLAS), and the
+reference recomputes those of the queries it re-decides.
 """
 
 from __future__ import annotations
