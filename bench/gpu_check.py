@@ -243,13 +243,12 @@ def check_engine() -> None:
     def token_logits(device):  # continuous states: float32 products that each BLAS rounds its own way
         return KeyLogits(train_emb, weight, bias, device)[np.arange(len(train_emb))]
 
+    gpu_device = "cuda" if CUDA else "cpu"
     cpu_z, cpu_s = timed(token_logits, "cpu")
-    gpu_z, gpu_s = timed(token_logits, "cuda" if CUDA else "cpu")
+    gpu_z, gpu_s = timed(token_logits, gpu_device)
     worst = float(np.abs(gpu_z - cpu_z).max() / np.abs(cpu_z).max())
     record("token logits (KeyLogits)", worst < 1e-5, cpu_s, gpu_s,
            f"within {worst:.0e} of the largest logit (float32 rounding; TF32 would show as 1e-3)")  # fmt: skip
-
-    gpu_device = "cuda" if CUDA else "cpu"
 
     def engine(device, make, budget, groups):
         return sweep_correct(*make(device), *grid, budget, device=device, groups=groups)
