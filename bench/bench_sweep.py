@@ -1,4 +1,5 @@
-"""Benchmark: the whole k × σ grid from one faiss search vs a scikit-learn search for every grid point.
+"""Benchmark: the whole grid of ResMem and its baselines (soft kNN, kNN interpolation; the base model) from one faiss
+search, against the float64 reference on the same neighbours and a scikit-learn search for every ResMem grid point.
 
     .venv/bin/python bench/bench_sweep.py            # 50,000 train × 10,000 queries, d = 256, C = 100, 8 k × 8 σ
     .venv/bin/python bench/bench_sweep.py --quick    # a 10× smaller problem, for a check in seconds
@@ -24,6 +25,7 @@ import numpy as np
 KS = [1, 2, 4, 8, 16, 32, 64, 128]
 SIGMAS = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
 TEMPERATURE = 1.0
+LAMBDAS = [0.1, 0.25, 0.5, 0.75, 0.9]  # knn_interp's, the config's default
 
 
 def make_problem(n_train: int, n_query: int, dim: int, n_classes: int, seed: int = 0):
@@ -74,6 +76,7 @@ def engine(size: dict, device_name: str, queue) -> None:
     import faiss
     import torch
 
+    from resmem.core import METHODS
     from resmem.device import faiss_gpu_count, torch_device
     from resmem.engine import sweep_correct
     from resmem.knn import build_index, search
@@ -86,8 +89,19 @@ def engine(size: dict, device_name: str, queue) -> None:
     )
     sweep_seconds, correct = best_of(
         lambda: sweep_correct(
-            train_logits, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, [TEMPERATURE], device=device_name
-        )
+            train_logits,
+            train_y,
+            query_logits,
+            query_y,
+            dist,
+            idx,
+            KS,
+            SIGMAS,
+            [TEMPERATURE],
+            device=device_name,
+            lambdas=LAMBDAS,
+            methods=METHODS,
+        )  # fmt: skip
     )
     queue.put(
         {
@@ -95,7 +109,8 @@ def engine(size: dict, device_name: str, queue) -> None:
             "sweep_seconds": sweep_seconds,
             "sweep_flops": 2 * len(query_y) * len(SIGMAS) * max(KS) * train_logits.shape[1],
             "matmul_gflops": matmul_gflops(device),
-            "accuracy": correct[0] / len(query_y),
+            "accuracy": correct["resmem"][0] / len(query_y),
+            "counts": correct,
             "peak_mib": peak_rss_mib(),
             "data_mib": data_mib,
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -103,6 +118,19 @@ def engine(size: dict, device_name: str, queue) -> None:
             f"{'GPU' if faiss_gpu_count(device_name) else 'CPU'}",
         }
     )
+
+
+def reference(size: dict, device_name: str, queue) -> None:
+    """The float64 numpy reference of every method on the same search (flat faiss is deterministic)."""
+    from resmem.core import METHODS, sweep_correct_float64
+    from resmem.knn import build_index, search
+
+    train_emb, train_logits, train_y, query_emb, query_logits, query_y = make_problem(**size)
+    dist, idx = search(build_index(train_emb, device="cpu"), query_emb, max(KS), device="cpu")
+    start = time.perf_counter()
+    counts = sweep_correct_float64(train_logits, train_y, query_logits, query_y, dist, idx, KS, SIGMAS,
+                                   [TEMPERATURE], lambdas=LAMBDAS, methods=METHODS)  # fmt: skip
+    queue.put({"seconds": time.perf_counter() - start, "counts": counts})
 
 
 def baseline(size: dict, device_name: str, queue) -> None:
@@ -143,7 +171,8 @@ def main() -> None:
     size = {"n_train": 50_000, "n_query": 10_000, "dim": 256, "n_classes": 100}
     if args.quick:
         size.update(n_train=5_000, n_query=1_000)
-    print(f"problem: {size}, {len(KS)} k x {len(SIGMAS)} sigma, T = {TEMPERATURE}", flush=True)
+    print(f"problem: {size}; ResMem {len(KS)} k x {len(SIGMAS)} sigma, T = {TEMPERATURE}; kNN {len(KS)} k x "
+          f"{len(SIGMAS)} sigma; kNN-interp the same x {len(LAMBDAS)} lambda", flush=True)  # fmt: skip
 
     fast = run_isolated(engine, size, args.device)
     search, sweep = fast["search_seconds"], fast["sweep_seconds"]
@@ -158,6 +187,10 @@ def main() -> None:
         flush=True,
     )
     goals = {"sweep <= 0.3 x search": sweep <= 0.3 * search, "peak RSS <= 1 GiB": fast["peak_mib"] <= 1024}
+    exact = run_isolated(reference, size, args.device)
+    differ = {m: int((fast["counts"][m] != exact["counts"][m]).sum()) for m in exact["counts"]}
+    print(f"float64 reference: {exact['seconds']:.1f} s; grid points that differ from the engine: {differ}", flush=True)
+    goals["identical to the float64 reference"] = not any(differ.values())
     if not args.engine_only:
         slow = run_isolated(baseline, size, args.device)
         print(f"baseline: {slow['seconds']:8.1f} s, peak RSS {slow['peak_mib']:.0f} MiB", flush=True)

@@ -64,8 +64,22 @@ def validate(config: dict, schema_path=SCHEMA) -> dict:
             raise
         schema = yaml.safe_load(Path(schema_path).read_text())
         raise ConfigError(explain(_deepest(error), schema)) from None
+    fill_kind_defaults(config)
     check_semantics(config)
     return config
+
+
+# knn.lam's default differs by kind: images' knn_interp needs λ > 0 (λ = 0 is the base model); kNN-LM's grid
+# includes the base model, as knn-transformers' studies do.
+DEFAULT_LAMBDAS = {"experiments": [0.1, 0.25, 0.5, 0.75, 0.9], "lm_experiments": [0.0, 0.1, 0.25, 0.5, 0.75]}
+
+
+def fill_kind_defaults(config: dict) -> None:
+    """The defaults a schema cannot give because they depend on the experiment's kind (null in the schema)."""
+    for kind, lambdas in DEFAULT_LAMBDAS.items():
+        for experiment in (config.get(kind) or {}).values():
+            if experiment["knn"]["lam"] is None:
+                experiment["knn"]["lam"] = list(lambdas)
 
 
 # Top-level sections that hold named experiments, each kind with its own rules and outputs.

@@ -7,9 +7,19 @@ training embeddings, sorted by ascending Euclidean distance (not squared), as `r
     weights     w_j = exp(-d_j / σ) / Σ_l exp(-d_l / σ)        over the k nearest training examples
     prediction  ŷ   = argmax_c [ softmax(z' / T) + Σ_j w_j r_j ]_c
 
-Everything here is computed in float64 numpy: predictions are argmaxes, and plain float32 would flip near-ties
-between this code and any other implementation of the same formula. It is the reference; the grid sweep runs in
-float32 torch on the device (`resmem.engine`) and hands its near-ties back to `sweep_correct_float64`.
+The two baselines on the same neighbours, memorization alone and kNN-LM's recipe applied to classes:
+
+    knn         p_kNN(c) = Σ_j w_j [y_j = c]
+    knn_interp  (1 − λ)·softmax(z' / T) + λ·p_kNN
+
+One tie rule decides every prediction (`predict`): the lowest class among those whose score is within
+`tie_tolerance` of the best, a bound on float64 rounding, so that classes whose scores are equal in exact arithmetic
+tie whatever order a sum was taken in (numpy's argmax applies the same rule, with no tolerance, to the base model's
+logits, which no arithmetic touched).
+
+Everything here is computed in float64 numpy: plain float32 would flip near-ties between this code and any other
+implementation of the same formula. It is the reference; the grid sweep runs in float32 torch on the device
+(`resmem.engine`) and hands its near-ties back to `sweep_correct_float64`.
 """
 
 from __future__ import annotations
@@ -17,6 +27,30 @@ from __future__ import annotations
 import numpy as np
 
 DEFAULT_SWEEP_CHUNK_BYTES = 256 * 2**20  # bound on a sweep chunk's working set (knn.sweep_chunk_mb)
+UNIT_ROUNDOFF_64 = 2.0**-53
+METHODS = ("resmem", "knn", "knn_interp")  # what the sweeps count, besides the base model
+
+
+def float64_error(k: int, n_classes: int) -> float:
+    """A bound on the float64 rounding error of one score of any method here, (k + C + 16)·u: its softmax sums C
+    terms, its weighted sum k, and a dozen more roundings (exponentials, divisions, the interpolation); every
+    score lies in [−1, 2] (|r_jc| ≤ 1 and the weights sum to 1), so the bound is absolute. kNN-LM's log-space
+    scores err by as much relatively in p, so absolutely in log p."""
+    return (k + n_classes + 16) * UNIT_ROUNDOFF_64
+
+
+def tie_tolerance(k: int, n_classes: int) -> float:
+    """Scores within this of the best one tie: twice `float64_error`, so two scores equal in exact arithmetic,
+    each computed in any order, always tie. Measured gaps between scores that differ exactly are ≥ 10⁻⁹ on real
+    data, millions of times larger (at C = 1,000 and k = 1,024 the tolerance is 2.3·10⁻¹³)."""
+    return 2.0 * float64_error(k, n_classes)
+
+
+def predict(scores: np.ndarray, tolerance: float) -> np.ndarray:
+    """The tie rule: along the last axis, the lowest index among those whose score is within `tolerance` of the
+    best one (tolerance 0: numpy's argmax)."""
+    best = scores.max(axis=-1, keepdims=True)
+    return (scores >= best - tolerance).argmax(axis=-1)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -100,23 +134,51 @@ def resmem_predict(
     temperature=1.0,
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
 ) -> np.ndarray:
-    """ResMem's class predictions, computed in chunks of queries so that memory stays bounded."""
-    chunk = max(1, int(chunk_bytes // (np.shape(idx)[1] * np.shape(query_logits)[1] * 8)))
-    return np.concatenate(
-        [
-            resmem_scores(
-                query_logits[i : i + chunk],
-                dist[i : i + chunk],
-                idx[i : i + chunk],
-                train_logits,
-                train_labels,
-                sigma,
-                temperature,
-            ).argmax(axis=1)
-            for i in range(0, len(query_logits), chunk)
-        ]
-        or [np.zeros(0, dtype=np.int64)]
-    )
+    """ResMem's class predictions (the tie rule, `predict`), computed in chunks of queries so that memory stays
+    bounded."""
+    return method_predict("resmem", query_logits, dist, idx, train_logits, train_labels, sigma, temperature,
+                          chunk_bytes=chunk_bytes)  # fmt: skip
+
+
+def knn_scores(dist: np.ndarray, idx: np.ndarray, train_labels: np.ndarray, sigma: float, n_classes: int):
+    """The soft kNN classifier's p_kNN(c) = Σ_j w_j [y_j = c] over all the neighbors given (Q×C)."""
+    dist = np.asarray(dist, dtype=np.float64)
+    idx = np.asarray(idx)
+    check_neighbors(dist, idx, len(train_labels))
+    w = neighbor_weights(dist, sigma)
+    p = np.zeros((len(idx), n_classes))
+    np.add.at(p, (np.arange(len(idx))[:, None], np.asarray(train_labels)[idx]), w)
+    return p
+
+
+def method_predict(
+    method: str,
+    query_logits,
+    dist,
+    idx,
+    train_logits,
+    train_labels,
+    sigma: float,
+    temperature: float = 1.0,
+    lam: float = 0.0,
+    chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
+) -> np.ndarray:
+    """The predictions of one method (`METHODS`) at one grid point (k = the neighbors given), by the tie rule, in
+    chunks of queries: what a sweep's count at that point counts."""
+    n_classes, k = np.shape(query_logits)[1], np.shape(idx)[1]
+    chunk = max(1, int(chunk_bytes // (k * n_classes * 8)))
+    parts = [np.zeros(0, dtype=np.int64)]
+    for i in range(0, len(query_logits), chunk):
+        here = slice(i, i + chunk)
+        if method == "resmem":
+            scores = resmem_scores(query_logits[here], dist[here], idx[here], train_logits, train_labels, sigma,
+                                   temperature)  # fmt: skip
+        else:
+            scores = knn_scores(dist[here], idx[here], train_labels, sigma, n_classes)
+            if method == "knn_interp":
+                scores = (1.0 - lam) * softmax(query_logits[here], temperature) + lam * scores
+        parts.append(predict(scores, tie_tolerance(k, n_classes)))
+    return np.concatenate(parts)
 
 
 def kernel_prefix_means(
@@ -166,6 +228,20 @@ def kernel_prefix_means(
             progress.update(stop - start)
 
 
+def count_shapes(methods, n_temperatures: int, n_ks: int, n_sigmas: int, n_lambdas: int) -> dict:
+    """The shape of each method's counts over a grid: resmem (T, k, σ), knn (k, σ) (no temperature: the base
+    model takes no part), knn_interp (T, k, σ, λ)."""
+    shapes = {
+        "resmem": (n_temperatures, n_ks, n_sigmas),
+        "knn": (n_ks, n_sigmas),
+        "knn_interp": (n_temperatures, n_ks, n_sigmas, n_lambdas),
+    }
+    unknown = set(methods) - set(shapes)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; the sweeps count {list(shapes)}")
+    return {method: shapes[method] for method in methods}
+
+
 def sweep_correct_float64(
     train_logits: np.ndarray,
     train_labels: np.ndarray,
@@ -178,21 +254,29 @@ def sweep_correct_float64(
     temperatures,
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
     progress=None,
-) -> np.ndarray:
-    """Number of correct ResMem predictions for every (T, k, σ) from one neighbor search at k_max, in float64
-    numpy: the reference that the sweep engine (`resmem.engine.sweep_correct`, float32 torch) equals bit for
-    bit, and that re-decides the engine's near-ties.
+    lambdas=(),
+    methods=("resmem",),
+) -> dict[str, np.ndarray]:
+    """Number of correct predictions of each method at every grid point from one neighbor search at k_max, in
+    float64 numpy by the tie rule (`predict`): the reference that the sweep engine (`resmem.engine.sweep_correct`,
+    float32 torch) equals bit for bit, and that re-decides the engine's near-ties.
 
-    Returns an int64 array of shape (len(temperatures), len(ks), len(sigmas)), in the order given. The
-    neighbors' residuals are computed from their gathered logits segment by segment (see
-    `kernel_prefix_means`), so train_logits may be a memmap of an ImageNet-size datastore, or any object that
-    computes the logits of the rows it is indexed with (`resmem.lm.tokens.KeyLogits`).
+    Returns {method: int64 counts} shaped as `count_shapes` says, in the orders given. The neighbors' residuals
+    are computed from their gathered logits segment by segment (see `kernel_prefix_means`), so train_logits may
+    be a memmap of an ImageNet-size datastore, or any object that computes the logits of the rows it is indexed
+    with (`resmem.lm.tokens.KeyLogits`); the baselines need only the labels.
     """
     check_neighbors(np.asarray(dist), np.asarray(idx), len(train_labels))
     query_labels = np.asarray(query_labels)
     n_classes = np.shape(query_logits)[1]
-    correct = np.zeros((len(temperatures), len(ks), len(sigmas)), dtype=np.int64)
-    for t, temperature in enumerate(temperatures):
+    shapes = count_shapes(methods, len(temperatures), len(ks), len(sigmas), len(lambdas))
+    correct = {method: np.zeros(shape, dtype=np.int64) for method, shape in shapes.items()}
+    tolerances = [tie_tolerance(int(k), n_classes) for k in ks]
+
+    def count(scores, i, start, stop):  # (Q, S) correct predictions at the i-th k
+        return (predict(scores, tolerances[i]) == query_labels[start:stop, None]).sum(axis=0)
+
+    for t, temperature in enumerate(temperatures if "resmem" in methods else ()):
 
         def residuals_of(rows, temperature=temperature):
             return gathered_residuals(train_logits, train_labels, rows, temperature)
@@ -203,8 +287,24 @@ def sweep_correct_float64(
         ):
             if start != base_start:  # the base probabilities of a query chunk serve every k
                 base, base_start = softmax(query_logits[start:stop], temperature)[:, None, :], start
-            pred = (base + memory).argmax(axis=2)  # (Q, S)
-            correct[t, i] += (pred == query_labels[start:stop, None]).sum(axis=0)
+            correct["resmem"][t, i] += count(base + memory, i, start, stop)
+    if "knn" in methods or "knn_interp" in methods:
+        labels, one_hot = np.asarray(train_labels), np.eye(n_classes)
+
+        def votes_of(rows):
+            return one_hot[labels[rows]]
+
+        base_start = None
+        for start, stop, i, p_knn in kernel_prefix_means(dist, idx, ks, sigmas, votes_of, n_classes, chunk_bytes):
+            if "knn" in methods:
+                correct["knn"][i] += count(p_knn, i, start, stop)
+            if "knn_interp" not in methods:
+                continue
+            if start != base_start:
+                bases, base_start = [softmax(query_logits[start:stop], T)[:, None, :] for T in temperatures], start
+            for t, base in enumerate(bases):
+                for j, lam in enumerate(lambdas):
+                    correct["knn_interp"][t, i, :, j] += count((1.0 - lam) * base + lam * p_knn, i, start, stop)
     return correct
 
 

@@ -16,14 +16,20 @@ holds, per temperature,
   are blocked in an order that puts those sharing rows side by side (`locality_order`); val and test are
   swept together (`groups`), so the rows their neighbors share are computed once too.
 
+The soft kNN classifier (`knn`) and its interpolation with the base model (`knn_interp`) ride along on the same
+neighbors and weights: a segment adds its kernel weights to its neighbors' classes (a scatter, no table), and each
+(k, σ) point is scored for every T and λ at once.
+
 Exact: the kernel weights, their normalizers and the base probabilities are computed in float64 and rounded once;
 the residuals are computed in float32 with a softmax whose error does not grow with the number of classes
 (`exponentials`); so the float32 scores lie within a bound derived from float32 rounding (`margin_bound`) of the
-exact ones. A query whose top-two margin falls below that bound at any grid point is re-decided by the float64
-reference (`resmem.core.sweep_correct_float64`), so every count equals the reference's bit for bit, near-ties and
-exact ties included. For a token datastore that holds given the logits: `KeyLogits` computes them as float32
-products, whose last bits depend on the BLAS kernel (a handful of rows or thousands, MKL or cuBLAS), and the
-reference recomputes those of the queries it re-decides.
+exact ones. A prediction is decided by the gap between the label's score and the best other class's: above the
+bound the label wins under the tie rule (`resmem.core.predict`), below minus the bound it loses, and a query whose
+gap lies within the bound at any grid point is re-decided by the float64 reference
+(`resmem.core.sweep_correct_float64`), which applies the tie rule; so every count equals the reference's bit for
+bit, near-ties and exact ties included. For a token datastore that holds given the logits: `KeyLogits` computes
+them as float32 products, whose last bits depend on the BLAS kernel (a handful of rows or thousands, MKL or
+cuBLAS), and the reference recomputes those of the queries it re-decides.
 """
 
 from __future__ import annotations
@@ -33,26 +39,35 @@ import contextlib
 import numpy as np
 
 from resmem.artifacts import QUERY_SPLITS
-from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, sweep_correct_float64
+from resmem.blocks import locality_order, neighbor_rows, query_blocks
+from resmem.core import (
+    DEFAULT_SWEEP_CHUNK_BYTES,
+    check_neighbors,
+    count_shapes,
+    float64_error,
+    sweep_correct_float64,
+    tie_tolerance,
+)
 
 UNIT_ROUNDOFF_32 = 2.0**-24
-UNIT_ROUNDOFF_64 = 2.0**-53
 CPU_CHUNK_BYTES = 32 * 2**20  # on the CPU a chunk's working set stays near the cache (measured faster than 256 MiB)
 SOFTMAX_BLOCK = 64  # a softmax normalizer sums float32 blocks of this many terms in float64: error ∝ block, not C
 
 
 def margin_bound(k: int, n_classes: int) -> float:
-    """A top-two margin of float32 scores above which their argmax is the float64 reference's.
+    """A gap between float32 scores above which the float64 reference's tie rule decides as float32's argmax.
 
     A float32 residual is off by at most (SOFTMAX_BLOCK + 7)u (`exponentials`); the kernel weights, the
     normalizers and the base probabilities are rounded once from float64 (relative error ≤ u). Each score is
     p_c + Σ_j u_j r_jc / Σ_j u_j with |r_jc| ≤ 1, so the float32 sum of k products is off by at most
     (k + SOFTMAX_BLOCK + 8)u·Σ_j u_j (any summation order: Higham's γ_k), and the quotient, the base probability
-    and the final addition add 5u: (k + SOFTMAX_BLOCK + 13)u per score, whatever the number of classes. The
-    float64 reference errs by at most (k + C + 16)·u64 (its softmax sums C terms). A margin above twice the sum
-    of both, with slack for the float32 subtraction that measured it, separates the top class in both."""
-    per_score = (k + SOFTMAX_BLOCK + 16) * UNIT_ROUNDOFF_32 + 2 * (k + n_classes + 16) * UNIT_ROUNDOFF_64
-    return 2.0 * per_score * 1.01
+    and the final addition add 5u: (k + SOFTMAX_BLOCK + 13)u per score, whatever the number of classes (the
+    baselines' scores, with exact one-hot votes and one interpolation, err less). The float64 reference errs by
+    `resmem.core.float64_error`. Two scores whose float32 gap exceeds twice the sum of both, with slack for the
+    float32 subtraction that measured it, plus the tie tolerance, differ in float64 by more than the tolerance:
+    the reference's tie rule then keeps only the better one."""
+    per_score = (k + SOFTMAX_BLOCK + 16) * UNIT_ROUNDOFF_32 + float64_error(k, n_classes)
+    return 2.0 * per_score * 1.01 + tie_tolerance(k, n_classes)
 
 
 def kernel_weights(dist, widths):
@@ -155,61 +170,6 @@ def fill_residuals(table, train_logits, labels, rows, temperature: float, pass_r
         residuals[torch.arange(len(e), device=e.device), labels[source_rows]] += 1.0
 
 
-def neighbor_rows(idx, k_max: int):
-    """The distinct training rows that the first k_max neighbors of the queries name, sorted (a numpy array), and
-    each neighbor slot's number among them (a (Q, k_max) int64 tensor): distinct[numbers] = idx[:, :k_max]."""
-    import torch
-
-    slots = torch.from_numpy(np.array(idx[:, :k_max], dtype=np.int64))
-    distinct, numbers = torch.unique(slots.view(-1), return_inverse=True)  # 7× faster than numpy's sort
-    return distinct.numpy(), numbers.view(slots.shape)
-
-
-def locality_order(numbers) -> np.ndarray:
-    """The queries in an order that puts those sharing neighbor rows side by side, so that a row is computed in
-    as few blocks as possible: by the lowest row two hops away (the lowest neighbor row of any query that shares
-    a row with this one), then by their own lowest row. `numbers` are the queries' neighbor rows numbered in order
-    (`neighbor_rows`). Both keys are MinHashes of the query–row graph; the two-hop one gathers a cluster of
-    queries that share rows pairwise but rarely share their lowest one. Measured rows computed against the own
-    lowest row alone: 40–50 % fewer on the default's token stores (16 MiB budget), none twice on the synthetic
-    clusters of bench_datastore (30 % fewer), at 1–3 % of the sweep's time."""
-    import torch
-
-    own = numbers.amin(dim=1)
-    reached = torch.full((int(numbers.max()) + 1,), len(own), dtype=torch.int64)  # each row's lowest query label
-    reached.scatter_reduce_(0, numbers.view(-1), own.repeat_interleave(numbers.shape[1]), "amin")
-    two_hops = reached[numbers].amin(dim=1)
-    return np.lexsort((own.numpy(), two_hops.numpy()))  # the last key sorts first
-
-
-def query_blocks(numbers, order: np.ndarray, max_rows: int, max_slots: int):
-    """(first, last, block rows, local) for consecutive blocks order[first:last] of queries, each the longest run
-    whose neighbors name at most `max_rows` distinct rows (one query at least) within `max_slots` neighbor
-    slots. `numbers` are the queries' neighbor rows numbered in order (`neighbor_rows`); a block's rows are their
-    numbers, sorted (a tensor), and local is a (last − first, k_max) tensor: rows[local] = numbers[order[first:last]].
-
-    Sized in one pass, without sorting: the query that first names each row is found by a scatter, so the number
-    of rows the first n queries name is a cumulative sum over n."""
-    import torch
-
-    n_numbers, k_max = int(numbers.max()) + 1, numbers.shape[1]
-    first_query = torch.empty(n_numbers, dtype=torch.int64)
-    position = torch.empty(n_numbers, dtype=torch.int64)
-    start, window = 0, max(1, max_slots // k_max)
-    while start < len(order):
-        slots = numbers[torch.from_numpy(order[start : start + window])]
-        queries = len(slots)
-        first_query.fill_(queries).scatter_reduce_(
-            0, slots.view(-1), torch.arange(queries).repeat_interleave(k_max), "amin"
-        )
-        named = torch.bincount(first_query[first_query < queries], minlength=queries).cumsum(0)
-        size = max(1, int(torch.searchsorted(named, max_rows, right=True)))
-        rows = torch.nonzero(first_query < size).view(-1)
-        position[rows] = torch.arange(len(rows))
-        yield start, start + size, rows, position[slots[:size]]
-        start += size
-
-
 def base_probabilities(query_logits, rows: np.ndarray, temperature: float, device):
     """softmax(z/T) of some queries: a float64 tensor on the device."""
     import torch
@@ -217,31 +177,70 @@ def base_probabilities(query_logits, rows: np.ndarray, temperature: float, devic
     return torch.softmax(logits_on_device(query_logits, rows, device).double() / temperature, dim=1)
 
 
-def decide(table, rows, u, norms, base, labels, grid: Grid):
-    """Correct predictions (Q, len(ks), S) and near-ties (Q,) of a chunk over the k's of the grid: each
-    segment's Σ_j u_j r_j, one weighted bag of table rows (`rows`, (Q, k_max)) per (query, σ), is added to the
-    prefix sums, and the argmax of the scores base + sums / norms taken at each k. A top-two margin at or below
-    the grid's bound makes a near-tie (0 for an exact tie)."""
+def label_gap(scores, labels):
+    """The label's score minus the best other class's along the last axis (`labels` broadcast to scores.shape[:-1]
+    + (1,)); the other classes' scores are overwritten (−inf at the label)."""
+    import torch
+
+    own = scores.gather(-1, labels).squeeze(-1)
+    return own - scores.scatter_(-1, labels, -torch.inf).amax(dim=-1)
+
+
+def decide(table, rows, neighbor_labels, u, norms, base, labels, grid: Grid, lambdas, methods):
+    """For each method, correct predictions (Q, len(ks), S), or (Q, len(ks), S, len(lambdas)) for knn_interp, and
+    near-ties (Q,) of a chunk over the k's of the grid. Each segment adds Σ_j u_j r_j, one weighted bag of table
+    rows (`rows`, (Q, k_max)) per (query, σ), to ResMem's prefix sums, and u_j to the vote of each neighbor's class
+    (`neighbor_labels`, (Q, k_max)); at each k the scores are base + sums / norms (ResMem), votes / norms (knn)
+    and (1 − λ)·base + λ·votes / norms (knn_interp). A prediction is correct where the label's gap to the best
+    other class exceeds the grid's bound, and a gap within the bound makes a near-tie."""
     import torch
     import torch.nn.functional as F
 
-    n_query, n_sigmas = len(labels), grid.n_sigmas
-    total = torch.zeros((n_query, n_sigmas, table.shape[1]), dtype=torch.float32, device=table.device)
-    scores = torch.empty_like(total)  # one buffer for every k: a fresh block each time costs page faults
-    hits = torch.zeros((n_query, grid.n_ks, n_sigmas), dtype=torch.bool, device=table.device)
-    near_tie = torch.zeros(n_query, dtype=torch.bool, device=table.device)
+    n_query, n_sigmas, n_classes = len(labels), grid.n_sigmas, base.shape[1]
+    on = dict(dtype=torch.float32, device=base.device)
+    shape = (n_query, n_sigmas, n_classes)
+    hits = {
+        method: torch.zeros((n_query, grid.n_ks, n_sigmas, *((len(lambdas),) if method == "knn_interp" else ())),
+                            dtype=torch.bool, device=base.device)
+        for method in methods
+    }  # fmt: skip
+    near = {method: torch.zeros(n_query, dtype=torch.bool, device=base.device) for method in methods}
+    voting = "knn" in methods or "knn_interp" in methods
+    total = torch.zeros(shape, **on) if "resmem" in methods else None
+    votes = torch.zeros(shape, **on) if voting else None
+    scores = torch.empty(shape, **on)  # buffers for every k: a fresh block each time costs page faults
+    at_label = labels[:, None, None].expand(n_query, n_sigmas, 1)
+    if "knn_interp" in methods:
+        lam = torch.tensor(lambdas, **on)
+        base_part = base[:, None, :] * (1.0 - lam)[:, None]  # (Q, Λ, C), rounded once per chunk
+        mixed = torch.empty((n_query, n_sigmas, len(lambdas), n_classes), **on)
+        at_label_mixed = labels[:, None, None, None].expand(n_query, n_sigmas, len(lambdas), 1)
+
+    def record(method, column, gap, bound):
+        hits[method][:, column] = gap > bound
+        near[method] |= (gap.abs() <= bound).flatten(1).any(dim=1)
+
     for j, (lo, hi) in enumerate(zip(grid.bounds[:-1], grid.bounds[1:], strict=True)):
+        column, bound = grid.order[j], grid.thresholds[j]
         if hi > lo:
-            bags = rows[:, None, lo:hi].expand(-1, n_sigmas, -1).reshape(-1, hi - lo)
             weights = u[:, :, lo:hi].reshape(-1, hi - lo)
-            total += F.embedding_bag(bags, table, per_sample_weights=weights, mode="sum").view_as(total)
-        torch.addcdiv(base[:, None, :], total, norms[:, :, j, None], out=scores)
-        best, predicted = scores.max(dim=2)
-        scores.scatter_(2, predicted[:, :, None], -torch.inf)
-        margin = best - scores.amax(dim=2)  # to the runner-up: 0 for an exact tie
-        hits[:, grid.order[j]] = predicted == labels[:, None]
-        near_tie |= (margin <= grid.thresholds[j]).any(dim=1)
-    return hits, near_tie
+            if total is not None:
+                bags = rows[:, None, lo:hi].expand(-1, n_sigmas, -1).reshape(-1, hi - lo)
+                total += F.embedding_bag(bags, table, per_sample_weights=weights, mode="sum").view_as(total)
+            if votes is not None:
+                classes = neighbor_labels[:, None, lo:hi].expand(-1, n_sigmas, -1).reshape(-1, hi - lo)
+                votes.view(-1, n_classes).scatter_add_(1, classes, weights)
+        if total is not None:
+            torch.addcdiv(base[:, None, :], total, norms[:, :, j, None], out=scores)
+            record("resmem", column, label_gap(scores, at_label), bound)
+        if votes is not None:
+            p_knn = torch.div(votes, norms[:, :, j, None], out=scores)
+            if "knn_interp" in methods:
+                torch.addcmul(base_part[:, None], p_knn[:, :, None, :], lam[:, None], out=mixed)
+                record("knn_interp", column, label_gap(mixed, at_label_mixed), bound)
+            if "knn" in methods:
+                record("knn", column, label_gap(p_knn, at_label), bound)
+    return hits, near
 
 
 def stack_splits(neighbors: dict, k_max: int, splits=QUERY_SPLITS):
@@ -267,23 +266,27 @@ def sweep_correct(
     progress=None,
     device: str = "cpu",
     groups=None,
-) -> np.ndarray:
-    """Number of correct ResMem predictions for every (T, k, σ): an int64 array shaped (len(temperatures),
-    len(ks), len(sigmas)) in the order given, equal to `resmem.core.sweep_correct_float64`'s.
+    lambdas=(),
+    methods=("resmem",),
+) -> dict[str, np.ndarray]:
+    """Number of correct predictions of each method (`resmem.core.METHODS`) at every grid point: {method: int64
+    counts} shaped as `resmem.core.count_shapes` says, in the orders given, equal to
+    `resmem.core.sweep_correct_float64`'s.
 
     `train_logits` is an N×C array (a memmap too) or an object computing the logits of the rows it is indexed
     with (`KeyLogits`); `dist`/`idx` are one search at the largest k, sorted ascending. Working memory stays
     within about twice `chunk_bytes` (the residual table and one chunk's blocks).
 
-    `groups` (one integer in [0, G) per query) counts each group apart: (G, len(temperatures), len(ks),
-    len(sigmas)). Sweeping several query sets at once (val and test) computes the residual rows they share once:
-    in the default's token stores val's and test's neighbors name 44 % fewer distinct rows together than apart."""
+    `groups` (one integer in [0, G) per query) counts each group apart, in a leading axis of length G. Sweeping
+    several query sets at once (val and test) computes the residual rows they share once: in the default's
+    token stores val's and test's neighbors name 44 % fewer distinct rows together than apart."""
     import torch
 
     from resmem.device import torch_device
 
     dist, idx, query_labels = np.asarray(dist), np.asarray(idx), np.asarray(query_labels)
     check_neighbors(dist, idx, len(train_labels))
+    shapes = count_shapes(methods, len(temperatures), len(ks), len(sigmas), len(lambdas))
     group_of = np.zeros(len(query_labels), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     if group_of.shape != query_labels.shape or (len(group_of) and group_of.min() < 0):
         raise ValueError(f"groups must hold one integer ≥ 0 per query ({len(query_labels)}); got {np.shape(groups)}")
@@ -295,32 +298,39 @@ def sweep_correct(
     device = torch_device(device)
     grid = Grid(ks, sigmas, n_classes, device)
     working = chunk_bytes if device.type == "cuda" else min(chunk_bytes, CPU_CHUNK_BYTES)
-    # per query: three (S, C) float32 blocks and the (S, k_max) bags of rows and weights
-    chunk = max(1, working // (12 * n_classes * grid.n_sigmas + 16 * grid.n_sigmas * grid.k_max))
+    # per query: the (S, C) float32 blocks of each method, knn_interp's (S, Λ, C) and (Λ, C), and the (S, k_max)
+    # bags of rows, classes and weights
+    blocks_per_sigma = 1 + 2 * ("resmem" in methods) + 2 * ("knn" in methods or "knn_interp" in methods)
+    mixing = len(lambdas) * ("knn_interp" in methods)
+    per_query = 4 * n_classes * (grid.n_sigmas * (blocks_per_sigma + mixing) + mixing) + 24 * grid.n_sigmas * grid.k_max
+    chunk = max(1, working // per_query)
     pass_rows = max(1, working // (32 * n_classes))  # one pass's logits: 4 MiB on the CPU (cache; faster than 16)
     whole = fits_table(n_rows, n_classes, chunk_bytes)
     # the queries in blocks that share rows; all of them in their own order with the whole table
-    if whole:
-        order, table_rows = np.arange(len(query_labels)), n_rows
+    if whole or "resmem" not in methods:
+        order, table_rows = np.arange(len(query_labels)), n_rows if "resmem" in methods else 0
     else:  # a block's rows: as many as the budget holds (one query's at least), or all the neighbors name
         distinct, numbers = neighbor_rows(idx, grid.k_max)
         order = locality_order(numbers)
         table_rows = min(max(chunk_bytes // (4 * n_classes), grid.k_max), len(distinct))
     table = torch.empty((table_rows, n_classes), dtype=torch.float32, device=device)  # reused
-    train_labels_t = torch.from_numpy(np.array(train_labels, dtype=np.int64)).to(device)
+    train_labels_np = np.asarray(train_labels, dtype=np.int64)
+    train_labels_t = torch.from_numpy(train_labels_np).to(device)
     query_labels_t = torch.from_numpy(np.array(query_labels, dtype=np.int64)).to(device)
     n_groups = int(group_of.max()) + 1 if len(group_of) else 1
     group_t = torch.from_numpy(group_of).to(device)
-    counted = torch.zeros((n_groups, len(temperatures), len(ks), len(sigmas)), dtype=torch.int64, device=device)
-    redecided = np.zeros(counted.shape, dtype=np.int64)
+    counted = {m: torch.zeros((n_groups, *shape), dtype=torch.int64, device=device) for m, shape in shapes.items()}
+    redecided = {m: np.zeros((n_groups, *shape), dtype=np.int64) for m, shape in shapes.items()}
     with ieee_float32(), torch.inference_mode():
         for t, temperature in enumerate(temperatures):
-            near_ties = [np.empty(0, dtype=np.int64)]
-            if whole:
-                fill_residuals(table, train_logits, train_labels_t, None, temperature, pass_rows)
-                blocks = [(0, len(order), None, None)]
-            else:  # the index arrays of a block: three int64 copies of its neighbor slots within the budget
+            here = [m for m in methods if m != "knn" or t == 0]  # the soft kNN has no temperature: counted once
+            near_ties = {m: [np.empty(0, dtype=np.int64)] for m in here}
+            if not whole and "resmem" in here:
                 blocks = query_blocks(numbers, order, table_rows, max(1, chunk_bytes // 24))
+            else:
+                if "resmem" in here:
+                    fill_residuals(table, train_logits, train_labels_t, None, temperature, pass_rows)
+                blocks = [(0, len(order), None, None)]
             for first, last, block_rows, local in blocks:
                 if block_rows is not None:
                     fill_residuals(
@@ -328,24 +338,34 @@ def sweep_correct(
                     )
                 for start in range(first, last, chunk):
                     queries = order[start : min(start + chunk, last)]
+                    neighbors = np.array(idx[queries, : grid.k_max], dtype=np.int64)
                     if local is None:  # table rows are training rows
-                        rows = torch.from_numpy(np.array(idx[queries, : grid.k_max], dtype=np.int64))
+                        rows = torch.from_numpy(neighbors)
                     else:
                         rows = local[start - first : start - first + len(queries)]
                     u, norms = grid.weights(dist[queries])
                     base = base_probabilities(query_logits, queries, temperature, device).float()
-                    hits, near_tie = decide(table, rows.to(device), u, norms, base, query_labels_t[queries], grid)
-                    decided = (hits & ~near_tie[:, None, None]).to(torch.int64)
-                    counted[:, t].index_add_(0, group_t[queries], decided)
-                    near_ties.append(queries[near_tie.cpu().numpy()])
+                    neighbor_labels = torch.from_numpy(train_labels_np[neighbors]).to(device)
+                    hits, near = decide(table, rows.to(device), neighbor_labels, u, norms, base,
+                                        query_labels_t[queries], grid, lambdas, here)  # fmt: skip
+                    for method in here:
+                        decided = hits[method] & ~near[method].view(-1, *[1] * (hits[method].dim() - 1))
+                        column = counted[method][:, t] if method != "knn" else counted[method]
+                        column.index_add_(0, group_t[queries], decided.to(torch.int64))
+                        near_ties[method].append(queries[near[method].cpu().numpy()])
                     if progress is not None:
                         progress.update(len(queries))
-            near = np.sort(np.concatenate(near_ties))
-            for g in np.unique(group_of[near]):  # the near-ties of a group: the float64 reference decides them
-                redo = near[group_of[near] == g]
-                redecided[g, t] = sweep_correct_float64(
-                    train_logits, train_labels, query_logits[redo], query_labels[redo], dist[redo], idx[redo], ks,
-                    sigmas, [temperature], chunk_bytes,
-                )[0]  # fmt: skip
-    correct = counted.cpu().numpy() + redecided
-    return correct if groups is not None else correct[0]
+            for method in here:  # the near-ties of a group: the float64 reference decides them
+                tied = np.sort(np.concatenate(near_ties[method]))
+                for g in np.unique(group_of[tied]):
+                    redo = tied[group_of[tied] == g]
+                    again = sweep_correct_float64(
+                        train_logits, train_labels, query_logits[redo], query_labels[redo], dist[redo], idx[redo],
+                        ks, sigmas, [temperature], chunk_bytes, lambdas=lambdas, methods=[method],
+                    )[method]  # fmt: skip
+                    if method == "knn":
+                        redecided[method][g] = again
+                    else:
+                        redecided[method][g, t] = again[0]
+    correct = {m: counted[m].cpu().numpy() + redecided[m] for m in methods}
+    return correct if groups is not None else {m: c[0] for m, c in correct.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from resmem.core import resmem_scores
+from resmem.core import predict, resmem_scores, tie_tolerance
 from resmem.knn import build_index, search
 
 
@@ -32,4 +32,5 @@ class ResMem:
         return resmem_scores(logits, dist, idx, self.logits_, self.labels_, sigma, self.temperature)
 
     def predict(self, embeddings: np.ndarray, logits: np.ndarray, k: int, sigma: float) -> np.ndarray:
-        return self.scores(embeddings, logits, k, sigma).argmax(axis=1)
+        """The class of the best score; ties (within `resmem.core.tie_tolerance`): the lowest class."""
+        return predict(self.scores(embeddings, logits, k, sigma), tie_tolerance(k, np.shape(logits)[1]))

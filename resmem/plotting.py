@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 from resmem.io import atomic_path  # noqa: E402
 
 BASE_COLOR, RESMEM_COLOR, KNN_COLOR = "#4C72B0", "#DD8452", "#55A868"  # base model, ResMem, kNN (kNN-LM)
+KNN_INTERP_COLOR = "#8172B3"  # kNN interpolated with the base model
 
 
 def save(fig, png, pdf) -> None:
@@ -39,12 +40,18 @@ def over_seeds(summary: pd.DataFrame) -> str:
     return f"{n} seed{'s' if n != 1 else ''}"
 
 
-def per_model(summary: pd.DataFrame, columns, by=("model",), first=("parameters",)) -> pd.DataFrame:
-    """Mean and std over seeds (`<column>_mean`, `<column>_std`; std 0 for one seed) of `columns` per model
-    (or per `by` group), with the `first` columns as they are, ordered by parameter count."""
+def per_model(summary: pd.DataFrame, columns, by=("model",), first=("parameters",)):
+    """Mean, std (0 for one seed) and Student's 95 % t-interval over seeds (`<column>_mean`, `_std`, `_low`,
+    `_high`; the interval NaN for one seed) of `columns` per model (or per `by` group), with the `first` columns
+    as they are and the number of seeds, ordered by parameter count."""
+    from resmem.stats import t_interval
+
     grouped = summary.groupby(list(by))
-    stats = grouped[list(columns)].agg(["mean", "std"]).fillna(0.0)
-    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
+    parts = {}
+    for column in columns:
+        values = grouped[column].apply(lambda v: pd.Series(t_interval(v), index=["mean", "std", "low", "high"]))
+        parts.update({f"{column}_{s}": values.xs(s, level=-1) for s in ("mean", "std", "low", "high")})
+    stats = pd.DataFrame(parts)
     for column in first:
         stats[column] = grouped[column].first()
     stats["seeds"] = grouped.seed.count()
@@ -61,11 +68,13 @@ def selected_rows(summary: pd.DataFrame, sweeps: pd.DataFrame, fixed: tuple) -> 
 
 
 def errorbar_methods(ax, stats: pd.DataFrame, methods, x: str = "parameters") -> None:
-    """One line per method, (label, column prefix, colour, marker): test accuracy in % (mean ± std over seeds
-    of `<prefix>_test_acc`) against `x`."""
+    """One line per method, (label, column prefix, colour, marker): test accuracy in % (mean over seeds of
+    `<prefix>_test_acc`, error bars its t-interval, none for one seed) against `x`."""
     for label, prefix, color, marker in methods:
-        ax.errorbar(stats[x], 100 * stats[f"{prefix}_test_acc_mean"], yerr=100 * stats[f"{prefix}_test_acc_std"],
-                    label=label, color=color, marker=marker, capsize=3, linewidth=1.8)  # fmt: skip
+        mean = 100 * stats[f"{prefix}_test_acc_mean"]
+        bars = [mean - 100 * stats[f"{prefix}_test_acc_low"], 100 * stats[f"{prefix}_test_acc_high"] - mean]
+        ax.errorbar(stats[x], mean, yerr=np.nan_to_num(np.array(bars)), label=label, color=color, marker=marker,
+                    capsize=3, linewidth=1.8)  # fmt: skip
 
 
 def plot_sensitivity(models, panel_specs, chosen: dict, grids: dict, base: pd.Series, title: str, png, pdf) -> None:

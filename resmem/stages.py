@@ -208,6 +208,18 @@ def aggregate(
     write_provenance(out["provenance"], experiment, config, runs, summary.device, repo_dir, **provenance_extra)
 
 
+def gain_columns(method: str, base_correct, method_correct, point: dict, stats: dict, block: int = 1) -> dict:
+    """A run's summary columns of one method's test-accuracy gain over the base model on the same test examples
+    (`point`: its selected point, as `resmem.sweep.select` records it): <method>_test_acc, _gain with its
+    bootstrap interval _gain_ci_low/_high (blocks of `block` examples), _mcnemar_p and _best_test_acc, the best
+    test accuracy anywhere on its grid."""
+    from resmem.stats import paired_gain
+
+    verdict = paired_gain(base_correct, method_correct, stats["resamples"], stats["seed"], block)
+    columns = {"test_acc": point["test_accuracy"], **verdict, "best_test_acc": point["best_test_accuracy"]}
+    return {f"{method}_{name}": value for name, value in columns.items()}
+
+
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -119,7 +119,7 @@ def test_sweep_equals_per_point_evaluation(problem, sweep):
         sigmas,
         temps,
         chunk_bytes=64 * 5 * 8 * 7,
-    )
+    )["resmem"]
     assert correct.shape == (3, 5, 4)
     for t, temperature in enumerate(temps):
         train = (p["train_logits"], p["train_y"])
@@ -133,7 +133,7 @@ def test_resmem_improves_a_weak_base_model(problem):
     p = problem
     correct = sweep_correct(
         p["train_logits"], p["train_y"], p["query_logits"], p["query_y"], p["dist"], p["idx"], [16], [1.0], [1.0]
-    )
+    )["resmem"]
     base = (p["query_logits"].argmax(1) == p["query_y"]).sum()
     assert correct[0, 0, 0] > base + 0.1 * len(p["query_y"])
 

@@ -6,11 +6,18 @@ import numpy as np
 import pytest
 
 from resmem import engine
-from resmem.core import sweep_correct_float64
+from resmem.core import METHODS, sweep_correct_float64
 from resmem.knn import build_index, search
 from resmem.lm.tokens import KeyLogits
 
 KS, SIGMAS, TEMPERATURES = [1, 2, 3, 5, 8, 20, 40], [0.05, 1.0, 1e6], [1.0, 2.0]
+ALL = {"lambdas": [0.1, 0.5, 0.9], "methods": METHODS}  # ResMem and both baselines
+
+
+def assert_same_counts(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for method in expected:
+        np.testing.assert_array_equal(got[method], expected[method], err_msg=method)
 
 
 def tie_heavy_images(seed=0, n_points=30, copies=20, n_query=300, n_classes=4):
@@ -46,12 +53,24 @@ def tie_heavy_tokens(seed=0, n_states=40, copies=25, n_query=300, vocab=16, dim=
     return train_logits, train_next, query_logits, query_next, dist, idx
 
 
-def redecided(monkeypatch) -> list:
-    """Records the number of queries of each call to the float64 reference from the engine."""
-    calls = []
+class Calls(list):
+    def __init__(self):
+        super().__init__()
+        self.methods = []
+
+    def of(self, method) -> int:
+        """Queries re-decided for `method`."""
+        return sum(n for n, m in zip(self, self.methods, strict=True) if m == method)
+
+
+def redecided(monkeypatch) -> Calls:
+    """Records the number of queries of each call to the float64 reference from the engine (and, in
+    calls.methods, the method of each call)."""
+    calls = Calls()
 
     def counting(*args, **kwargs):
         calls.append(len(args[3]))
+        calls.methods.append(kwargs.get("methods", ["resmem"])[0])
         return sweep_correct_float64(*args, **kwargs)
 
     monkeypatch.setattr(engine, "sweep_correct_float64", counting)
@@ -65,10 +84,10 @@ def test_engine_equals_the_float64_reference_on_tie_heavy_data(make, mode, monke
     table_bytes = len(problem[1]) * problem[2].shape[1] * 4
     chunk_bytes = {"table": table_bytes, "blocks": table_bytes - 1, "small blocks": 5_000}[mode]
     assert engine.fits_table(len(problem[1]), problem[2].shape[1], chunk_bytes) == (mode == "table")
-    expected = sweep_correct_float64(*problem, KS, SIGMAS, TEMPERATURES)
+    expected = sweep_correct_float64(*problem, KS, SIGMAS, TEMPERATURES, **ALL)
     calls = redecided(monkeypatch)
-    got = engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES, chunk_bytes=chunk_bytes)
-    np.testing.assert_array_equal(got, expected)
+    got = engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES, chunk_bytes=chunk_bytes, **ALL)
+    assert_same_counts(got, expected)
     assert sum(calls) > 0  # the data has near-ties, and the reference decided them
 
 
@@ -83,16 +102,18 @@ def test_groups_swept_at_once_count_each_group_as_the_reference(make, mode, monk
     calls = redecided(monkeypatch)
     got = engine.sweep_correct(
         train_logits, train_labels, query_logits, query_labels, dist, idx, KS, SIGMAS, TEMPERATURES,
-        chunk_bytes=chunk_bytes, groups=groups,
+        chunk_bytes=chunk_bytes, groups=groups, **ALL,
     )  # fmt: skip
-    assert got.shape == (3, len(TEMPERATURES), len(KS), len(SIGMAS)) and len(calls) > 0
+    assert got["resmem"].shape == (3, len(TEMPERATURES), len(KS), len(SIGMAS)) and len(calls) > 0
+    assert got["knn"].shape == (3, len(KS), len(SIGMAS))
+    assert got["knn_interp"].shape == (3, len(TEMPERATURES), len(KS), len(SIGMAS), len(ALL["lambdas"]))
     for g in range(3):
         mine = np.flatnonzero(groups == g)
         expected = sweep_correct_float64(
             train_logits, train_labels, query_logits[mine], query_labels[mine], dist[mine], idx[mine], KS, SIGMAS,
-            TEMPERATURES,
+            TEMPERATURES, **ALL,
         )  # fmt: skip
-        np.testing.assert_array_equal(got[g], expected)
+        assert_same_counts({m: c[g] for m, c in got.items()}, expected)
     with pytest.raises(ValueError, match="groups must hold one integer ≥ 0 per query"):
         engine.sweep_correct(train_logits, train_labels, query_logits, query_labels, dist, idx, KS, SIGMAS,
                              TEMPERATURES, groups=groups[1:])  # fmt: skip
@@ -166,8 +187,9 @@ def test_without_the_float64_redecision_float32_flips_ties(make, monkeypatch):
     the engine exact."""
     problem = make()
     monkeypatch.setattr(engine, "margin_bound", lambda k, n_classes: -1.0)
-    got = engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES)
-    assert np.any(got != sweep_correct_float64(*problem, KS, SIGMAS, TEMPERATURES))
+    got = engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES, **ALL)
+    expected = sweep_correct_float64(*problem, KS, SIGMAS, TEMPERATURES, **ALL)
+    assert all(np.any(got[m] != expected[m]) for m in ("resmem", "knn_interp"))
 
 
 def test_near_ties_are_rare_on_continuous_data(monkeypatch):
@@ -183,9 +205,10 @@ def test_near_ties_are_rare_on_continuous_data(monkeypatch):
     dist, idx = search(build_index(train_emb, device="cpu"), query_emb, max(KS), device="cpu")
     problem = (train_logits, train_y, query_logits, query_y, dist, idx)
     calls = redecided(monkeypatch)
-    got = engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES)
-    np.testing.assert_array_equal(got, sweep_correct_float64(*problem, KS, SIGMAS, TEMPERATURES))
-    assert sum(calls) < 0.01 * n_query * len(TEMPERATURES)
+    got = engine.sweep_correct(*problem, KS, SIGMAS, TEMPERATURES, **ALL)
+    assert_same_counts(got, sweep_correct_float64(*problem, KS, SIGMAS, TEMPERATURES, **ALL))
+    for method in ("resmem", "knn_interp"):  # the soft kNN at σ = 10⁶ has uniform weights: its vote ties are exact
+        assert calls.of(method) < 0.01 * n_query * len(TEMPERATURES)
 
 
 def test_memmapped_logits_and_progress(tmp_path):
@@ -203,9 +226,10 @@ def test_memmapped_logits_and_progress(tmp_path):
 
     progress = Progress()
     got = engine.sweep_correct(mapped, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES,
-                               chunk_bytes=5_000, progress=progress)  # fmt: skip
-    expected = sweep_correct_float64(train_logits, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES)
-    np.testing.assert_array_equal(got, expected)
+                               chunk_bytes=5_000, progress=progress, **ALL)  # fmt: skip
+    expected = sweep_correct_float64(train_logits, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES,
+                                     **ALL)  # fmt: skip
+    assert_same_counts(got, expected)
     assert not engine.fits_table(len(train_y), train_logits.shape[1], 5_000)
     assert progress.done == len(query_y) * len(TEMPERATURES)
 

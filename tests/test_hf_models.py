@@ -185,7 +185,8 @@ def test_resmem_memorizes_training_positions_at_k1(tiny_models, tmp_path):
     logits = KeyLogits(final_hidden(arrays, "train"), arrays["head_weight"], arrays["head_bias"])
     labels = np.asarray(arrays["train_next"])
     base = (logits[: len(labels)].argmax(axis=1) == labels).mean()
-    correct = sweep_correct(logits, labels, logits, labels, np.sqrt(np.maximum(dist, 0)), idx, [1], [1.0], [1.0])
+    distances = np.sqrt(np.maximum(dist, 0))
+    correct = sweep_correct(logits, labels, logits, labels, distances, idx, [1], [1.0], [1.0])["resmem"]
     # Every position finds its own key: itself, or a position with the same context (a window's first tokens),
     # whose state and so residual are the same. ResMem then predicts that neighbour's next token exactly:
     # softmax(z) + onehot(y_n) - softmax(z) = onehot(y_n). (faiss computes ‖x‖² + ‖y‖² − 2⟨x, y⟩ with BLAS, so

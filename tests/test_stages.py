@@ -58,7 +58,7 @@ def test_stages_chain_without_snakemake(tmp_path):
     search(tmp_path, emb, "neighbors", query_chunk=5)
     stages.sweep(emb, tmp_path / "neighbors.npz", tmp_path / "sweep.csv", knn())
     sweep = pd.read_csv(tmp_path / "sweep.csv")
-    assert list(sweep.columns) == list(SWEEP_COLUMNS) and len(sweep) == 2 * 3
+    assert list(sweep.columns) == list(SWEEP_COLUMNS) and len(sweep) == 2 * (1 + 2 + 2 + 2 * 5)  # base, 3 methods
     stages.select(tmp_path / "sweep.csv", tmp_path / "selected.json")
     assert (tmp_path / "selected.json").exists()
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from resmem.artifacts import NEIGHBOR_KEYS, SWEEP_COLUMNS
-from resmem.sweep import select
-from resmem.vision.artifacts import EMBEDDING_KEYS, FIGURES, SPLIT_KEYS, SUMMARY_COLUMNS
+from resmem.core import METHODS
+from resmem.sweep import select_methods
+from resmem.vision.artifacts import EMBEDDING_KEYS, FIGURES, PREDICTION_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
 from tests.conftest import REPO, gpu_requests, planned_jobs, snakemake, write_config
 
 MODELS = ("cnn_w1", "cnn_w4")
@@ -64,13 +65,27 @@ def test_run_artifacts(smoke_run, model):
 
     sweep = pd.read_csv(run / "sweep.csv")
     assert list(sweep.columns) == list(SWEEP_COLUMNS)
-    assert len(sweep) == 2 * (1 + 3 * 2 * 1)  # (val, test) × (base row + k × σ × T)
-    assert set(sweep[sweep.k == 0].split) == {"val", "test"}
+    # (val, test) × (base row + ResMem's k × σ × T + kNN's k × σ + kNN-interp's k × σ × T × λ)
+    assert len(sweep) == 2 * (1 + 3 * 2 * 1 + 3 * 2 + 3 * 2 * 1 * 5)
+    assert sweep.groupby("method").size().to_dict() == {"base": 2, "resmem": 12, "knn": 12, "knn_interp": 60}
+    assert set(sweep[sweep.k == 0].split) == {"val", "test"} and set(sweep[sweep.k == 0].method) == {"base"}
+    assert sweep[sweep.method == "knn"][["temperature", "lam"]].isna().all().all()
 
-    chosen = json.loads((run / "selected.json").read_text())
-    assert chosen == select(sweep)
-    best_val = sweep[(sweep.split == "val") & (sweep.k > 0)].accuracy.max()
-    assert chosen["val_accuracy"] == pytest.approx(best_val)
+    everything = json.loads((run / "selected.json").read_text())
+    assert everything == select_methods(sweep) and set(everything) == set(METHODS)
+    for method, chosen in everything.items():
+        best_val = sweep[(sweep.split == "val") & (sweep.method == method)].accuracy.max()
+        assert chosen["val_accuracy"] == pytest.approx(best_val)
+        assert chosen["best_test_accuracy"] == sweep[(sweep.split == "test") & (sweep.method == method)].accuracy.max()
+    chosen = everything["resmem"]
+
+    # Each method's test predictions at its selected point count what the sweep counted there.
+    with np.load(run / "predictions.npz") as predictions:
+        assert sorted(predictions.files) == sorted(PREDICTION_KEYS) and len(predictions["labels"]) == test_rows
+        for method in ("base", *METHODS):
+            accuracy = (predictions[method] == predictions["labels"]).mean()
+            assert accuracy == everything["resmem" if method == "base" else method][
+                "base_test_accuracy" if method == "base" else "test_accuracy"]  # fmt: skip
 
     for rule in ("train", "embed", "index", "neighbors", "sweep"):
         assert (run / "benchmarks" / f"{rule}.tsv").exists()
@@ -81,6 +96,7 @@ def test_run_artifacts(smoke_run, model):
     assert (table.base_correct <= table["count"]).all() and (table.resmem_correct <= table["count"]).all()
     test_acc = sweep[
         (sweep.split == "test")
+        & (sweep.method == "resmem")
         & (sweep.k == chosen["k"])
         & np.isclose(sweep.sigma, chosen["sigma"])
         & np.isclose(sweep.temperature, chosen["temperature"])
@@ -96,16 +112,26 @@ def test_experiment_outputs(smoke_run):
     assert sorted(summary.model) == sorted(MODELS * 2)
     assert sorted(summary.train_fraction) == [0.5, 0.5, 1.0, 1.0]
     for _, row in summary.iterrows():
-        chosen = json.loads((run_dir(smoke_run, row.model, f"{row.train_fraction:g}") / "selected.json").read_text())
-        assert row.resmem_test_acc == pytest.approx(chosen["test_accuracy"])
-        assert row.gain == pytest.approx(row.resmem_test_acc - row.base_test_acc)
+        run = run_dir(smoke_run, row.model, f"{row.train_fraction:g}")
+        everything = json.loads((run / "selected.json").read_text())
+        with np.load(run / "predictions.npz") as predictions:
+            base_correct = predictions["base"] == predictions["labels"]
+            for method in METHODS:
+                assert row[f"{method}_test_acc"] == pytest.approx(everything[method]["test_accuracy"])
+                assert row[f"{method}_gain"] == pytest.approx(row[f"{method}_test_acc"] - row.base_test_acc)
+                assert row[f"{method}_gain_ci_low"] <= row[f"{method}_gain"] <= row[f"{method}_gain_ci_high"]
+                assert row[f"{method}_best_test_acc"] >= row[f"{method}_test_acc"]
+                right = predictions[method] == predictions["labels"]
+                b, c = int((right & ~base_correct).sum()), int((base_correct & ~right).sum())
+                assert row[f"{method}_mcnemar_p"] == pytest.approx(exact_mcnemar(b, c))
     params = summary.groupby("model").parameters.first()
     assert params["cnn_w1"] < params["cnn_w4"]
     examples = summary.groupby("train_fraction").train_examples.unique()
     assert examples[1.0][0] == 1078 and abs(examples[0.5][0] - 539) <= 10  # stratified half of the train split
 
     markdown = (results / "summary.md").read_text()
-    assert "| cnn_w1 |" in markdown and "±" in markdown
+    assert "| cnn_w1 |" in markdown and "±" in markdown and "## Is the gain real?" in markdown
+    assert "| cnn_w4 | 1 | kNN-interp |" in markdown and "with one seed, its run's own interval" in markdown
     latex = (results / "summary.tex").read_text()
     assert r"\begin{tabular}" in latex and r"cnn\_w4 & 438 & 0.5 &" in latex and r"\pm" in latex
 
@@ -121,6 +147,16 @@ def test_experiment_outputs(smoke_run):
     assert "git_commit" in provenance
 
 
+def exact_mcnemar(b: int, c: int) -> float:
+    """McNemar's exact two-sided p-value as exact fractions of binomial coefficients."""
+    from fractions import Fraction
+    from math import comb
+
+    n = b + c
+    tail = sum(Fraction(comb(n, i), 2**n) for i in range(min(b, c) + 1)) if n else Fraction(1, 2)
+    return float(min(Fraction(1), 2 * tail))
+
+
 def test_rerun_is_a_no_op(smoke_run):
     proc = snakemake(smoke_run["workdir"], "-n", configfile=smoke_run["config"])
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -129,13 +165,13 @@ def test_rerun_is_a_no_op(smoke_run):
 def test_changing_only_sigma_reruns_only_sweep_and_after(smoke_run, tmp_path):
     config = write_config(tmp_path / "sigma.yaml", lambda c: c["experiments"]["smoke"]["knn"].update(sigma=[0.5]))
     proc = snakemake(smoke_run["workdir"], "-n", configfile=config)
-    assert planned_jobs(proc.stdout) == {"sweep": 4, "select": 4, "confidence": 4, "aggregate": 1, "all": 1}
+    assert planned_jobs(proc.stdout) == {"sweep": 4, "select": 4, "predict": 4, "aggregate": 1, "all": 1}
 
 
 def test_changing_the_largest_k_reruns_the_search_not_the_training(smoke_run, tmp_path):
     config = write_config(tmp_path / "k.yaml", lambda c: c["experiments"]["smoke"]["knn"].update(k=[1, 8]))
     proc = snakemake(smoke_run["workdir"], "-n", configfile=config)
-    planned = {"neighbors": 4, "sweep": 4, "select": 4, "confidence": 4, "aggregate": 1, "all": 1}
+    planned = {"neighbors": 4, "sweep": 4, "select": 4, "predict": 4, "aggregate": 1, "all": 1}
     assert planned_jobs(proc.stdout) == planned
 
 
@@ -203,7 +239,7 @@ def test_paper_configs_dry_run_offline(name, tmp_path):
     experiment = config["experiments"][name]
     runs = len(experiment["models"]) * len(experiment["train_fractions"]) * len(experiment["seeds"])
     proc = snakemake(tmp_path, "-n", configfile=REPO / "config" / "paper" / f"{name}.yaml")
-    per_run = {rule: runs for rule in ("train", "embed", "index", "neighbors", "sweep", "select", "confidence")}
+    per_run = {rule: runs for rule in ("train", "embed", "index", "neighbors", "sweep", "select", "predict")}
     planned = planned_jobs(proc.stdout)
     assert planned == {"split": 1, **per_run, "aggregate": 1, "all": 1}
     readme = (REPO / "README.md").read_text()

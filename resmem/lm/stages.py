@@ -264,7 +264,7 @@ def summarize(run: dict) -> tuple[dict, dict]:
     return row, {"sweeps": sweep}
 
 
-def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir) -> None:
+def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir, stats: dict) -> None:
     """runs: one dict per model × seed × datastore fraction with keys model, seed, store_fraction, tokenizer and
     the paths selected, meta, sweep, search, datastore_report and corpus_meta (`resmem.stages.run_records`); each
     corpus's corpus.json (by tokenizer) goes into the provenance."""

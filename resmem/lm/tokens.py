@@ -233,7 +233,7 @@ def sweep_table(
             KeyLogits(np.concatenate([logits[split].keys for split in QUERY_SPLITS]), *head, device),
             np.concatenate(list(labels.values())), dist, idx, resmem_ks, sigmas, temperatures, chunk_bytes,
             progress, device, groups,
-        )  # fmt: skip
+        )["resmem"]  # fmt: skip
         knnlm = {}
         for split in QUERY_SPLITS:  # one split at a time: kNN-LM computes no training row
             knnlm[split] = knnlm_sweep(
@@ -282,19 +282,20 @@ def sweep_table(
 
 
 def select(table: pd.DataFrame) -> dict:
-    """ResMem's (k, σ, T) and kNN-LM's (k, σ, λ) by val accuracy, and kNN-LM's by val perplexity, with the
-    test values there (rules and ties as in `resmem.sweep.select`)."""
+    """ResMem's (k, σ, T) and kNN-LM's (k, τ or σ, λ) by val accuracy, and kNN-LM's by val perplexity, with the
+    test values there (the tie rule of `resmem.sweep.select`)."""
+    from resmem.sweep import PARAMETERS
     from resmem.sweep import select as choose
 
     base = table[table.method == "base"]
     resmem = pd.concat([base, table[table.method == "resmem"]])
     knnlm = pd.concat([base, table[table.method == "knnlm"]])
     kernel = knnlm.kernel.dropna().iloc[0]
-    width = "tau" if kernel == "squared_l2" else "sigma"  # the kernel's width parameter
+    knnlm_parameters = ("k", "tau" if kernel == "squared_l2" else "sigma", "lam")  # the kernel's width parameter
     chosen = {
-        "resmem": choose(resmem, "temperature"),
-        "knnlm": choose(knnlm, "lam", width=width),
-        "knnlm_perplexity": choose(knnlm, "lam", "perplexity", higher_is_better=False, width=width),
+        "resmem": choose(resmem, PARAMETERS["resmem"]),
+        "knnlm": choose(knnlm, knnlm_parameters),
+        "knnlm_perplexity": choose(knnlm, knnlm_parameters, "perplexity", higher_is_better=False),
     }
     for method in ("knnlm", "knnlm_perplexity"):
         chosen[method]["kernel"] = kernel

@@ -5,6 +5,12 @@ from resmem.artifacts import SPLITS
 SPLIT_KEYS = tuple(f"{split}_idx" for split in SPLITS)
 # train_idx: the rows of the train pool that the model trained on and that form the datastore (train_rows.npz).
 EMBEDDING_KEYS = ("train_idx", *(f"{split}_{kind}" for split in SPLITS for kind in ("emb", "logits", "y")))
+# predictions.npz: per test example the label and the predicted class of the base model and of each method at its
+# selected point (resmem.core.METHODS)
+PREDICTION_KEYS = ("labels", "base", "resmem", "knn", "knn_interp")
+# Per method m of resmem.core.METHODS: m_test_acc at its val-selected point, m_gain over the base model with its
+# paired bootstrap interval m_gain_ci_low/high and McNemar's p-value m_mcnemar_p, and m_best_test_acc, the best
+# test accuracy anywhere on its grid (what selecting on val costs). ResMem's point is k, sigma, temperature.
 SUMMARY_COLUMNS = (
     "experiment",
     "model",
@@ -16,8 +22,17 @@ SUMMARY_COLUMNS = (
     "k",
     "sigma",
     "temperature",
-    "resmem_test_acc",
-    "gain",
+    "knn_k",
+    "knn_sigma",
+    "knn_interp_k",
+    "knn_interp_sigma",
+    "knn_interp_temperature",
+    "knn_interp_lam",
+    *(
+        f"{m}_{column}"
+        for m in ("resmem", "knn", "knn_interp")
+        for column in ("test_acc", "gain", "gain_ci_low", "gain_ci_high", "mcnemar_p", "best_test_acc")
+    ),
     "epochs",  # 0: evaluated as loaded, not trained here
     "pretrained",
     "view",  # the augmentation trained with and the view evaluated on

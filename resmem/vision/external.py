@@ -4,6 +4,8 @@ a stratified val split carved from train where the file has none."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from resmem import io
@@ -11,6 +13,8 @@ from resmem.artifacts import SPLITS
 from resmem.config import ConfigError
 from resmem.vision.artifacts import EMBEDDING_KEYS
 from resmem.vision.data import stratified_take
+
+log = logging.getLogger("resmem")
 
 REQUIRED = tuple(f"{split}_{kind}" for split in ("train", "test") for kind in ("emb", "logits", "y"))
 VAL = tuple(f"val_{kind}" for kind in ("emb", "logits", "y"))
@@ -121,3 +125,22 @@ def check_config_files(config: dict) -> None:
     for name, experiment in (config.get("experiments") or {}).items():
         for model, entry in (experiment.get("embeddings") or {}).items():
             check_file(entry["path"], f"experiments.{name}.embeddings.{model}")
+
+
+def embeddings_from_file(entry: dict, out: dict, at: str, dataset: dict, config: dict) -> None:
+    """A model's embeddings computed elsewhere (the config's `embeddings.<model>` entry, key path `at`) as the
+    run's embeddings.npz (out["embeddings"]) and the train_meta.json the aggregate reads (out["meta"])."""
+    counts = import_embeddings(entry["path"], out["embeddings"], at, dataset["val_fraction"], dataset["split_seed"])
+    log.info("%s: %s rows per split", entry["path"], counts)
+    meta = {
+        "parameters": entry["parameters"],
+        "device": "elsewhere",
+        "train": {"epochs": 0},
+        "model": {"embeddings": entry["path"], "pretrained": True},
+        "train_fraction": 1.0,
+        "train_examples": counts["train"],
+        "view": f"embeddings from {entry['path']}",
+        "versions": io.package_versions(),
+        "config": config,
+    }
+    io.write_json(out["meta"], meta)

@@ -6,55 +6,72 @@ import numpy as np
 import pandas as pd
 
 from resmem import io
+from resmem.core import METHODS
 from resmem.plotting import (
     BASE_COLOR,
+    KNN_COLOR,
+    KNN_INTERP_COLOR,
     RESMEM_COLOR,
     errorbar_methods,
-    over_seeds,
     panels,
     per_model,
     plot_sensitivity,
     plt,
     save,
 )
+from resmem.verdicts import gain_cell, verdict_lines, with_distinct_runs
 
 RESMEM_SELECTION = "(k, σ, T) chosen by val accuracy"
-METHODS = (("DeepNet (base)", "base", BASE_COLOR, "o"), ("ResMem", "resmem", RESMEM_COLOR, "s"))
+SELECTION = "each method at its grid point of best val accuracy"
+METHODS_SHOWN = (  # (label, summary column prefix, colour, marker)
+    ("DeepNet (base)", "base", BASE_COLOR, "o"),
+    ("ResMem", "resmem", RESMEM_COLOR, "s"),
+    ("kNN", "knn", KNN_COLOR, "^"),
+    ("kNN-interp", "knn_interp", KNN_INTERP_COLOR, "D"),
+)
+LABELS = {prefix: label for label, prefix, _, _ in METHODS_SHOWN}
+GRIDS = {"resmem": "k, σ, T", "knn": "k, σ", "knn_interp": "k, σ, T, λ"}
 MIN_BIN_COUNT = 10  # confidence bins with fewer test examples (pooled over seeds) are too noisy to draw
+STATISTICS = ("base_test_acc", *(f"{m}_{c}" for m in METHODS for c in ("test_acc", "gain", "best_test_acc")))
 
 
 def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
-    """Mean and std over seeds of the accuracies and the gain per model (or `by` group), by parameter count."""
-    return per_model(summary, ("base_test_acc", "resmem_test_acc", "gain"), by, ("parameters", "train_examples"))
+    """Mean, std and t-interval over seeds of every accuracy and gain per model (or `by` group), by parameter
+    count, with the number of seeds whose own interval of each gain excludes 0 (`resmem.verdicts`)."""
+    stats = per_model(summary, STATISTICS, by, ("parameters", "train_examples"))
+    return with_distinct_runs(stats, summary, by, METHODS)
 
 
-TABLE_HEADER = ("model", "parameters", "train fraction", "train examples", "DeepNet", "ResMem", "gain")
+TABLE_HEADER = ("model", "parameters", "train fraction", "train examples", "DeepNet", "ResMem", "gain [95 % CI]",
+                "kNN", "gain [95 % CI]", "kNN-interp", "gain [95 % CI]")  # fmt: skip
 
 
 def _table_rows(summary: pd.DataFrame, pm: str) -> list[list[str]]:
-    """The summary table's cells per model × training fraction (accuracies in %, mean `pm` std over seeds)."""
+    """The summary table's cells per model × training fraction (accuracies in %, mean `pm` std over seeds; gains
+    with their 95 % t-interval over seeds)."""
     rows = []
     for (model, fraction), r in _per_model(summary, by=("model", "train_fraction")).iterrows():
-        rows.append(
-            [
-                model,
-                f"{int(r.parameters):,}",
-                f"{fraction:g}",
-                f"{int(r.train_examples):,}",
-                f"{100 * r.base_test_acc_mean:.2f} {pm} {100 * r.base_test_acc_std:.2f}",
-                f"{100 * r.resmem_test_acc_mean:.2f} {pm} {100 * r.resmem_test_acc_std:.2f}",
-                f"{100 * r.gain_mean:+.2f} {pm} {100 * r.gain_std:.2f}",
-            ]
-        )
+        row = [model, f"{int(r.parameters):,}", f"{fraction:g}", f"{int(r.train_examples):,}",
+               f"{100 * r.base_test_acc_mean:.2f} {pm} {100 * r.base_test_acc_std:.2f}"]  # fmt: skip
+        for m in METHODS:
+            row += [f"{100 * r[f'{m}_test_acc_mean']:.2f} {pm} {100 * r[f'{m}_test_acc_std']:.2f}", gain_cell(r, m)]
+        rows.append(row)
     return rows
 
 
 def _caption(summary: pd.DataFrame, experiment: str) -> str:
     seeds = ", ".join(str(int(s)) for s in sorted(summary.seed.unique()))
     return (
-        f"{experiment}: test accuracy (%) of the base network (DeepNet) and of ResMem, mean ± std over "
-        f"seeds {seeds}; ResMem at the {RESMEM_SELECTION} of each run."
+        f"{experiment}: test accuracy (%) of the base network (DeepNet), ResMem, the soft kNN classifier on the same "
+        f"neighbours and kNN interpolated with DeepNet, mean ± std over seeds {seeds}; {SELECTION} of each run. "
+        "Gains over DeepNet in points with the 95 % t-interval of their mean over seeds; * where it excludes 0."
     )
+
+
+def _spread(summary: pd.DataFrame) -> str:
+    """What a figure's error bars show."""
+    n = summary.seed.nunique()
+    return f"mean and 95 % t-interval over {n} seeds" if n > 1 else "one seed (no interval over seeds)"
 
 
 def _weights(run: pd.Series) -> str:
@@ -81,7 +98,9 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
         "|---|" + "---:|" * (len(TABLE_HEADER) - 1),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _table_rows(summary, "±")]
-    lines += ["", "How each model saw the images:", ""]
+    per = _per_model(summary, by=("model", "train_fraction"))
+    lines += ["", *verdict_lines(summary, per, "train_fraction", {m: LABELS[m] for m in METHODS}), "",
+              "How each model saw the images:", ""]  # fmt: skip
     for model, first in summary.groupby("model", sort=False).first().iterrows():
         evaluated = " (evaluated as loaded)" if first.epochs == 0 else ""
         lines.append(f"- {model}: {first.view}; {_weights(first)}{evaluated}")
@@ -92,7 +111,8 @@ def summary_latex(summary: pd.DataFrame, experiment: str) -> str:
     """A booktabs table for papers (\\usepackage{booktabs})."""
 
     def escape(text: str) -> str:
-        return text.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("σ", r"$\sigma$")
+        return (text.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("σ", r"$\sigma$")
+                .replace("*", r"$^{*}$"))  # fmt: skip
 
     lines = [
         r"\begin{table}[t]",
@@ -112,12 +132,14 @@ def summary_latex(summary: pd.DataFrame, experiment: str) -> str:
 def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
     stats = _per_model(summary)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    errorbar_methods(ax, stats, METHODS)
-    top = 100 * (stats.resmem_test_acc_mean + stats.resmem_test_acc_std).max()
-    for model, r in stats.iterrows():
+    errorbar_methods(ax, stats, METHODS_SHOWN)
+    tops = np.nanmax([100 * stats[f"{prefix}_test_acc_{s}"] for _, prefix, _, _ in METHODS_SHOWN
+                      for s in ("mean", "high")], axis=0)  # fmt: skip
+    top = tops.max()
+    for (model, r), above in zip(stats.iterrows(), tops, strict=True):
         ax.annotate(
-            f"{model}\n{100 * r.gain_mean:+.1f} pts",
-            (r.parameters, 100 * (r.resmem_test_acc_mean + r.resmem_test_acc_std)),
+            f"{model}\nResMem {100 * r.resmem_gain_mean:+.1f}",
+            (r.parameters, above),
             textcoords="offset points",
             xytext=(0, 6),
             ha="center",
@@ -130,12 +152,11 @@ def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> N
     ax.set_xlabel("parameters of the base network (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(
-        f"{experiment}: test accuracy vs model size\n"
-        f"mean ± std over {over_seeds(summary)}; ResMem at the {RESMEM_SELECTION}\n{_how_seen(summary)}",
+        f"{experiment}: test accuracy vs model size\n{_spread(summary)}; {SELECTION}\n{_how_seen(summary)}",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize=8)
     save(fig, png, pdf)
 
 
@@ -225,8 +246,8 @@ def plot_gain_vs_train_fraction(summary: pd.DataFrame, experiment: str, png, pdf
         line = stats[stats.model == model].sort_values("train_fraction")
         ax.errorbar(
             line.train_fraction,
-            100 * line.gain_mean,
-            yerr=100 * line.gain_std,
+            100 * line.resmem_gain_mean,
+            yerr=100 * line.resmem_gain_std,
             marker="o",
             capsize=3,
             color=color,
@@ -311,7 +332,8 @@ def write_report(summary: pd.DataFrame, tables: dict, experiment: str, out: dict
     '<figure>_png' and '<figure>_pdf' for every name in artifacts.FIGURES. `tables` holds the runs' "sweeps"
     and "confidences". The figures over model size, k and σ use the largest training fraction; the last one
     spans all fractions."""
-    sweeps, confidences = tables["sweeps"], tables["confidences"]
+    confidences = tables["confidences"]
+    sweeps = tables["sweeps"][tables["sweeps"].method.isin(["base", "resmem"])]  # the ResMem figures' grid
     io.write_text(out["summary_md"], summary_markdown(summary, experiment))
     io.write_text(out["summary_tex"], summary_latex(summary, experiment))
     largest = summary.train_fraction.max()

@@ -1,5 +1,5 @@
 """The stages of an image experiment (`experiments` in the config): split (and decode, for folder datasets that
-fit in memory) → train → embed → index → neighbors → sweep → select → confidence → aggregate. Each reads its
+fit in memory) → train → embed → index → neighbors → sweep → select → predict → aggregate. Each reads its
 input files, calls the library (the shared stages of `resmem.stages` where the kinds share them) and writes its
 outputs atomically.
 """
@@ -15,9 +15,11 @@ from resmem import io
 from resmem import stages as shared
 from resmem.artifacts import QUERY_SPLITS, SPLITS
 from resmem.config import check_image_cache
+from resmem.core import METHODS
 from resmem.io import ArtifactError
 from resmem.stages import fit_and_save, read_json
-from resmem.vision.artifacts import EMBEDDING_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
+from resmem.sweep import PARAMETERS
+from resmem.vision.artifacts import EMBEDDING_KEYS, PREDICTION_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
 from resmem.vision.data import Dataset, load_dataset, make_split, train_subset
 
 log = logging.getLogger("resmem")
@@ -256,27 +258,6 @@ def embed(
     io.save_npz_streaming(out_path, blocks(), {"train_idx": len(rows), **counts})
 
 
-def embeddings_from_file(entry: dict, out: dict, at: str, dataset: dict, config: dict) -> None:
-    """A model's embeddings computed elsewhere (the config's `embeddings.<model>` entry, key path `at`) as the
-    run's embeddings.npz (out["embeddings"]) and the train_meta.json the aggregate reads (out["meta"])."""
-    from resmem.vision.external import import_embeddings
-
-    counts = import_embeddings(entry["path"], out["embeddings"], at, dataset["val_fraction"], dataset["split_seed"])
-    log.info("%s: %s rows per split", entry["path"], counts)
-    meta = {
-        "parameters": entry["parameters"],
-        "device": "elsewhere",
-        "train": {"epochs": 0},
-        "model": {"embeddings": entry["path"], "pretrained": True},
-        "train_fraction": 1.0,
-        "train_examples": counts["train"],
-        "view": f"embeddings from {entry['path']}",
-        "versions": io.package_versions(),
-        "config": config,
-    }
-    io.write_json(out["meta"], meta)
-
-
 def load_embeddings(path, split_path=None, train_rows_path=None) -> dict[str, np.ndarray]:
     """embeddings.npz as read-only memmaps, checked for its documented arrays, dtypes and row counts; given the
     split, for its val and test rows; given the training rows that train wrote, for holding exactly those rows
@@ -323,71 +304,83 @@ def _neighbors_of(arrays: dict, neighbors_path, embeddings_path, k_needed: int) 
 
 
 def sweep(embeddings_path, neighbors_path, out_path, knn: dict, device: str = "cpu") -> None:
-    """ResMem over the whole grid from the one search, by the sweep engine on `device` (`resmem.engine`)."""
+    """ResMem and its baselines (soft kNN, kNN interpolation) over their grids from the one search, by the sweep
+    engine on `device` (`resmem.engine`)."""
     from resmem.sweep import sweep_table
 
     arrays = load_embeddings(embeddings_path)
     found = _neighbors_of(arrays, neighbors_path, embeddings_path, max(knn["k"]))
-    chunk_bytes = int(knn["sweep_chunk_mb"] * 2**20)
-    table = sweep_table(arrays, found, knn["k"], knn["sigma"], knn["temperature"], chunk_bytes, device)
+    table = sweep_table(arrays, found, knn, int(knn["sweep_chunk_mb"] * 2**20), device)
     io.write_csv(out_path, table)
 
 
-def confidence(embeddings_path, neighbors_path, selected_path, out_path, bins: int = 10) -> None:
-    """Where ResMem helps: test accuracy of the base model and of ResMem (at the selected k, σ, T) per bin of
-    the base model's confidence (`resmem.core.accuracy_by_confidence`)."""
-    from resmem.core import accuracy_by_confidence, resmem_predict
+def predict(embeddings_path, neighbors_path, selected_path, out: dict, bins: int = 10) -> None:
+    """Each method's test predictions at its selected point, by the tie rule (out["predictions"]: the labels, the
+    base model's and each method's predicted class per test example), from which the aggregate tests every gain;
+    and where ResMem helps: test accuracy of the base model and of ResMem per bin of the base model's confidence
+    (out["confidence"], `resmem.core.accuracy_by_confidence`)."""
+    from resmem.core import accuracy_by_confidence, method_predict
 
     arrays = load_embeddings(embeddings_path)
     chosen = read_json(selected_path)
-    k = chosen["k"]
-    found = _neighbors_of(arrays, neighbors_path, embeddings_path, k)
-    logits = arrays["test_logits"]
-    predictions = resmem_predict(
-        logits, found["test_dist"][:, :k], found["test_idx"][:, :k], arrays["train_logits"], arrays["train_y"],
-        chosen["sigma"], chosen["temperature"],
-    )  # fmt: skip
-    io.write_csv(out_path, accuracy_by_confidence(logits, arrays["test_y"], predictions, bins))
+    found = _neighbors_of(arrays, neighbors_path, embeddings_path, max(point["k"] for point in chosen.values()))
+    logits, labels = arrays["test_logits"], np.asarray(arrays["test_y"])
+    predicted = {"labels": labels, "base": logits.argmax(axis=1)}
+    for method, point in chosen.items():
+        k = point["k"]
+        predicted[method] = method_predict(
+            method, logits, found["test_dist"][:, :k], found["test_idx"][:, :k], arrays["train_logits"],
+            arrays["train_y"], point["sigma"], point.get("temperature", 1.0), point.get("lam", 0.0),
+        )  # fmt: skip
+    io.save_npz(out["predictions"], **predicted)
+    io.write_csv(out["confidence"], accuracy_by_confidence(logits, labels, predicted["resmem"], bins))
 
 
 def select(sweep_path, out_path) -> None:
-    from resmem.sweep import select as choose
+    from resmem.sweep import select_methods
 
-    shared.select(sweep_path, out_path, choose)
+    shared.select(sweep_path, out_path, select_methods)
 
 
-def summarize(run: dict) -> tuple[dict, dict]:
-    """One run's summary row and tables (its sweep and confidence bins, with the run's columns)."""
+def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
+    """One run's summary row (each method's selected point and its gain over the base model, tested on the test
+    predictions: `resmem.stages.gain_columns`) and tables (its sweep and confidence bins, with the run's columns).
+    `stats` is the experiment's stats section."""
     chosen, meta = read_json(run["selected"]), read_json(run["meta"])
+    predicted = io.load_npz(run["predictions"], PREDICTION_KEYS, dict.fromkeys(PREDICTION_KEYS, np.int64))
     row = {
         "model": run["model"],
         "train_fraction": run["train_fraction"],
         "train_examples": meta["train_examples"],
         "seed": run["seed"],
         "parameters": meta["parameters"],
-        "base_test_acc": chosen["base_test_accuracy"],
-        "k": chosen["k"],
-        "sigma": chosen["sigma"],
-        "temperature": chosen["temperature"],
-        "resmem_test_acc": chosen["test_accuracy"],
-        "gain": chosen["gain"],
+        "base_test_acc": chosen["resmem"]["base_test_accuracy"],
         "epochs": meta["train"]["epochs"],
         "pretrained": bool(meta["model"].get("pretrained", False)),
         "view": meta.get("view", ""),
         "device": meta["device"],
     }
+    for method in METHODS:
+        prefix = "" if method == "resmem" else f"{method}_"  # ResMem's selected point: k, sigma, temperature
+        row.update({f"{prefix}{p}": chosen[method][p] for p in PARAMETERS[method]})
+        correct = [predicted[m] == predicted["labels"] for m in ("base", method)]
+        row.update(shared.gain_columns(method, *correct, chosen[method], stats))
     run_columns = {"model": run["model"], "train_fraction": run["train_fraction"], "seed": run["seed"]}
     tables = {
-        "sweeps": pd.read_csv(run["sweep"]).assign(**run_columns, selected_temperature=chosen["temperature"]),
+        "sweeps": pd.read_csv(run["sweep"]).assign(**run_columns, selected_temperature=chosen["resmem"]["temperature"]),
         "confidences": pd.read_csv(run["confidence"]).assign(**run_columns),
     }
     return row, tables
 
 
-def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir) -> None:
+def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir, stats: dict) -> None:
     """runs: one dict per model × training fraction × seed with keys model, train_fraction, seed and the
-    paths selected, meta, sweep, confidence (`resmem.stages.run_records`)."""
+    paths selected, meta, sweep, predictions, confidence (`resmem.stages.run_records`); `stats`: the
+    experiment's stats section."""
+    from functools import partial
+
     from resmem.vision.report import write_report
 
     views = {run["model"]: read_json(run["meta"]).get("view") for run in runs}  # how each model saw the images
-    shared.aggregate(experiment, runs, out, config, repo_dir, summarize, SUMMARY_COLUMNS, write_report, views=views)
+    shared.aggregate(experiment, runs, out, config, repo_dir, partial(summarize, stats=stats), SUMMARY_COLUMNS,
+                     write_report, views=views)  # fmt: skip

@@ -93,12 +93,13 @@ KINDS = [
         run=VISION_RUN,
         datastore=f"{VISION_RUN}/embeddings.npz",
         stages="resmem.vision.stages",
-        grid=("k", "sigma", "temperature"),
+        grid=("k", "sigma", "temperature", "lam"),  # lam: the knn_interp baseline's
         figures=FIGURES,
         summary_caption="../report/summary.rst",
         index_checks=datastore_checks,
         run_files={
             "meta": f"{VISION_RUN}/train_meta.json",
+            "predictions": f"{VISION_RUN}/predictions.npz",
             "confidence": f"{VISION_RUN}/confidence.csv",
         },
         tables={"summary_tex": f"{EXPERIMENT}/summary.tex"},

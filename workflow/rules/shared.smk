@@ -159,5 +159,6 @@ for kind in KINDS:
             stages=kind.stages,
             runs=experiment_runs(kind.section),
             repo_dir=str(REPO),
+            stats=section(kind.section, "stats"),
         script:
             "../scripts/aggregate.py"

@@ -1,5 +1,5 @@
 # Image experiments (experiments in the config): split → train → embed → index → neighbors → sweep → select →
-# confidence → aggregate, one run per model × training fraction × seed.
+# predict → aggregate, one run per model × training fraction × seed.
 
 
 rule split:
@@ -133,17 +133,19 @@ rule embeddings_file:
         "../scripts/embeddings_file.py"
 
 
-rule confidence:
+# Each method's test predictions at its selected point: the aggregate's paired tests, and the confidence bins.
+rule predict:
     input:
         embeddings=f"{VISION_RUN}/embeddings.npz",
         neighbors=f"{VISION_RUN}/neighbors.npz",
         selected=f"{VISION_RUN}/selected.json",
     output:
+        predictions=f"{VISION_RUN}/predictions.npz",
         confidence=f"{VISION_RUN}/confidence.csv",
     log:
-        f"{VISION_RUN}/logs/confidence.log",
+        f"{VISION_RUN}/logs/predict.log",
     benchmark:
-        f"{VISION_RUN}/benchmarks/confidence.tsv"
+        f"{VISION_RUN}/benchmarks/predict.tsv"
     wildcard_constraints:
         experiment=names_regex("experiments"),
     conda:
@@ -153,4 +155,4 @@ rule confidence:
         mem_mb=memory_mb(2000),
         runtime=10,
     script:
-        "../scripts/confidence.py"
+        "../scripts/predict.py"

@@ -9,4 +9,6 @@ with job_log(sm.log[0]):
     runs = run_records(sm.params.runs, sm.input)  # the inputs listed per run
     experiment_files = {name: path for name, path in sm.input.items() if isinstance(path, str)}
     out = dict(sm.output.items())
-    stages.aggregate(sm.wildcards.experiment, runs, out, sm.config, sm.params.repo_dir, **experiment_files)
+    stages.aggregate(
+        sm.wildcards.experiment, runs, out, sm.config, sm.params.repo_dir, stats=sm.params.stats, **experiment_files
+    )

@@ -3,4 +3,4 @@ from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]):
-    stages.confidence(sm.input.embeddings, sm.input.neighbors, sm.input.selected, sm.output.confidence)
+    stages.predict(sm.input.embeddings, sm.input.neighbors, sm.input.selected, sm.output)
