@@ -10,12 +10,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from resmem.artifacts import QUERY_SPLITS, SWEEP_COLUMNS
-from resmem.core import METHODS
+from resmem.core import COUNT_AXES, METHODS
 from resmem.engine import stack_splits, sweep_correct
 
 # Each method's grid parameters, in the order the selection breaks ties on them.
-PARAMETERS = {"resmem": ("k", "sigma", "temperature"), "knn": ("k", "sigma"), "knn_interp": ("k", "sigma",
-              "temperature", "lam")}  # fmt: skip
+TIE_ORDER = ("k", "sigma", "temperature", "lam")
+PARAMETERS = {method: tuple(p for p in TIE_ORDER if p in axes) for method, axes in COUNT_AXES.items()}
 # How a tie on val goes on each parameter: True = the smaller value (less memory for k, a smaller temperature or
 # interpolation weight), False = the larger (a smoother kernel).
 SMALLER_WINS = {"k": True, "sigma": False, "tau": False, "temperature": True, "lam": True}
@@ -55,14 +55,12 @@ def sweep_table(
             methods=methods,
         )
     values = {"k": ks, "sigma": sigmas, "temperature": temperatures, "lam": lambdas}
-    axes = {"resmem": ("temperature", "k", "sigma"), "knn": ("k", "sigma"), "knn_interp": ("temperature", "k",
-            "sigma", "lam")}  # fmt: skip  # the axes of each method's counts (resmem.core.count_shapes)
     rows = []
     for g, split in enumerate(QUERY_SPLITS):
         base = float((embeddings[f"{split}_logits"].argmax(axis=1) == labels[g]).mean())
         rows.append({"method": "base", "split": split, "k": 0, "accuracy": base})
         for method in methods:
-            names = axes[method]
+            names = COUNT_AXES[method]
             for point in np.ndindex(correct[method].shape[1:]):
                 row = {name: float(values[name][i]) for name, i in zip(names, point, strict=True)}
                 row["k"] = int(row["k"])

@@ -67,3 +67,13 @@ def smoke_run(tmp_path_factory):
     config = write_config(workdir / "smoke.yaml")
     proc = snakemake(workdir, configfile=config)
     return {"workdir": workdir, "config": config, "results": workdir / "results" / "smoke", "proc": proc}
+
+
+def exact_mcnemar(b: int, c: int) -> float:
+    """McNemar's exact two-sided p-value from exact fractions of binomial coefficients: 2·P(X ≤ min(b, c)) for
+    X ~ Binomial(b + c, 1/2), at most 1."""
+    from fractions import Fraction
+    from math import comb
+
+    n = b + c
+    return float(min(Fraction(1), 2 * sum(Fraction(comb(n, i), 2**n) for i in range(min(b, c) + 1))))

@@ -16,6 +16,7 @@ from resmem.knn import build_index, search
 from resmem.plotting import per_model
 from resmem.stats import bootstrap_ci, mcnemar_p, paired_gain, t_interval
 from resmem.sweep import select, select_methods
+from tests.conftest import exact_mcnemar
 
 KS, SIGMAS, TEMPERATURES, LAMBDAS = [1, 2, 3, 4, 6], [0.5, 1e6], [1.0, 2.0], [0.25, 0.5]
 GRID = {"lambdas": LAMBDAS, "methods": METHODS}
@@ -244,12 +245,6 @@ def test_selection_by_lowest_perplexity():
     assert got["best_test_accuracy"] == 31.0  # the lowest anywhere
 
 
-def exact_mcnemar(b: int, c: int) -> Fraction:
-    n = b + c
-    tail = sum(Fraction(math.comb(n, i), 2**n) for i in range(min(b, c) + 1))
-    return min(Fraction(1), 2 * tail)
-
-
 @pytest.mark.parametrize("b, c", [(0, 0), (1, 0), (5, 5), (12, 3), (3, 12), (40, 61), (400, 330)])
 def test_mcnemar_equals_the_exact_binomial(b, c):
     rng = np.random.default_rng(b * 1000 + c)
@@ -257,8 +252,7 @@ def test_mcnemar_equals_the_exact_binomial(b, c):
     base = np.array([0] * b + [1] * c + [1] * both + [0] * 7, bool)
     method = np.array([1] * b + [0] * c + [1] * both + [0] * 7, bool)
     order = rng.permutation(len(base))
-    expected = 1.0 if b + c == 0 else float(exact_mcnemar(b, c))
-    assert mcnemar_p(base[order], method[order]) == pytest.approx(expected, rel=1e-10)
+    assert mcnemar_p(base[order], method[order]) == pytest.approx(exact_mcnemar(b, c), rel=1e-10)
 
 
 def test_paired_bootstrap_interval_covers_a_known_gain():

@@ -12,7 +12,7 @@ from resmem.artifacts import NEIGHBOR_KEYS, SWEEP_COLUMNS
 from resmem.core import METHODS
 from resmem.sweep import select_methods
 from resmem.vision.artifacts import EMBEDDING_KEYS, FIGURES, PREDICTION_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
-from tests.conftest import REPO, gpu_requests, planned_jobs, snakemake, write_config
+from tests.conftest import REPO, exact_mcnemar, gpu_requests, planned_jobs, snakemake, write_config
 
 MODELS = ("cnn_w1", "cnn_w4")
 
@@ -145,16 +145,6 @@ def test_experiment_outputs(smoke_run):
     assert all(provenance["versions"][p] for p in ("torch", "faiss", "snakemake", "numpy"))
     assert provenance["devices"] == ["cpu"]
     assert "git_commit" in provenance
-
-
-def exact_mcnemar(b: int, c: int) -> float:
-    """McNemar's exact two-sided p-value as exact fractions of binomial coefficients."""
-    from fractions import Fraction
-    from math import comb
-
-    n = b + c
-    tail = sum(Fraction(comb(n, i), 2**n) for i in range(min(b, c) + 1)) if n else Fraction(1, 2)
-    return float(min(Fraction(1), 2 * tail))
 
 
 def test_rerun_is_a_no_op(smoke_run):

@@ -30,7 +30,6 @@ METHODS_SHOWN = (  # (label, summary column prefix, colour, marker)
     ("kNN-interp", "knn_interp", KNN_INTERP_COLOR, "D"),
 )
 LABELS = {prefix: label for label, prefix, _, _ in METHODS_SHOWN}
-GRIDS = {"resmem": "k, σ, T", "knn": "k, σ", "knn_interp": "k, σ, T, λ"}
 MIN_BIN_COUNT = 10  # confidence bins with fewer test examples (pooled over seeds) are too noisy to draw
 STATISTICS = ("base_test_acc", *(f"{m}_{c}" for m in METHODS for c in ("test_acc", "gain", "best_test_acc")))
 
