@@ -208,6 +208,16 @@ def aggregate(
     write_provenance(out["provenance"], experiment, config, runs, summary.device, repo_dir, **provenance_extra)
 
 
+def load_predictions(path, keys, dtypes=None) -> dict[str, np.ndarray]:
+    """A predict stage's per-test-example arrays, checked to be 1-D and of one length."""
+    arrays = io.load_npz(path, keys, dtypes)
+    shapes = {key: array.shape for key, array in arrays.items()}
+    if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 1:
+        raise ArtifactError(f"{path}: its arrays must be 1-D and of one length, got {shapes}; delete it and rerun "
+                            "its predict rule")  # fmt: skip
+    return arrays
+
+
 def gain_columns(method: str, base_correct, method_correct, point: dict, stats: dict, block: int = 1) -> dict:
     """A run's summary columns of one method's test-accuracy gain over the base model on the same test examples
     (`point`: its selected point, as `resmem.sweep.select` records it): <method>_test_acc, _gain with its

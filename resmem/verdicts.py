@@ -23,9 +23,10 @@ def with_distinct_runs(stats: pd.DataFrame, summary: pd.DataFrame, by, methods) 
     return stats
 
 
-def gain_cell(r: pd.Series, method: str) -> str:
-    """A gain in points with its t-interval over seeds, marked * where the interval excludes 0."""
-    mean, low, high = (100 * r[f"{method}_gain_{s}"] for s in ("mean", "low", "high"))
+def gain_cell(r: pd.Series, column: str, scale: float = 100.0) -> str:
+    """A statistic over seeds (`column`: a gain, in points at the default scale) with its t-interval, marked * where
+    the interval excludes 0."""
+    mean, low, high = (scale * r[f"{column}_{s}"] for s in ("mean", "low", "high"))
     if np.isnan(low):
         return f"{mean:+.2f}"
     return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]{'*' if excludes_zero(low, high) else ''}"
@@ -39,7 +40,8 @@ def verdict_lines(summary: pd.DataFrame, per: pd.DataFrame, fraction: str, label
         "## Is the gain real?",
         "",
         "Per run, each method's test predictions at its selected point are compared with the base model's on the same "
-        "test examples: a paired bootstrap 95 % interval of the accuracy gain and McNemar's exact p-value. "
+        "test examples: a paired bootstrap 95 % interval of the accuracy gain (for language models a block bootstrap "
+        "of contiguous test positions, `stats.block_tokens`) and McNemar's exact p-value. "
         "'Selection cost': the best test accuracy anywhere on the method's grid minus the test accuracy at the "
         "point val selected (mean over seeds), what choosing on a small val split costs.",
         "",
@@ -52,7 +54,8 @@ def verdict_lines(summary: pd.DataFrame, per: pd.DataFrame, fraction: str, label
         for m, label in labels.items():
             p_values = ", ".join(f"{p:.2g}" for p in runs[f"{m}_mcnemar_p"])
             cost = 100 * (r[f"{m}_best_test_acc_mean"] - r[f"{m}_test_acc_mean"])
-            lines.append(f"| {model} | {value:g} | {label} | {gain_cell(r, m)} | {int(r[f'{m}_distinct'])} of "
+            gain = gain_cell(r, f"{m}_gain")
+            lines.append(f"| {model} | {value:g} | {label} | {gain} | {int(r[f'{m}_distinct'])} of "
                          f"{int(r.seeds)} | {p_values} | {cost:.2f} |")  # fmt: skip
     lines.append("")
     single = per.seeds < 2

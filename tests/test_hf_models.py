@@ -20,7 +20,7 @@ from resmem.engine import sweep_correct
 from resmem.lm import hf
 from resmem.lm import stages as lm_stages
 from resmem.lm.model import sliding_windows
-from resmem.lm.tokens import KeyLogits, base_scores, final_hidden
+from resmem.lm.tokens import KeyLogits, base_predict, final_hidden
 from tests.conftest import snakemake
 
 transformers = pytest.importorskip("transformers")
@@ -135,7 +135,7 @@ def test_keys_are_the_models_own_activations(tiny_models, tmp_path, kind):
 def test_strided_perplexity_equals_transformers(tiny_models, tmp_path, kind, stride):
     arrays, tokens, model = stage_run(tmp_path, tiny_models[kind], eval_stride=stride)
     logits = KeyLogits(final_hidden(arrays, "test"), arrays["head_weight"], arrays["head_bias"])
-    ours = base_scores(logits, arrays["test_next"])[1] / len(arrays["test_next"])
+    ours = base_predict(logits, arrays["test_next"])[1].mean()
     test = torch.from_numpy(tokens["test"].astype(np.int64))[None]
     # transformers' perplexity guide, verbatim in substance: max_length = context + 1, the same stride.
     max_length, step, n = CONTEXT + 1, stride or CONTEXT, test.shape[1]

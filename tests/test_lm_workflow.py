@@ -9,9 +9,15 @@ import pytest
 import yaml
 
 from resmem.artifacts import NEIGHBOR_KEYS
-from resmem.lm.artifacts import DATASTORE_KEYS, LM_FIGURES, LM_SUMMARY_COLUMNS, LM_SWEEP_COLUMNS
+from resmem.lm.artifacts import (
+    DATASTORE_KEYS,
+    LM_FIGURES,
+    LM_PREDICTION_KEYS,
+    LM_SUMMARY_COLUMNS,
+    LM_SWEEP_COLUMNS,
+)
 from resmem.lm.tokens import select
-from tests.conftest import REPO, gpu_requests, planned_jobs, snakemake
+from tests.conftest import REPO, exact_mcnemar, gpu_requests, planned_jobs, snakemake
 
 MODELS = ("gpt_l1_d16", "gpt_l1_d32")
 LM_SMOKE = {
@@ -27,6 +33,7 @@ LM_SMOKE = {
             "train": {"epochs": 1, "batch_size": 16, "lr": 0.003},
             "datastore": {"fractions": [0.5, 1.0], "max_tokens": 20_000},
             "eval_tokens": 1_000,
+            "stats": {"block_tokens": 32},  # 32 blocks of the 1,000 test positions
             "knn": {
                 "k": [1, 4, 8],
                 "sigma": [0.3, 3.0],
@@ -86,7 +93,18 @@ def test_store_artifacts(lm_run, fraction):
     assert list(sweep.columns) == list(LM_SWEEP_COLUMNS)
     per_split = 1 + 3 * 2 * 2 + 3 * 2 * 2  # base + ResMem k×σ×T + kNN-LM k×τ×λ (the published kernel)
     assert len(sweep) == 2 * per_split
-    assert json.loads((run / "selected.json").read_text()) == select(sweep)
+    chosen = json.loads((run / "selected.json").read_text())
+    assert chosen == select(sweep)
+    # Per test position, each method's prediction at its selected point: what the sweep counted there.
+    with np.load(run / "predictions.npz") as predicted:
+        assert sorted(predicted.files) == sorted(LM_PREDICTION_KEYS) and len(predicted["labels"]) == 1_000
+        for method, accuracy in (("base", chosen["resmem"]["base_test_accuracy"]),
+                                 ("resmem", chosen["resmem"]["test_accuracy"]),
+                                 ("knnlm", chosen["knnlm"]["test_accuracy"])):  # fmt: skip
+            assert (predicted[method] == predicted["labels"]).mean() == pytest.approx(accuracy, abs=1e-12), method
+        ppl = chosen["knnlm_perplexity"]
+        assert np.exp(predicted["base_loss"].mean()) == pytest.approx(ppl["base_test_perplexity"], rel=1e-9)
+        assert np.exp(predicted["knnlm_loss"].mean()) == pytest.approx(ppl["test_perplexity"], rel=1e-9)
 
 
 def test_summary_figures_and_provenance(lm_run):
@@ -94,11 +112,26 @@ def test_summary_figures_and_provenance(lm_run):
     summary = pd.read_csv(results / "summary.csv")
     assert list(summary.columns) == list(LM_SUMMARY_COLUMNS)
     assert len(summary) == 4 and sorted(summary.datastore_size.unique()) == [10_000, 20_000]
-    assert (summary.resmem_gain == summary.resmem_test_acc - summary.base_test_acc).all()
+    assert np.allclose(summary.resmem_gain, summary.resmem_test_acc - summary.base_test_acc)
+    for method in ("resmem", "knnlm"):
+        assert (summary[f"{method}_gain_ci_low"] <= summary[f"{method}_gain"]).all()
+        assert (summary[f"{method}_gain"] <= summary[f"{method}_gain_ci_high"]).all()
+        assert (summary[f"{method}_best_test_acc"] >= summary[f"{method}_test_acc"]).all()
+        assert summary[f"{method}_mcnemar_p"].between(0, 1).all()
+    for row in summary.itertuples():
+        with np.load(
+            results / row.model / f"seed{row.seed}" / f"store{row.datastore_fraction:g}" / "predictions.npz"
+        ) as p:
+            base, knnlm = p["base"] == p["labels"], p["knnlm"] == p["labels"]
+            b, c = int((knnlm & ~base).sum()), int((base & ~knnlm).sum())
+            assert row.knnlm_mcnemar_p == pytest.approx(exact_mcnemar(b, c))
+            assert row.knnlm_loss_change == pytest.approx((p["knnlm_loss"] - p["base_loss"]).mean())
+        assert row.knnlm_loss_change_ci_low <= row.knnlm_loss_change <= row.knnlm_loss_change_ci_high
     params = summary.groupby("model").parameters.first()
     assert params["gpt_l1_d16"] < params["gpt_l1_d32"]
     markdown = (results / "summary.md").read_text()
     assert "| gpt_l1_d32 |" in markdown and "ResMem has no perplexity" in markdown
+    assert "## Is the gain real?" in markdown and "| gpt_l1_d16 | 0.5 | kNN-LM |" in markdown
     assert "- gpt_l1_d16: key final_hidden, 32 new tokens per window" in markdown  # context 32, no eval_stride
     for figure in LM_FIGURES:
         assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000
@@ -117,7 +150,7 @@ def test_rerun_is_a_no_op_and_a_lambda_change_reruns_only_the_sweep(lm_run):
     changed = lm_run["workdir"] / "lambda.yaml"
     changed.write_text(yaml.safe_dump(config, sort_keys=False))
     planned = planned_jobs(snakemake(lm_run["workdir"], "-n", configfile=changed).stdout)
-    assert planned == {"lm_sweep": 4, "lm_select": 4, "lm_aggregate": 1, "all": 1}
+    assert planned == {"lm_sweep": 4, "lm_select": 4, "lm_predict": 4, "lm_aggregate": 1, "all": 1}
 
 
 def test_token_sweeps_ask_for_a_gpu_unless_the_device_switch_says_cpu(lm_run):
@@ -130,7 +163,7 @@ def test_token_sweeps_ask_for_a_gpu_unless_the_device_switch_says_cpu(lm_run):
         return gpu_requests(proc.stdout)
 
     auto = requests("auto")
-    assert auto["lm_datastore"] == auto["lm_sweep"] == auto["lm_neighbors"] == {True}
+    assert auto["lm_datastore"] == auto["lm_sweep"] == auto["lm_neighbors"] == auto["lm_predict"] == {True}
     assert auto["lm_select"] == {False}
     assert requests("cpu")["lm_sweep"] == {False}
 
@@ -146,7 +179,8 @@ def test_lm_paper_configs_dry_run_offline(tmp_path, name, models, corpora):
     stores = models * 4  # models × datastore fractions
     assert planned == {
         "lm_corpus": corpora, "lm_train": models, "lm_datastore": models, "lm_index": stores,
-        "lm_neighbors": stores, "lm_sweep": stores, "lm_select": stores, "lm_aggregate": 1, "all": 1,
+        "lm_neighbors": stores, "lm_sweep": stores, "lm_select": stores, "lm_predict": stores, "lm_aggregate": 1,
+        "all": 1,
     }  # fmt: skip
     readme = (REPO / "README.md").read_text()
     assert re.search(rf"\| `config/paper/{name}.yaml` \| {sum(planned.values())} \|", readme)

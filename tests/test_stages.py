@@ -60,7 +60,23 @@ def test_stages_chain_without_snakemake(tmp_path):
     sweep = pd.read_csv(tmp_path / "sweep.csv")
     assert list(sweep.columns) == list(SWEEP_COLUMNS) and len(sweep) == 2 * (1 + 2 + 2 + 2 * 5)  # base, 3 methods
     stages.select(tmp_path / "sweep.csv", tmp_path / "selected.json")
-    assert (tmp_path / "selected.json").exists()
+    chosen = json.loads((tmp_path / "selected.json").read_text())
+    out = {"predictions": tmp_path / "predictions.npz", "confidence": tmp_path / "confidence.csv"}
+    stages.predict(emb, tmp_path / "neighbors.npz", tmp_path / "selected.json", out)
+    predicted = shared.load_predictions(out["predictions"], ["labels", "base", "resmem", "knn", "knn_interp"])
+    for method in ("resmem", "knn", "knn_interp"):  # what the sweep counted at the selected point
+        assert (predicted[method] == predicted["labels"]).mean() == chosen[method]["test_accuracy"]
+    assert pd.read_csv(out["confidence"])["count"].sum() == N["test"]
+
+
+def test_predictions_of_other_lengths_name_the_file(tmp_path):
+    """A crafted or stale predictions.npz whose arrays differ in length fails cleanly, naming the file and the
+    rule to rerun, before any statistic is computed."""
+    io.save_npz(tmp_path / "predictions.npz", labels=np.arange(5), base=np.arange(4))
+    with pytest.raises(ArtifactError, match=r"predictions.npz: its arrays must be 1-D and of one length.*predict rule"):
+        shared.load_predictions(tmp_path / "predictions.npz", ["labels", "base"])
+    io.save_npz(tmp_path / "predictions.npz", labels=np.arange(5), base=np.arange(5))
+    assert shared.load_predictions(tmp_path / "predictions.npz", ["labels", "base"])["base"].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_embeddings_of_other_training_rows_name_the_file(tmp_path):

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
+from resmem.core import tie_tolerance
 from resmem.knn import build_index, search
 from resmem.lm.tokens import KeyLogits, knnlm_sweep, select, sweep_table
 
@@ -137,7 +138,8 @@ def test_knnlm_with_the_l2_kernel_equals_the_linear_interpolation_formula():
 def test_sparse_knnlm_equals_the_dense_mixture_over_the_vocabulary_with_ties(kernel):
     """The sweep scores only the tokens the neighbors hold; a dense log-space mixture over all V tokens (argmax:
     the lowest id among equal scores) gives the same predictions and losses, on data built to tie: integer
-    logits (tied base predictions), duplicated keys (tied distances) and few distinct next tokens."""
+    logits (tied base predictions), duplicated keys (tied distances) and few distinct next tokens; and so does one
+    that sums the votes in the reverse order and applies the tie rule (the lowest token within the tolerance)."""
     rng = np.random.default_rng(4)
     vocab, n_train, n_query, ks, widths, lambdas = 11, 200, 120, [1, 3, 16], [0.5, 4.0], [0.0, 0.3, 0.7, 1.0]
     train = np.repeat(np.round(rng.normal(size=(n_train // 4, 3)), 1), 4, axis=0)
@@ -156,12 +158,20 @@ def test_sparse_knnlm_equals_the_dense_mixture_over_the_vocabulary_with_ties(ker
             u = np.exp(-(kernel_dist[:, :k] - kernel_dist[:, :1]) / width)
             p_knn = np.zeros((n_query, vocab))
             np.add.at(p_knn, (np.arange(n_query)[:, None], train_next[idx[:, :k]]), u / u.sum(axis=1, keepdims=True))
+            # the same votes summed in the reverse order of the neighbors, decided by the tie rule
+            backwards = np.zeros((n_query, vocab))
+            for j in reversed(range(k)):
+                backwards[np.arange(n_query), train_next[idx[:, j]]] += u[:, j] / u.sum(axis=1)
             with np.errstate(divide="ignore"):
                 log_knn = np.maximum(np.log(p_knn), -10_000.0)
+                log_back = np.maximum(np.log(backwards), -10_000.0)
                 for j, lam in enumerate(lambdas):
                     log_p = np.logaddexp(np.log1p(-lam) + log_lm, np.log(lam) + log_knn)
                     assert correct[i, w, j] == (log_p.argmax(axis=1) == labels).sum(), (k, width, lam)
                     assert nll[i, w, j] == pytest.approx(-log_p[np.arange(n_query), labels].sum(), rel=1e-12)
+                    log_p = np.logaddexp(np.log1p(-lam) + log_lm, np.log(lam) + log_back)
+                    tied = log_p >= log_p.max(axis=1, keepdims=True) - tie_tolerance(k, vocab)
+                    assert correct[i, w, j] == (tied.argmax(axis=1) == labels).sum(), (k, width, lam)
 
 
 def published_knnlm_perplexity(arrays, split, k, tau, lam) -> float:

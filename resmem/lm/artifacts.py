@@ -40,5 +40,15 @@ LM_SUMMARY_COLUMNS = (
     "knnlm_test_acc",
     "knnlm_gain",
     "knnlm_test_ppl",
+    # the tests of each gain (resmem.stages.gain_columns; intervals by a block bootstrap of the test positions)
+    *(f"{m}_{c}" for m in ("resmem", "knnlm") for c in ("gain_ci_low", "gain_ci_high", "mcnemar_p", "best_test_acc")),
+    # mean −log p(y) of kNN-LM (at its point of lowest val perplexity) minus the base model's, in nats per token
+    # (negative: better; the perplexity ratio is its exp), with its block-bootstrap interval
+    "knnlm_loss_change",
+    "knnlm_loss_change_ci_low",
+    "knnlm_loss_change_ci_high",
 )
+# predictions.npz: per test position the next token, the predicted token of the base model, ResMem and kNN-LM
+# at their selected points, and −log p(y) of the base model and of kNN-LM at its point of lowest val perplexity
+LM_PREDICTION_KEYS = ("labels", "base", "resmem", "knnlm", "base_loss", "knnlm_loss")
 LM_FIGURES = ("lm_accuracy_vs_size", "lm_gain_vs_datastore", "lm_sensitivity")

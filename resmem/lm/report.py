@@ -18,6 +18,7 @@ from resmem.plotting import (
     plt,
     save,
 )
+from resmem.verdicts import gain_cell, verdict_lines, with_distinct_runs
 
 METHODS = (  # (label, summary column prefix, color, marker)
     ("base model", "base", BASE_COLOR, "o"),
@@ -43,12 +44,15 @@ NO_PERPLEXITY = (
     "a distribution; it is compared on next-token accuracy."
 )
 STATISTICS = ("base_test_acc", "resmem_test_acc", "knnlm_test_acc", "resmem_gain", "knnlm_gain", "base_test_ppl",
-              "knnlm_test_ppl")  # fmt: skip
+              "knnlm_test_ppl", "resmem_best_test_acc", "knnlm_best_test_acc", "knnlm_loss_change")  # fmt: skip
+METHOD_LABELS = {"resmem": "ResMem", "knnlm": "kNN-LM"}
 
 
 def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
-    """Mean and std over seeds of every accuracy, gain and perplexity, ordered by parameter count."""
-    return per_model(summary, STATISTICS, by, ("parameters", "datastore_size"))
+    """Mean, std and t-interval over seeds of every accuracy, gain, perplexity and loss change, ordered by
+    parameter count, with the runs whose own interval of each gain excludes 0 (`resmem.verdicts`)."""
+    stats = per_model(summary, STATISTICS, by, ("parameters", "datastore_size"))
+    return with_distinct_runs(stats, summary, by, METHOD_LABELS)
 
 
 def _knnlm_formulation(summary: pd.DataFrame) -> str:
@@ -69,22 +73,33 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
         f"# {experiment}: next-token prediction",
         "",
         f"Test next-token accuracy (%) and perplexity, mean ± std over seeds {seeds}; {lm_selection(summary)} "
-        f"(kNN-LM's perplexity at its (k, {width}, λ) of lowest val perplexity). {_knnlm_formulation(summary)}",
+        f"(kNN-LM's perplexity at its (k, {width}, λ) of lowest val perplexity). {_knnlm_formulation(summary)} "
+        "Gains in points and kNN-LM's change of the test loss (nats per token; negative: better) with the 95 % "
+        "t-interval of their mean over seeds; * where it excludes 0.",
         "",
         "| model | parameters | datastore fraction | datastore entries | base acc | ResMem acc | ResMem gain "
-        "| kNN-LM acc | kNN-LM gain | base ppl | kNN-LM ppl |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| kNN-LM acc | kNN-LM gain | base ppl | kNN-LM ppl | kNN-LM Δ loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (model, fraction), r in _per_model(summary, by=("model", "datastore_fraction")).iterrows():
+    per = _per_model(summary, by=("model", "datastore_fraction"))
+    for (model, fraction), r in per.iterrows():
 
-        def cell(column, scale=100.0, sign="", r=r):
-            return f"{scale * r[f'{column}_mean']:{sign}.2f} ± {scale * r[f'{column}_std']:.2f}"
+        def cell(column, scale=100.0, r=r):
+            return f"{scale * r[f'{column}_mean']:.2f} ± {scale * r[f'{column}_std']:.2f}"
 
         lines.append(
             f"| {model} | {int(r.parameters):,} | {fraction:g} | {int(r.datastore_size):,} | {cell('base_test_acc')} "
-            f"| {cell('resmem_test_acc')} | {cell('resmem_gain', sign='+')} | {cell('knnlm_test_acc')} "
-            f"| {cell('knnlm_gain', sign='+')} | {cell('base_test_ppl', 1)} | {cell('knnlm_test_ppl', 1)} |"
+            f"| {cell('resmem_test_acc')} | {gain_cell(r, 'resmem_gain')} | {cell('knnlm_test_acc')} "
+            f"| {gain_cell(r, 'knnlm_gain')} | {cell('base_test_ppl', 1)} | {cell('knnlm_test_ppl', 1)} "
+            f"| {gain_cell(r, 'knnlm_loss_change', 1.0)} |"
         )
+    lines += ["", *verdict_lines(summary, per, "datastore_fraction", METHOD_LABELS), ""]
+    lines += ["kNN-LM's change of the test loss per run (nats per token, block-bootstrap 95 % interval):", ""]
+    lines += [
+        f"- {r.model} (datastore fraction {r.datastore_fraction:g}, seed {r.seed}): {r.knnlm_loss_change:+.4f} "
+        f"[{r.knnlm_loss_change_ci_low:+.4f}, {r.knnlm_loss_change_ci_high:+.4f}]"
+        for r in summary.itertuples()
+    ]
     protocols = summary.groupby("model", sort=False)[["datastore_key", "eval_stride"]].first()
     used = [
         f"- {model}: key {r.datastore_key}, {r.eval_stride} new tokens per window" for model, r in protocols.iterrows()

@@ -18,10 +18,17 @@ from resmem import io
 from resmem import stages as shared
 from resmem.artifacts import QUERY_SPLITS, SPLITS
 from resmem.io import ArtifactError
-from resmem.lm.artifacts import CORPUS_KEYS, DATASTORE_HIDDEN_KEYS, DATASTORE_KEYS, LM_SUMMARY_COLUMNS
+from resmem.lm.artifacts import (
+    CORPUS_KEYS,
+    DATASTORE_HIDDEN_KEYS,
+    DATASTORE_KEYS,
+    LM_PREDICTION_KEYS,
+    LM_SUMMARY_COLUMNS,
+)
 from resmem.stages import fit_and_save, read_json
 
 log = logging.getLogger("resmem")
+MIN_BLOCKS = 20  # fewer blocks of test positions make too few distinct bootstrap resamples for an interval
 
 
 def corpus(npz_path, meta_path, corpus_cfg: dict, tokenizer_source: str | None = None) -> None:
@@ -219,16 +226,58 @@ def sweep(datastore_path, neighbors_path, out_path, knn: dict, device: str = "cp
     io.write_csv(out_path, table)
 
 
+def predict(datastore_path, neighbors_path, selected_path, out_path, knn: dict, device: str = "cpu") -> None:
+    """Per test position, the predicted token of the base model, ResMem and kNN-LM at their selected points (the tie
+    rule) and the losses −log p(y) of the base model and of kNN-LM at its point of lowest val perplexity, for the
+    aggregate's tests (`LM_PREDICTION_KEYS`)."""
+    from resmem.core import method_predict
+    from resmem.lm.tokens import KeyLogits, base_predict, final_hidden, knnlm_predict
+
+    arrays = load_datastore(datastore_path)
+    chosen = read_json(selected_path)
+    query_rows = {s: len(arrays[f"{s}_next"]) for s in QUERY_SPLITS}
+    found = shared.load_neighbors(neighbors_path, query_rows, max(c["k"] for c in chosen.values()), datastore_path)
+    head, chunk_bytes = (arrays["head_weight"], arrays["head_bias"]), int(knn["sweep_chunk_mb"] * 2**20)
+    logits, labels = KeyLogits(final_hidden(arrays, "test"), *head, device), np.asarray(arrays["test_next"])
+    dist, idx, train_next = found["test_dist"], found["test_idx"], arrays["train_next"]
+    base, base_loss = base_predict(logits, labels, chunk_bytes, device)
+    point = chosen["resmem"]
+    resmem = method_predict(
+        "resmem", logits, dist[:, : point["k"]], idx[:, : point["k"]],
+        KeyLogits(final_hidden(arrays, "train"), *head, device), train_next, point["sigma"], point["temperature"],
+        chunk_bytes=chunk_bytes,
+    )  # fmt: skip
+    knnlm = knnlm_predict(logits, labels, dist, idx, train_next, chosen["knnlm"], chunk_bytes, device)[0]
+    knnlm_loss = knnlm_predict(logits, labels, dist, idx, train_next, chosen["knnlm_perplexity"], chunk_bytes,
+                               device)[1]  # fmt: skip
+    io.save_npz(out_path, labels=labels, base=base, resmem=resmem, knnlm=knnlm, base_loss=base_loss,
+                knnlm_loss=knnlm_loss)  # fmt: skip
+
+
 def select(sweep_path, out_path) -> None:
     from resmem.lm.tokens import select as choose
 
     shared.select(sweep_path, out_path, choose)
 
 
-def summarize(run: dict) -> tuple[dict, dict]:
-    """One run's summary row and its sweep (with the run's columns and selected values)."""
+def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
+    """One run's summary row, with each gain tested on the test positions' predictions by a block bootstrap of
+    `stats["block_tokens"]` positions and McNemar's test (`resmem.stages.gain_columns`), and its sweep (with the
+    run's columns and selected values)."""
+    from resmem.stats import bootstrap_ci
+
     chosen, meta, store = read_json(run["selected"]), read_json(run["meta"]), read_json(run["datastore_report"])
     resmem, knnlm, ppl = chosen["resmem"], chosen["knnlm"], chosen["knnlm_perplexity"]
+    predicted = shared.load_predictions(run["predictions"], LM_PREDICTION_KEYS)
+    block = stats["block_tokens"]
+    blocks = -(-len(predicted["labels"]) // block)
+    if blocks < MIN_BLOCKS:
+        log.warning("%s: %d test positions make only %d blocks of stats.block_tokens = %d; the block bootstrap's "
+                    "intervals need at least %d (lower block_tokens or raise eval_tokens)", run["predictions"],
+                    len(predicted["labels"]), blocks, block, MIN_BLOCKS)  # fmt: skip
+    right = {m: predicted[m] == predicted["labels"] for m in ("base", "resmem", "knnlm")}
+    loss_change = predicted["knnlm_loss"] - predicted["base_loss"]
+    low, high = bootstrap_ci(loss_change, stats["resamples"], stats["seed"], block=block)
     row = {
         "model": run["model"],
         "datastore_fraction": run["store_fraction"],
@@ -242,17 +291,18 @@ def summarize(run: dict) -> tuple[dict, dict]:
         "resmem_k": resmem["k"],
         "resmem_sigma": resmem["sigma"],
         "resmem_temperature": resmem["temperature"],
-        "resmem_test_acc": resmem["test_accuracy"],
-        "resmem_gain": resmem["gain"],
         "knnlm_k": knnlm["k"],
         "knnlm_kernel": knnlm["kernel"],
         "knnlm_sigma": knnlm.get("sigma", float("nan")),  # the l2 kernel's width
         "knnlm_tau": knnlm.get("tau", float("nan")),  # the published squared_l2 kernel's temperature
         "knnlm_lam": knnlm["lam"],
-        "knnlm_test_acc": knnlm["test_accuracy"],
-        "knnlm_gain": knnlm["gain"],
         "knnlm_test_ppl": ppl["test_perplexity"],
+        "knnlm_loss_change": float(loss_change.mean()),
+        "knnlm_loss_change_ci_low": low,
+        "knnlm_loss_change_ci_high": high,
         "device": meta["device"],
+        **shared.gain_columns("resmem", right["base"], right["resmem"], resmem, stats, block),
+        **shared.gain_columns("knnlm", right["base"], right["knnlm"], knnlm, stats, block),
     }
     sweep = pd.read_csv(run["sweep"]).assign(
         model=run["model"],
@@ -266,13 +316,16 @@ def summarize(run: dict) -> tuple[dict, dict]:
 
 def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir, stats: dict) -> None:
     """runs: one dict per model × seed × datastore fraction with keys model, seed, store_fraction, tokenizer and
-    the paths selected, meta, sweep, search, datastore_report and corpus_meta (`resmem.stages.run_records`); each
-    corpus's corpus.json (by tokenizer) goes into the provenance."""
+    the paths selected, meta, sweep, predictions, search, datastore_report and corpus_meta
+    (`resmem.stages.run_records`); each corpus's corpus.json (by tokenizer) goes into the provenance; `stats`: the
+    experiment's stats section."""
+    from functools import partial
+
     from resmem.lm.report import write_report
 
     corpora = {
         tokenizer: {k: v for k, v in read_json(path).items() if k != "files"}
         for tokenizer, path in {run["tokenizer"]: run["corpus_meta"] for run in runs}.items()
     }
-    shared.aggregate(experiment, runs, out, config, repo_dir, summarize, LM_SUMMARY_COLUMNS, write_report,
-                     corpora=corpora)  # fmt: skip
+    shared.aggregate(experiment, runs, out, config, repo_dir, partial(summarize, stats=stats), LM_SUMMARY_COLUMNS,
+                     write_report, corpora=corpora)  # fmt: skip

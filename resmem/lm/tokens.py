@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from resmem.artifacts import QUERY_SPLITS
-from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors
+from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, tie_tolerance
 from resmem.engine import kernel_weights, logits_on_device, stack_splits, sweep_correct
 from resmem.lm.artifacts import LM_SWEEP_COLUMNS
 
@@ -75,29 +75,29 @@ def final_hidden(arrays: dict, split: str) -> np.ndarray:
     return arrays.get(f"{split}_hidden", arrays[f"{split}_keys"])
 
 
-def base_scores(query_logits, labels, chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES, device: str = "cpu"):
-    """The base model's number of correct argmax predictions (ties: the lowest token) and Σ −log softmax(z)[y]
-    over the queries, in float64 torch on `device`, in chunks of queries within `chunk_bytes`."""
+def base_predict(query_logits, labels, chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES, device: str = "cpu"):
+    """The base model's predicted token (the argmax of its logits; ties: the lowest token) and −log softmax(z)[y]
+    per query (numpy arrays), in float64 torch on `device`, in chunks of queries within `chunk_bytes`."""
     import torch
 
     from resmem.device import torch_device
 
     device, labels = torch_device(device), np.asarray(labels)
     chunk = max(1, int(chunk_bytes // (16 * np.shape(query_logits)[1])))  # float32 logits + float64 log-softmax
-    correct, nll = 0, 0.0
+    predicted, loss = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
     for start in range(0, len(labels), chunk):
         stop = min(start + chunk, len(labels))
-        log_p = torch.log_softmax(logits_on_device(query_logits, slice(start, stop), device).double(), dim=1)
+        logits = logits_on_device(query_logits, slice(start, stop), device).double()
         y = torch.from_numpy(np.array(labels[start:stop], dtype=np.int64)).to(device)
-        correct += int((log_p.argmax(dim=1) == y).sum())
-        nll -= float(log_p.gather(1, y[:, None]).sum())
-    return correct, nll
+        predicted.append(logits.argmax(dim=1).cpu().numpy())
+        loss.append(-torch.log_softmax(logits, dim=1).gather(1, y[:, None])[:, 0].cpu().numpy())
+    return np.concatenate(predicted), np.concatenate(loss)
 
 
 KNN_LOG_FLOOR = -10_000.0  # log p_kNN of a token no neighbor holds, as knn-transformers floors log(0)
 
 
-def knnlm_sweep(
+def knnlm_scores(
     query_logits,
     query_labels: np.ndarray,
     dist: np.ndarray,
@@ -108,11 +108,11 @@ def knnlm_sweep(
     lambdas,
     kernel: str = "squared_l2",
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
-    progress=None,
     device: str = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
-    """kNN-LM at every (k, width, λ): (number of correct argmax predictions, sum of −log p(y)), both shaped
-    (len(ks), len(widths), len(lambdas)).
+):
+    """kNN-LM per query at every (k, width, λ): yields (start, stop, i, w, predicted, log_p) for the queries
+    start:stop at the i-th k and w-th width, the predicted tokens and log p(y) both (len(lambdas), stop − start)
+    tensors on `device`.
 
     As published (Khandelwal et al. 2020; neulab/knn-transformers): with kernel "squared_l2" the neighbors'
     weights are softmax(−d²/τ) over the squared L2 distances (`widths` = the τ grid; "l2": softmax(−d/σ),
@@ -122,13 +122,14 @@ def knnlm_sweep(
     nats) instead of the infinite one of the linear mixture λ·p_kNN + (1−λ)·p_LM, which it equals elsewhere.
 
     p_kNN is sparse: it is computed only at the (at most k) tokens the neighbors hold, so a query costs O(k log k)
-    beside its V-wide log-softmax whatever the vocabulary. The argmax of the mixture is one of those tokens or
-    the base model's argmax (every other token has the floor and a lower p_LM); ties go to the lowest token id,
-    as a dense argmax over the vocabulary does.
+    beside its V-wide log-softmax whatever the vocabulary. The prediction follows the tie rule
+    (`resmem.core.predict`): the lowest token whose log p is within `tie_tolerance(k, V)` of the best (a bound on
+    float64 rounding in log p, relative in p). Its candidates are the neighbors' tokens and the base model's
+    argmax: every other token scores log(1−λ) + log p_LM, below the argmax's by the base model's own comparison of
+    its logits. So the sums of a token's neighbours' weights (`scatter_add_`, whose order a GPU may change) cannot
+    decide a tie.
 
-    In float64 torch on `device`, all λ at once: the same code on the CPU and on a GPU (where sums of a token's
-    neighbours' weights, `scatter_add_`, may add in another order: the last bit of a tie between two tokens that
-    several neighbours each hold may then differ)."""
+    In float64 torch on `device`, all λ at once: the same code on the CPU and on a GPU."""
     import torch
 
     from resmem.device import torch_device
@@ -147,22 +148,22 @@ def knnlm_sweep(
     widths_t = torch.tensor(np.asarray(widths, dtype=np.float64), device=device)
     lam = torch.tensor(np.asarray(lambdas, dtype=np.float64), device=device)[:, None, None]  # (Λ, 1, 1)
     log_lam, log_rest = torch.log(lam), torch.log1p(-lam)  # −inf at λ = 0 and λ = 1: one term drops out
-    shape = (len(ks), len(widths), len(lambdas))
-    correct, nll = np.zeros(shape, dtype=np.int64), np.zeros(shape)
     # A chunk holds its V-wide logits and log-softmax and about a dozen (Λ, queries, k_max) arrays.
     chunk = max(1, int(chunk_bytes // (8 * (2 * vocab + 12 * k_max * len(lambdas)))))
     for start in range(0, len(query_labels), chunk):
         stop = min(start + chunk, len(query_labels))
         rows = torch.arange(stop - start, device=device)
-        log_lm = torch.log_softmax(logits_on_device(query_logits, slice(start, stop), device).double(), dim=1)
+        logits = logits_on_device(query_logits, slice(start, stop), device).double()
+        log_lm = torch.log_softmax(logits, dim=1)
         y = torch.from_numpy(np.array(query_labels[start:stop], dtype=np.int64)).to(device)
-        lm_best, lm_arg = log_lm.max(dim=1)  # the first maximal token on ties, as numpy's argmax
-        lm_y = log_lm[rows, y]
+        lm_arg = logits.argmax(dim=1)  # the first maximal token on ties, as numpy's argmax
+        lm_best, lm_y = log_lm[rows, lm_arg], log_lm[rows, y]
         kernel_dist = torch.from_numpy(np.array(dist[start:stop, :k_max], dtype=np.float64)).to(device)
         kernel_dist = kernel_dist.square() if kernel == "squared_l2" else kernel_dist
         unnormalized = kernel_weights(kernel_dist, widths_t)  # (Q, widths, k_max)
         held = torch.from_numpy(np.array(train_next[np.asarray(idx[start:stop, :k_max])], dtype=np.int64)).to(device)
         for i, k in enumerate(ks):
+            tolerance = tie_tolerance(k, vocab)
             tokens = held[:, :k]
             sorted_tokens, order = torch.sort(tokens, dim=1, stable=True)
             # The distinct tokens that a query's neighbors hold, lowest first, in the first columns of its row of
@@ -174,6 +175,7 @@ def knnlm_sweep(
             distinct = torch.full((len(rows), int(column[:, -1].max()) + 1), -1, dtype=torch.int64, device=device)
             distinct.scatter_(1, column, sorted_tokens)
             padding = distinct < 0
+            never = torch.where(padding, vocab, distinct)  # padding is never a candidate
             lm_held = log_rest + log_lm.gather(1, distinct.clamp(min=0))  # (Λ, Q, distinct), whatever the width
             lm_arg_part = log_rest[:, :, 0] + lm_best  # (Λ, Q)
             for w in range(len(widths)):
@@ -186,19 +188,57 @@ def knnlm_sweep(
                 log_knn = torch.log(p_held).clamp_(min=KNN_LOG_FLOOR)
                 log_knn_y = torch.log(p_y).clamp_(min=KNN_LOG_FLOOR)
                 log_p_y = torch.logaddexp(log_rest[:, :, 0] + lm_y, log_lam[:, :, 0] + log_knn_y)  # (Λ, Q)
-                nll[i, w] -= log_p_y.sum(dim=1).cpu().numpy()
-                # The held tokens' best: argmax gives the first maximum, the lowest token (they are sorted).
                 mixed = torch.logaddexp(lm_held, log_lam + log_knn).masked_fill_(padding, -torch.inf)
-                best, best_column = mixed.max(dim=2)  # (Λ, Q)
-                held_best = distinct.gather(1, best_column.T).T
                 log_knn_arg = torch.log(p_lm_arg).clamp_(min=KNN_LOG_FLOOR)
                 arg_score = torch.logaddexp(lm_arg_part, log_lam[:, :, 0] + log_knn_arg)
-                predicted = torch.where(arg_score > best, lm_arg, held_best)  # ties: the lowest token
-                predicted = torch.where(arg_score == best, torch.minimum(held_best, lm_arg), predicted)
-                correct[i, w] += (predicted == y).sum(dim=1).cpu().numpy()
-        if progress is not None:
-            progress.update(stop - start)
+                best = torch.maximum(mixed.amax(dim=2), arg_score)  # (Λ, Q)
+                held_tied = torch.where(mixed >= best[:, :, None] - tolerance, never, vocab).amin(dim=2)
+                arg_tied = torch.where(arg_score >= best - tolerance, lm_arg, vocab)
+                yield start, stop, i, w, torch.minimum(held_tied, arg_tied), log_p_y
+
+
+def knnlm_sweep(
+    query_logits,
+    query_labels: np.ndarray,
+    dist: np.ndarray,
+    idx: np.ndarray,
+    train_next: np.ndarray,
+    ks,
+    widths,
+    lambdas,
+    kernel: str = "squared_l2",
+    chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
+    progress=None,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """kNN-LM at every (k, width, λ) (`knnlm_scores`): (number of correct predictions, sum of −log p(y)), both
+    shaped (len(ks), len(widths), len(lambdas))."""
+    import torch
+
+    shape = (len(ks), len(widths), len(lambdas))
+    correct, nll = np.zeros(shape, dtype=np.int64), np.zeros(shape)
+    labels = torch.from_numpy(np.asarray(query_labels, dtype=np.int64))
+    done = 0
+    for start, stop, i, w, predicted, log_p in knnlm_scores(query_logits, query_labels, dist, idx, train_next, ks,
+                                                            widths, lambdas, kernel, chunk_bytes, device):  # fmt: skip
+        correct[i, w] += (predicted.cpu() == labels[start:stop]).sum(dim=1).numpy()
+        nll[i, w] -= log_p.sum(dim=1).cpu().numpy()
+        if progress is not None and stop > done:
+            progress.update(stop - done)
+            done = stop
     return correct, nll
+
+
+def knnlm_predict(query_logits, query_labels, dist, idx, train_next, point: dict, chunk_bytes: int, device: str):
+    """kNN-LM's predicted token and −log p(y) per query at one grid point (`point`: k, tau or sigma, lam, kernel,
+    as `select` records it): numpy arrays."""
+    width = point["tau"] if point["kernel"] == "squared_l2" else point["sigma"]
+    predicted, loss = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
+    for *_, tokens, log_p in knnlm_scores(query_logits, query_labels, dist, idx, train_next, [point["k"]], [width],
+                                          [point["lam"]], point["kernel"], chunk_bytes, device):  # fmt: skip
+        predicted.append(tokens[0].cpu().numpy())
+        loss.append(-log_p[0].cpu().numpy())
+    return np.concatenate(predicted), np.concatenate(loss)
 
 
 def sweep_table(
@@ -243,8 +283,8 @@ def sweep_table(
     rows = []
     for g, split in enumerate(QUERY_SPLITS):
         n = len(labels[split])
-        base_correct, base_nll = base_scores(logits[split], labels[split], chunk_bytes, device)
-        base_loss = base_nll / n
+        base_tokens, base_losses = base_predict(logits[split], labels[split], chunk_bytes, device)
+        base_correct, base_loss = int((base_tokens == labels[split]).sum()), float(base_losses.mean())
         rows.append(
             {
                 "method": "base",

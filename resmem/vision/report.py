@@ -53,7 +53,10 @@ def _table_rows(summary: pd.DataFrame, pm: str) -> list[list[str]]:
         row = [model, f"{int(r.parameters):,}", f"{fraction:g}", f"{int(r.train_examples):,}",
                f"{100 * r.base_test_acc_mean:.2f} {pm} {100 * r.base_test_acc_std:.2f}"]  # fmt: skip
         for m in METHODS:
-            row += [f"{100 * r[f'{m}_test_acc_mean']:.2f} {pm} {100 * r[f'{m}_test_acc_std']:.2f}", gain_cell(r, m)]
+            row += [
+                f"{100 * r[f'{m}_test_acc_mean']:.2f} {pm} {100 * r[f'{m}_test_acc_std']:.2f}",
+                gain_cell(r, f"{m}_gain"),
+            ]
         rows.append(row)
     return rows
 

@@ -347,7 +347,7 @@ def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
     predictions: `resmem.stages.gain_columns`) and tables (its sweep and confidence bins, with the run's columns).
     `stats` is the experiment's stats section."""
     chosen, meta = read_json(run["selected"]), read_json(run["meta"])
-    predicted = io.load_npz(run["predictions"], PREDICTION_KEYS, dict.fromkeys(PREDICTION_KEYS, np.int64))
+    predicted = shared.load_predictions(run["predictions"], PREDICTION_KEYS, dict.fromkeys(PREDICTION_KEYS, np.int64))
     row = {
         "model": run["model"],
         "train_fraction": run["train_fraction"],

@@ -116,6 +116,7 @@ KINDS = [
         summary_caption="../report/lm_summary.rst",
         run_files={
             "meta": f"{LM_RUN}/train_meta.json",
+            "predictions": f"{LM_STORE}/predictions.npz",
             "search": f"{LM_STORE}/search.json",
             "datastore_report": f"{LM_RUN}/datastore.json",
             "corpus_meta": f"{LM_CORPUS}.json",

@@ -83,3 +83,31 @@ rule lm_datastore:
         amp=section("lm_experiments", "train/amp"),
     script:
         "../scripts/lm_datastore.py"
+
+
+# Per test position, each method's prediction (and the base model's and kNN-LM's loss) at its selected point: the
+# aggregate's block-bootstrap intervals and McNemar tests.
+rule lm_predict:
+    input:
+        datastore=f"{LM_RUN}/datastore.npz",
+        neighbors=f"{LM_STORE}/neighbors.npz",
+        selected=f"{LM_STORE}/selected.json",
+    output:
+        predictions=f"{LM_STORE}/predictions.npz",
+    log:
+        f"{LM_STORE}/logs/predict.log",
+    benchmark:
+        f"{LM_STORE}/benchmarks/predict.tsv"
+    wildcard_constraints:
+        experiment=names_regex("lm_experiments"),
+    conda:
+        "../../envs/resmem.yaml"
+    threads: 1
+    resources:
+        mem_mb=sweep_memory_mb("lm_experiments"),
+        gpu=gpu_request,
+        runtime=60,
+    params:
+        knn=settings("lm_experiments", "knn", "sweep_chunk_mb"),
+    script:
+        "../scripts/lm_predict.py"
