@@ -40,6 +40,12 @@ def over_seeds(summary: pd.DataFrame) -> str:
     return f"{n} seed{'s' if n != 1 else ''}"
 
 
+def interval_over_seeds(summary: pd.DataFrame) -> str:
+    """What the error bars of `errorbar_methods` show, for a title."""
+    n = summary.seed.nunique()
+    return f"mean and 95 % t-interval over {n} seeds" if n > 1 else "one seed (no interval over seeds)"
+
+
 def per_model(summary: pd.DataFrame, columns, by=("model",), first=("parameters",)):
     """Mean, std (0 for one seed) and Student's 95 % t-interval over seeds (`<column>_mean`, `_std`, `_low`,
     `_high`; the interval NaN for one seed) of `columns` per model (or per `by` group), with the `first` columns
@@ -69,11 +75,13 @@ def selected_rows(summary: pd.DataFrame, sweeps: pd.DataFrame, fixed: tuple) -> 
 
 def errorbar_methods(ax, stats: pd.DataFrame, methods, x: str = "parameters") -> None:
     """One line per method, (label, column prefix, colour, marker): test accuracy in % (mean over seeds of
-    `<prefix>_test_acc`, error bars its t-interval, none for one seed) against `x`."""
-    for label, prefix, color, marker in methods:
+    `<prefix>_test_acc`, error bars its t-interval, none for one seed) against `x` on a log axis, each method
+    shifted by 3.5 % of x so that overlapping bars stay apart."""
+    for i, (label, prefix, color, marker) in enumerate(methods):
         mean = 100 * stats[f"{prefix}_test_acc_mean"]
         bars = [mean - 100 * stats[f"{prefix}_test_acc_low"], 100 * stats[f"{prefix}_test_acc_high"] - mean]
-        ax.errorbar(stats[x], mean, yerr=np.nan_to_num(np.array(bars)), label=label, color=color, marker=marker,
+        shifted = stats[x] * 1.035 ** (i - (len(methods) - 1) / 2)
+        ax.errorbar(shifted, mean, yerr=np.nan_to_num(np.array(bars)), label=label, color=color, marker=marker,
                     capsize=3, linewidth=1.8)  # fmt: skip
 
 

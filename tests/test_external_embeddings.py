@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from resmem.config import ConfigError
+from resmem.core import tie_tolerance
 from resmem.vision.external import check_file
 from tests.conftest import snakemake
 
@@ -89,6 +90,29 @@ def test_exported_embeddings_reproduce_the_run_that_made_them(smoke_run, tmp_pat
         np.testing.assert_array_equal(carved["test_y"], arrays["test_y"])
     assert "- cnn_w4: embeddings from" in (results / "summary.md").read_text()
     assert (results / "figures" / "accuracy_vs_size.png").stat().st_size > 10_000
+    assert_baselines_equal_plain_numpy(arrays, mine)
+
+
+def assert_baselines_equal_plain_numpy(arrays: dict, run) -> None:
+    """The workflow's kNN and kNN-interp test accuracies on a user's file, at every grid point, against plain
+    numpy on the run's own neighbors: p_kNN = Σ_j softmax(−d/σ)_j [y_j = c], (1 − λ) softmax(z/T) + λ p_kNN, the
+    lowest class within the tie tolerance of the best."""
+    sweep = pd.read_csv(run / "sweep.csv")
+    test = sweep[sweep.split == "test"]
+    with np.load(run / "neighbors.npz") as found:
+        dist, idx = found["test_dist"].astype(np.float64), found["test_idx"]
+    labels, train_y, n_classes = arrays["test_y"], arrays["train_y"], arrays["test_logits"].shape[1]
+    for row in test[test.method.isin(["knn", "knn_interp"])].itertuples():
+        w = np.exp(-(dist[:, : row.k] - dist[:, :1]) / row.sigma)
+        w /= w.sum(axis=1, keepdims=True)
+        scores = np.stack([(w * (train_y[idx[:, : row.k]] == c)).sum(axis=1) for c in range(n_classes)], axis=1)
+        if row.method == "knn_interp":
+            z = arrays["test_logits"].astype(np.float64) / row.temperature
+            base = np.exp(z - z.max(axis=1, keepdims=True))
+            scores = (1 - row.lam) * base / base.sum(axis=1, keepdims=True) + row.lam * scores
+        tied = scores >= scores.max(axis=1, keepdims=True) - tie_tolerance(row.k, n_classes)
+        assert row.accuracy == (tied.argmax(axis=1) == labels).mean(), row
+    assert (test.method == "knn_interp").sum() == 3 * 2 * 1 * 5  # k × σ × T × the default's five λ
 
 
 def test_a_bad_embeddings_file_stops_the_workflow_before_any_job(tmp_path):

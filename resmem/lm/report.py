@@ -12,6 +12,7 @@ from resmem.plotting import (
     KNN_COLOR,
     RESMEM_COLOR,
     errorbar_methods,
+    interval_over_seeds,
     over_seeds,
     per_model,
     plot_sensitivity,
@@ -130,7 +131,7 @@ def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> N
     ax.margins(x=0.15, y=0.25)
     ax.set_title(
         f"{experiment}: next-token accuracy vs model size (full datastore)\n"
-        f"mean ± std over {over_seeds(summary)}; {lm_selection(summary)}",
+        f"{interval_over_seeds(summary)}; {lm_selection(summary)}",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)

@@ -13,6 +13,7 @@ from resmem.plotting import (
     KNN_INTERP_COLOR,
     RESMEM_COLOR,
     errorbar_methods,
+    interval_over_seeds,
     panels,
     per_model,
     plot_sensitivity,
@@ -68,12 +69,6 @@ def _caption(summary: pd.DataFrame, experiment: str) -> str:
         f"neighbours and kNN interpolated with DeepNet, mean ± std over seeds {seeds}; {SELECTION} of each run. "
         "Gains over DeepNet in points with the 95 % t-interval of their mean over seeds; * where it excludes 0."
     )
-
-
-def _spread(summary: pd.DataFrame) -> str:
-    """What a figure's error bars show."""
-    n = summary.seed.nunique()
-    return f"mean and 95 % t-interval over {n} seeds" if n > 1 else "one seed (no interval over seeds)"
 
 
 def _weights(run: pd.Series) -> str:
@@ -154,7 +149,7 @@ def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> N
     ax.set_xlabel("parameters of the base network (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(
-        f"{experiment}: test accuracy vs model size\n{_spread(summary)}; {SELECTION}\n{_how_seen(summary)}",
+        f"{experiment}: test accuracy vs model size\n{interval_over_seeds(summary)}; {SELECTION}\n{_how_seen(summary)}",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
