@@ -11,6 +11,7 @@ from resmem.device import faiss_gpu_count
 log = logging.getLogger(__name__)
 
 DEFAULT_QUERY_CHUNK = 16384  # queries per search call: bounds the Q×k result blocks and shows progress
+RERANK_CHUNK_BYTES = 64 * 2**20  # working memory of the exact steps: PQ re-ranking, brute-force recall reference
 
 
 def prepare(embeddings: np.ndarray, normalize: bool) -> np.ndarray:
@@ -91,9 +92,14 @@ def search(
     chunk_size: int = DEFAULT_QUERY_CHUNK,
     progress=None,
     nprobe: int = 16,
+    rerank=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest training examples of every query: (Euclidean distances, indices), both Q×k, sorted.
-    For an IVF index, `nprobe` lists are searched per query."""
+    For an IVF index, `nprobe` lists are searched per query. `rerank`: the vectors a PQ index holds; each chunk's
+    neighbors then get exact distances (`exact_distances`) before the next chunk is searched.
+
+    Memory: the Q×k results (12 bytes a neighbor) plus one chunk of `chunk_size` queries: its float32 vectors,
+    its faiss results and, with `rerank`, the re-ranking's RERANK_CHUNK_BYTES. Queries may be a memmap."""
     if k > index.ntotal:
         raise ValueError(f"k = {k} neighbors asked for, but the index holds only {index.ntotal} vectors")
     import faiss
@@ -105,14 +111,16 @@ def search(
         index = _to_gpu(index)
     else:
         log.info("searching on the CPU")
-    q = prepare(queries, normalize)
-    dist = np.empty((len(q), k), dtype=np.float32)
-    idx = np.empty((len(q), k), dtype=np.int64)
-    for start in range(0, len(q), chunk_size):
-        stop = min(start + chunk_size, len(q))
-        sq, idx[start:stop] = index.search(q[start:stop], k)
-        # faiss returns squared L2; rounding can leave tiny negatives for exact matches.
-        dist[start:stop] = np.sqrt(np.maximum(sq, 0.0))
+    dist = np.empty((len(queries), k), dtype=np.float32)
+    idx = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk_size):
+        stop = min(start + chunk_size, len(queries))
+        sq, found = index.search(prepare(queries[start:stop], normalize), k)
+        if rerank is None:
+            # faiss returns squared L2; rounding can leave tiny negatives for exact matches.
+            dist[start:stop], idx[start:stop] = np.sqrt(np.maximum(sq, 0.0)), found
+        else:
+            dist[start:stop], idx[start:stop] = exact_distances(rerank, queries[start:stop], found, normalize)
         if progress is not None:
             progress.update(stop - start)
     return dist, idx
@@ -125,7 +133,7 @@ def search_queries(index, vectors, queries: dict, k_max: int, knn: dict, device:
 
     The report records the index, the search speed and, for an approximate index, its recall@k_max against
     exact search over `vectors` on a fixed sample of the test queries. A PQ index's distances are replaced by
-    exact ones (and rows re-sorted by them), so the kernel weights never see quantization error."""
+    exact ones (and rows re-sorted by them), chunk by chunk, so the kernel weights never see quantization error."""
     import sys
     import time
 
@@ -133,14 +141,14 @@ def search_queries(index, vectors, queries: dict, k_max: int, knn: dict, device:
     from tqdm import tqdm
 
     normalize = knn["normalize"]
+    rerank = vectors if isinstance(index, faiss.IndexIVFPQ) else None
     found = {}
     start = time.perf_counter()
     for split, q in queries.items():
         with tqdm(total=len(q), desc=f"search {split}", unit="query", file=sys.stderr) as bar:
-            dist, idx = search(index, q, k_max, normalize, device, knn["query_chunk"], bar, knn["nprobe"])
-        if isinstance(index, faiss.IndexIVFPQ):
-            dist, idx = exact_distances(vectors, q, idx, normalize)
-        found[f"{split}_dist"], found[f"{split}_idx"] = dist, idx
+            found[f"{split}_dist"], found[f"{split}_idx"] = search(
+                index, q, k_max, normalize, device, knn["query_chunk"], bar, knn["nprobe"], rerank
+            )
     seconds = time.perf_counter() - start
     n_queries = sum(len(q) for q in queries.values())
     approximate = isinstance(index, faiss.IndexIVF)
@@ -170,25 +178,36 @@ def exact_distances(
     train_embeddings: np.ndarray, queries: np.ndarray, idx: np.ndarray, normalize: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact Euclidean distances to neighbors that an approximate (PQ) index found, rows re-sorted by them:
-    (distances, indices). Costs Q×k×d, nothing next to the search."""
+    (distances, indices). A -1 (no neighbor: an IVF probe found fewer than k) gets distance inf and sorts last.
+    Gathers the neighbors' vectors in blocks of queries within RERANK_CHUNK_BYTES, so memory does not grow
+    with Q×k×d."""
     q = prepare(queries, normalize)
-    neighbors = prepare(train_embeddings[idx.ravel()], normalize).reshape(*idx.shape, -1)
-    dist = np.sqrt(((neighbors - q[:, None, :]) ** 2).sum(axis=2))
+    n, k = idx.shape
+    dist = np.empty((n, k), dtype=np.float32)
+    per_block = max(1, RERANK_CHUNK_BYTES // (2 * 4 * k * max(1, q.shape[1])))  # the gathered rows and their diff
+    for start in range(0, n, per_block):
+        block = idx[start : start + per_block]
+        neighbors = prepare(train_embeddings[np.maximum(block, 0).ravel()], normalize).reshape(*block.shape, -1)
+        neighbors -= q[start : start + per_block, None, :]
+        squared = np.square(neighbors, out=neighbors).sum(axis=2)
+        dist[start : start + per_block] = np.where(block < 0, np.inf, np.sqrt(squared))
     order = np.argsort(dist, axis=1, kind="stable")
     return np.take_along_axis(dist, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
 def exact_search(
-    train_embeddings: np.ndarray, queries: np.ndarray, k: int, normalize: bool = False, chunk_size: int = 262_144
+    train_embeddings: np.ndarray, queries: np.ndarray, k: int, normalize: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbors by brute force over the datastore in chunks (it may be a memmap larger than
-    memory), merged in a heap: the reference that an approximate index's recall is measured against."""
+    """Exact k nearest neighbors by brute force over the datastore in blocks of RERANK_CHUNK_BYTES (it may be a
+    memmap larger than memory), merged in a heap: the reference that an approximate index's recall is measured
+    against."""
     import faiss
 
     q = prepare(queries, normalize)
     heap = faiss.ResultHeap(len(q), k)
-    for start in range(0, len(train_embeddings), chunk_size):
-        block = prepare(train_embeddings[start : start + chunk_size], normalize)
+    block_rows = max(k, RERANK_CHUNK_BYTES // (4 * max(1, q.shape[1])))
+    for start in range(0, len(train_embeddings), block_rows):
+        block = prepare(train_embeddings[start : start + block_rows], normalize)
         sq, idx = faiss.knn(q, block, min(k, len(block)))
         if sq.shape[1] < k:  # a last block smaller than k: pad with empty results
             sq = np.pad(sq, ((0, 0), (0, k - sq.shape[1])), constant_values=np.inf)
