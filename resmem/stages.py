@@ -155,7 +155,9 @@ def neighbors(index_path, rows_path, datastore_path, keys, queries: dict, out: d
     found, report = search_queries(built, row_subset(keys, rows), queries, k_max, knn, device)
     for split in queries:  # rows of the whole datastore; -1 (fewer than k found by an IVF probe) stays -1
         idx = found[f"{split}_idx"]
-        found[f"{split}_idx"] = np.where(idx >= 0, rows[idx], -1)
+        for start in range(0, len(idx), knn["query_chunk"]):  # in place, chunk by chunk: no Q×k copies
+            block = idx[start : start + knn["query_chunk"]]
+            block[...] = np.where(block >= 0, rows[block], -1)
     io.save_npz(out["neighbors"], **found)
     io.write_json(out["report"], {**report, "datastore_fraction": float(held["fraction"])})
 

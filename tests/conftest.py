@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from resmem.plan import job_listing
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -32,32 +34,17 @@ def write_config(path, edit=None, base="smoke.yaml"):
     return path
 
 
-def planned_jobs(output: str) -> dict[str, int]:
-    """{rule: count} from the 'Job stats' table of a dry run."""
-    jobs, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if parts[0].startswith("---"):
-                continue
-            jobs[parts[0]] = int(parts[1])
+def job_resources(output: str) -> dict[str, list[dict[str, str]]]:
+    """{rule: [each job's resources as {name: value}]} from the job listing of a dry run."""
+    jobs = {}
+    for job in job_listing(output):
+        jobs.setdefault(job["rule"], []).append(job["resources"])
     return jobs
 
 
 def gpu_requests(output: str) -> dict[str, set[bool]]:
     """{rule: {whether a job asked for a GPU}} from the job listing of a dry run."""
-    jobs, current = {}, None
-    for line in output.splitlines():
-        if line.startswith(("rule ", "localrule ")):
-            current = line.split()[1].rstrip(":")
-        elif line.strip().startswith("resources:") and current:
-            jobs.setdefault(current, set()).add("gpu=1" in line)
-    return jobs
+    return {rule: {job.get("gpu") == "1" for job in jobs} for rule, jobs in job_resources(output).items()}
 
 
 @pytest.fixture(scope="session")

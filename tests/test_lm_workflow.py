@@ -17,7 +17,8 @@ from resmem.lm.artifacts import (
     LM_SWEEP_COLUMNS,
 )
 from resmem.lm.tokens import select
-from tests.conftest import REPO, exact_mcnemar, gpu_requests, planned_jobs, snakemake
+from resmem.plan import planned_jobs
+from tests.conftest import REPO, exact_mcnemar, gpu_requests, snakemake
 
 MODELS = ("gpt_l1_d16", "gpt_l1_d32")
 LM_SMOKE = {

@@ -6,6 +6,7 @@ import subprocess
 import pandas as pd
 import pytest
 
+from resmem.plan import planned_jobs
 from tests.conftest import REPO, snakemake, write_config
 
 
@@ -36,9 +37,21 @@ SLURM = [
 ]
 
 
-def test_smoke_through_slurm_equals_the_local_run(smoke_run, tmp_path):
+LOCAL_RULES = ("all", "aggregate", "lm_aggregate", "regression_report")  # the Snakefile's localrules
+SEARCH_CHAIN = ("index", "neighbors", "sweep", "select", "predict")  # one group job per run on a cluster
+
+
+def test_smoke_through_slurm_equals_the_local_run_in_fewer_submissions(smoke_run, tmp_path):
+    """Each run's index → neighbors → sweep → select → predict is one SLURM job (group run_search): the four
+    runs of the smoke config submit 4 jobs where one a step would submit 20, and give the local run's tables."""
+    planned = planned_jobs(snakemake(tmp_path, "-n", *SLURM, configfile=smoke_run["config"]).stdout)
+    one_per_step = sum(count for rule, count in planned.items() if rule not in LOCAL_RULES)
+    runs = planned["index"]
+    assert runs == 4 and all(planned[rule] == runs for rule in SEARCH_CHAIN)
     proc = snakemake(tmp_path, *SLURM, configfile=smoke_run["config"])
-    assert "sbatch" in proc.stdout + proc.stderr or "SLURM" in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    submissions = output.count("has been submitted with SLURM jobid")
+    assert submissions == one_per_step - (len(SEARCH_CHAIN) - 1) * runs, output[-3000:]
     results = tmp_path / "results" / "smoke"
     pd.testing.assert_frame_equal(
         pd.read_csv(results / "summary.csv"), pd.read_csv(smoke_run["results"] / "summary.csv")

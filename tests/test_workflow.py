@@ -10,9 +10,10 @@ import torch
 
 from resmem.artifacts import NEIGHBOR_KEYS, SWEEP_COLUMNS
 from resmem.core import METHODS
+from resmem.plan import planned_jobs
 from resmem.sweep import select_methods
 from resmem.vision.artifacts import EMBEDDING_KEYS, FIGURES, PREDICTION_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
-from tests.conftest import REPO, exact_mcnemar, gpu_requests, planned_jobs, snakemake, write_config
+from tests.conftest import REPO, exact_mcnemar, gpu_requests, snakemake, write_config
 
 MODELS = ("cnn_w1", "cnn_w4")
 

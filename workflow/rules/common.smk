@@ -12,12 +12,15 @@ from snakemake.exceptions import WorkflowError
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
+from resmem import bounds
 from resmem.config import ConfigError, experiment_names, validate as validate_config
 from resmem.lm import hf
+from resmem.lm import sizes as lm_sizes
 from resmem.lm.artifacts import LM_FIGURES
 from resmem.vision import pretrained
 from resmem.vision.external import check_config_files as check_embedding_files
 from resmem.vision.artifacts import FIGURES
+from resmem.vision import sizes as vision_sizes
 
 try:
     # against the schema shipped in the package: resmem/config.schema.yaml
@@ -76,6 +79,8 @@ class Kind:
     grid: tuple  # the knn keys the sweep runs over
     figures: list
     summary_caption: str
+    # (experiment name, run wildcards, the run's datastore file) -> resmem.bounds.RunSizes
+    sizes: Callable
     # input function: the files the index checks the datastore against
     index_checks: Callable = no_files
     # each run's files that the aggregate reads besides its sweep and selection
@@ -84,6 +89,15 @@ class Kind:
     experiment_files: dict = field(default_factory=dict)
     # what the aggregate writes besides summary.csv, summary.md, the provenance and the figures
     tables: dict = field(default_factory=dict)
+
+
+def vision_run_sizes(name, run, datastore):
+    return vision_sizes.run_sizes(config["experiments"][name], run, datastore)
+
+
+def lm_run_sizes(name, run, datastore):
+    corpus = f"{lm_corpus_file(name, run)}.npz"
+    return lm_sizes.run_sizes(config["lm_experiments"][name], run, datastore, corpus)
 
 
 KINDS = [
@@ -96,6 +110,7 @@ KINDS = [
         grid=("k", "sigma", "temperature", "lam"),  # lam: the knn_interp baseline's
         figures=FIGURES,
         summary_caption="../report/summary.rst",
+        sizes=vision_run_sizes,
         index_checks=datastore_checks,
         run_files={
             "meta": f"{VISION_RUN}/train_meta.json",
@@ -114,6 +129,7 @@ KINDS = [
         grid=("k", "sigma", "temperature", "lam", "knnlm_kernel", "tau", "resmem_k"),
         figures=LM_FIGURES,
         summary_caption="../report/lm_summary.rst",
+        sizes=lm_run_sizes,
         run_files={
             "meta": f"{LM_RUN}/train_meta.json",
             "predictions": f"{LM_STORE}/predictions.npz",
@@ -123,6 +139,8 @@ KINDS = [
         },
     ),
 ]
+
+IMAGES, LANGUAGE_MODELS = KINDS
 
 
 wildcard_constraints:
@@ -191,14 +209,55 @@ def memory_mb(base):
     return lambda wildcards, attempt: base * attempt
 
 
-def sweep_memory_mb(kind):
-    """The sweep engine holds its residual table and a chunk (each within `knn.sweep_chunk_mb`) and the float64
-    re-decision of near-ties: about three budgets, plus 1 GB for torch and the data."""
+def stage_memory_mb(kind, stage, datastore="datastore"):
+    """A shared stage's memory request: its bound (resmem.bounds) at the run's sizes, read from its `datastore`
+    input when the job runs (Snakemake evaluates requests again then) and estimated from the config when
+    planning, growing with each retry after a failure."""
+
+    def mb(wildcards, input, attempt):
+        sizes = kind.sizes(wildcards.experiment, dict(wildcards), input.get(datastore))
+        knn = config[kind.section][wildcards.experiment]["knn"]
+        return bounds.stage_request_mb(stage, sizes, knn, attempt)
+
+    return mb
+
+
+def stage_disk_mb(kind, stage):
+    """A shared stage's disk request: what it writes (resmem.bounds) at the run's sizes."""
+
+    def mb(wildcards, input):
+        sizes = kind.sizes(
+            wildcards.experiment, dict(wildcards), input.get("datastore")
+        )
+        knn = config[kind.section][wildcards.experiment]["knn"]
+        return bounds.disk_mb(bounds.stage_disk_bytes(stage, sizes, knn))
+
+    return mb
+
+
+def embeddings_disk_mb(wildcards):
+    """embed's and embeddings_file's disk request: the embeddings file it streams."""
+    sizes = vision_run_sizes(wildcards.experiment, dict(wildcards), None)
+    return bounds.disk_mb(vision_sizes.embeddings_disk_bytes(sizes))
+
+
+def lm_datastore_disk_mb(wildcards):
+    """lm_datastore's disk request: the datastore it streams, at the corpus's size once it is tokenized."""
+    sizes = lm_run_sizes(wildcards.experiment, {**wildcards, "store_fraction": 1}, None)
+    experiment = config["lm_experiments"][wildcards.experiment]
+    return bounds.disk_mb(lm_sizes.datastore_disk_bytes(experiment, sizes))
+
+
+def lm_model_memory_mb(stage):
+    """lm_train's or lm_datastore's memory request: its model and one batch of windows (resmem.lm.sizes)."""
 
     def mb(wildcards, attempt):
-        return (
-            1000 + 3 * config[kind][wildcards.experiment]["knn"]["sweep_chunk_mb"]
-        ) * attempt
+        experiment = config["lm_experiments"][wildcards.experiment]
+        spec = experiment["models"][wildcards.model]
+        training = stage == "train" and ("hf" not in spec or spec["epochs"] > 0)
+        batch = experiment[stage]["batch_size"]
+        peak = lm_sizes.model_memory_bytes(experiment, wildcards.model, batch, training)
+        return bounds.request_mb(peak, "torch", attempt)
 
     return mb
 
@@ -242,13 +301,17 @@ def corpus_tokenizer(experiment, model):
     return hf.source_label(hf.tokenizer_source(experiment["models"][model]))
 
 
+def lm_corpus_file(name, run):
+    """The corpus a run of the language-model experiment `name` reads (path without its .npz/.json suffix)."""
+    experiment = config["lm_experiments"][name]
+    return LM_CORPUS.format(
+        experiment=name, tokenizer=corpus_tokenizer(experiment, run["model"])
+    )
+
+
 def model_corpus(wildcards):
     """Input of lm_train and lm_datastore: the corpus tokenized for the wildcards' model."""
-    experiment = config["lm_experiments"][wildcards.experiment]
-    path = LM_CORPUS.format(
-        experiment=wildcards.experiment,
-        tokenizer=corpus_tokenizer(experiment, wildcards.model),
-    )
+    path = lm_corpus_file(wildcards.experiment, wildcards)
     return {"corpus": f"{path}.npz", "corpus_meta": f"{path}.json"}
 
 

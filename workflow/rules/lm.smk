@@ -42,7 +42,7 @@ rule lm_train:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=memory_mb(4000),
+        mem_mb=lm_model_memory_mb("train"),
         gpu=gpu_request,
         runtime=240,
     params:
@@ -71,7 +71,8 @@ rule lm_datastore:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=memory_mb(4000),
+        mem_mb=lm_model_memory_mb("datastore"),
+        disk_mb=lm_datastore_disk_mb,
         gpu=gpu_request,
         runtime=120,
     params:
@@ -100,11 +101,13 @@ rule lm_predict:
         f"{LM_STORE}/benchmarks/predict.tsv"
     wildcard_constraints:
         experiment=names_regex("lm_experiments"),
+    group:
+        "run_search"
     conda:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=sweep_memory_mb("lm_experiments"),
+        mem_mb=stage_memory_mb(LANGUAGE_MODELS, "predict"),
         gpu=gpu_request,
         runtime=60,
     params:

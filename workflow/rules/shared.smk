@@ -20,11 +20,14 @@ for kind in KINDS:
             f"{kind.run}/benchmarks/index.tsv"
         wildcard_constraints:
             experiment=names_regex(kind.section),
+        group:
+            "run_search"
         conda:
             "../../envs/resmem.yaml"
         threads: 1
         resources:
-            mem_mb=memory_mb(4000),
+            mem_mb=stage_memory_mb(kind, "index"),
+            disk_mb=stage_disk_mb(kind, "index"),
             gpu=gpu_request,
             runtime=60,
         params:
@@ -54,11 +57,14 @@ for kind in KINDS:
             f"{kind.run}/benchmarks/neighbors.tsv"
         wildcard_constraints:
             experiment=names_regex(kind.section),
+        group:
+            "run_search"
         conda:
             "../../envs/resmem.yaml"
         threads: 1
         resources:
-            mem_mb=memory_mb(4000),
+            mem_mb=stage_memory_mb(kind, "neighbors"),
+            disk_mb=stage_disk_mb(kind, "neighbors"),
             gpu=gpu_request,
             runtime=60,
         params:
@@ -89,11 +95,13 @@ for kind in KINDS:
             f"{kind.run}/benchmarks/sweep.tsv"
         wildcard_constraints:
             experiment=names_regex(kind.section),
+        group:
+            "run_search"
         conda:
             "../../envs/resmem.yaml"
         threads: 1  # the sweep engine's CPU threads: one runs more sweeps at once (raise with --set-threads)
         resources:
-            mem_mb=sweep_memory_mb(kind.section),
+            mem_mb=stage_memory_mb(kind, "sweep"),
             gpu=gpu_request,
             runtime=60,
         params:
@@ -115,6 +123,8 @@ for kind in KINDS:
             f"{kind.run}/benchmarks/select.tsv"
         wildcard_constraints:
             experiment=names_regex(kind.section),
+        group:
+            "run_search"
         conda:
             "../../envs/resmem.yaml"
         threads: 1

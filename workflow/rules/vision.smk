@@ -95,6 +95,7 @@ rule embed:
     threads: 1
     resources:
         mem_mb=memory_mb(4000),
+        disk_mb=embeddings_disk_mb,
         gpu=gpu_request,
         runtime=60,
     params:
@@ -125,6 +126,7 @@ rule embeddings_file:
     threads: 1
     resources:
         mem_mb=memory_mb(2000),
+        disk_mb=embeddings_disk_mb,
         runtime=60,
     params:
         entry=section("experiments", "embeddings/{model}"),
@@ -148,11 +150,13 @@ rule predict:
         f"{VISION_RUN}/benchmarks/predict.tsv"
     wildcard_constraints:
         experiment=names_regex("experiments"),
+    group:
+        "run_search"
     conda:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=memory_mb(2000),
+        mem_mb=stage_memory_mb(IMAGES, "predict", "embeddings"),
         runtime=10,
     script:
         "../scripts/predict.py"

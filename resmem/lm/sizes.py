@@ -1,0 +1,157 @@
+"""The sizes of a language-model run (`resmem.bounds.RunSizes`) and of its model, for its jobs' requests and the
+planner: read from the run's datastore.npz or the corpus's .npz where they exist, else estimated from the
+config: the corpus's byte budgets (or its known size), the stride and token budget, the model's width and
+vocabulary (for a Hugging Face model, its config.json and weight headers in the local cache)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sysconfig
+from functools import lru_cache
+from pathlib import Path
+
+from resmem import io
+from resmem.artifacts import SPLITS
+from resmem.bounds import RunSizes, model_bytes, streamed_disk_bytes
+
+# Bytes of the corpora whose size is fixed (the raw text, before tokenizing); c4 always has byte budgets.
+CORPUS_BYTES = {"wikitext103": {"train": 539_000_000, "val": 1_140_000, "test": 1_290_000}}
+TOKENS_PER_BYTE = {"bytes": 1.0, "bpe": 0.22, "model": 0.22}  # GPT-2 BPE: 117M tokens of WikiText-103's 539 MB
+ASSUMED_HF = {"hidden": 1024, "vocab": 50_257, "parameters": 355_000_000}  # a model not yet in the cache
+
+
+@lru_cache
+def _tree_bytes(root: str, suffix: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(folder, name))
+        for folder, _, names in os.walk(root)
+        for name in names
+        if name.endswith(suffix)
+    )
+
+
+def corpus_bytes(corpus: dict) -> dict[str, int]:
+    """Bytes of text per split: the budget where set, else the source's size split by the config's fractions."""
+    budgets = corpus.get("max_bytes") or {}
+    if corpus["name"] in CORPUS_BYTES:
+        known = CORPUS_BYTES[corpus["name"]]
+    else:
+        if corpus["name"] == "stdlib":
+            total = _tree_bytes(sysconfig.get_paths()["stdlib"], ".py")
+        else:
+            path = Path(str(corpus.get("path") or ".")).expanduser()
+            total = _tree_bytes(str(path), "") if path.is_dir() else path.stat().st_size if path.exists() else 0
+        val, test = corpus.get("val_fraction", 0.1), corpus.get("test_fraction", 0.1)
+        known = {"train": round(total * (1 - val - test)), "val": round(total * val), "test": round(total * test)}
+    return {s: min(known[s], budgets.get(s) or known[s]) for s in SPLITS}
+
+
+def split_tokens(experiment: dict, corpus_path=None) -> dict[str, int]:
+    """Tokens per split: from the corpus file where it exists, else bytes × tokens per byte."""
+    if corpus_path and Path(corpus_path).exists():
+        arrays = io.load_npz(corpus_path, [f"{s}_tokens" for s in SPLITS], mmap=True)
+        return {s: len(arrays[f"{s}_tokens"]) for s in SPLITS}
+    per_byte = TOKENS_PER_BYTE[experiment["corpus"]["tokenizer"]]
+    return {s: round(b * per_byte) for s, b in corpus_bytes(experiment["corpus"]).items()}
+
+
+@lru_cache
+def hf_shape(source: str, revision: str | None) -> dict | None:
+    """(hidden, vocab, parameters) of a cached Hugging Face model: its config.json, and its parameters counted
+    from the safetensors headers (the weights' file size at 2 bytes a parameter for .bin); None if not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(name):
+        if Path(source).expanduser().is_dir():
+            path = Path(source).expanduser() / name
+            return path if path.exists() else None
+        found = try_to_load_from_cache(source, name, revision=revision)
+        return Path(found) if isinstance(found, str) else None
+
+    config_file = cached("config.json")
+    if config_file is None:
+        return None
+    config = json.loads(config_file.read_text())
+    hidden = config.get("hidden_size") or config.get("n_embd")
+    weights, parameters = cached("model.safetensors"), 0
+    if weights is not None:
+        with open(weights, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        for name, tensor in header.items():
+            if name != "__metadata__":
+                count = 1
+                for side in tensor["shape"]:
+                    count *= side
+                parameters += count
+    else:
+        binary = cached("pytorch_model.bin")
+        parameters = binary.stat().st_size // 2 if binary else ASSUMED_HF["parameters"]
+    return {"hidden": int(hidden), "vocab": int(config["vocab_size"]), "parameters": parameters}
+
+
+def gpt_parameters(spec: dict, vocab: int, context: int) -> int:
+    """Parameters of our own GPT (`resmem.lm.model.GPT`): embeddings, per block 12·d² + 13·d, a final norm;
+    the output layer is tied to the token embedding."""
+    d = spec.get("n_embd", 64)
+    return (vocab + context) * d + spec.get("n_layer", 2) * (12 * d * d + 13 * d) + 2 * d
+
+
+def model_shape(experiment: dict, model: str) -> dict:
+    """{hidden, vocab, parameters} of one of the experiment's models (ASSUMED_HF's for an uncached HF model)."""
+    spec = experiment["models"][model]
+    if "hf" in spec:
+        return hf_shape(spec["hf"], spec.get("revision")) or ASSUMED_HF
+    vocab = 256 if experiment["corpus"]["tokenizer"] == "bytes" else 50_257
+    return {"hidden": spec.get("n_embd", 64), "vocab": vocab,
+            "parameters": gpt_parameters(spec, vocab, experiment["context"])}  # fmt: skip
+
+
+def datastore_rows(experiment: dict, tokens: dict[str, int]) -> dict[str, int]:
+    """Entries per split (`resmem.lm.model.datastore_positions`): every stride-th training position up to
+    max_tokens, and up to eval_tokens val and test positions."""
+    store = experiment["datastore"]
+    train = -(-max(tokens["train"] - 1, 0) // store["stride"])
+    query = {s: min(max(tokens[s] - 1, 0), experiment["eval_tokens"]) for s in ("val", "test")}
+    return {"train": min(train, store["max_tokens"] or train), **query}
+
+
+def run_sizes(experiment: dict, run: dict, datastore_path=None, corpus_path=None) -> RunSizes:
+    """A run's sizes: from its datastore where it exists (at run time), else from the corpus and the config."""
+    k_max = max(experiment["knn"]["k"])
+    fraction = float(run["store_fraction"])
+    if datastore_path and Path(datastore_path).exists():
+        arrays = io.load_npz(datastore_path, ["train_keys", "val_keys", "test_keys", "head_weight"], mmap=True)
+        n, dim = arrays["train_keys"].shape
+        vocab, hidden = arrays["head_weight"].shape
+        queries = len(arrays["val_keys"]) + len(arrays["test_keys"])
+        return RunSizes(n, max(1, round(fraction * n)), dim, arrays["train_keys"].itemsize, queries, vocab, k_max,
+                        hidden, query_logits=False)  # fmt: skip
+    rows = datastore_rows(experiment, split_tokens(experiment, corpus_path))
+    shape = model_shape(experiment, run["model"])
+    n = rows["train"]
+    return RunSizes(n, max(1, round(fraction * n)), shape["hidden"], 2, rows["val"] + rows["test"], shape["vocab"],
+                    k_max, shape["hidden"], query_logits=False)  # fmt: skip
+
+
+def datastore_disk_bytes(experiment: dict, sizes: RunSizes) -> int:
+    """datastore.npz as lm_datastore writes it: float16 training keys, float32 query keys, the final hidden
+    states beside keys of another layer, int64 next tokens and positions, the float32 output layer."""
+    hidden = experiment["datastore"]["key"] != "final_hidden"
+    n, q, d, h = sizes.datastore_rows, sizes.queries, sizes.dim, sizes.hidden
+    arrays = {"train_keys": (n, d, 2), "query_keys": (q, d, 4), "next_pos": (n + q, 2, 8),
+              "head": (sizes.classes, h + 1, 4)}  # fmt: skip
+    if hidden:
+        arrays.update(train_hidden=(n, h, 2), query_hidden=(q, h, 4))
+    return streamed_disk_bytes(arrays)
+
+
+def model_memory_bytes(experiment: dict, model: str, batch_windows: int, training: bool) -> int:
+    """lm_train's or lm_datastore's peak beyond the interpreter (an estimate, not a bound): the model in float32
+    (training: with gradients and Adam's moments), twice for a Hugging Face model (its loaded weights and their
+    float32 copy), and one batch of windows' activations at about 16 float32 values per position and hidden
+    unit (attention, the 4·h MLP, the captured states), three times that while training (the backward pass)."""
+    shape = model_shape(experiment, model)
+    copies = 2 if "hf" in experiment["models"][model] else 1
+    batch = batch_windows * experiment["context"] * shape["hidden"] * 16 * 4 * (3 if training else 1)
+    return copies * model_bytes(shape["parameters"], training) + batch

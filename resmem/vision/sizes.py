@@ -1,0 +1,140 @@
+"""The sizes of an image run (`resmem.bounds.RunSizes`), for its jobs' requests and the planner: read from the
+run's embeddings.npz (or the user's embeddings file) where it exists, else estimated from the config: the
+dataset's pool sizes and the split's fractions, the model's feature width."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from resmem import io
+from resmem.bounds import RunSizes, streamed_disk_bytes
+
+# (train pool, test pool, classes) of the datasets whose sizes are fixed; digits' test split is carved from it.
+POOLS = {"digits": (1797, 0, 10), "cifar100": (50_000, 10_000, 100), "imagenet": (1_281_167, 50_000, 1000)}
+RESNET_WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+FOLDER_SPLITS = {"imagenet": ("train", "val"), "imagefolder": ("train", "test")}
+
+
+def feature_width(spec: dict, classes: int, channels: int = 3) -> int:
+    """The width of a model's features (the keys ResMem searches), from its spec: the architectures' own rule
+    (tests/test_sizes.py checks it against the built models), a timm model built on the meta device."""
+    arch = spec["arch"]
+    if arch == "small_cnn":
+        return 2 * spec.get("width", 8)
+    if arch == "cifar_resnet":
+        return max(1, round(64 * spec.get("width_multiplier", 1.0)))
+    if arch in RESNET_WIDTHS:
+        return RESNET_WIDTHS[arch]
+    return _timm_width(tuple(sorted((k, str(v)) for k, v in spec.items())), classes, channels)
+
+
+@lru_cache
+def _timm_width(spec_items: tuple, classes: int, channels: int) -> int:
+    import torch
+
+    from resmem.vision.models import build_model
+
+    spec = {k: v for k, v in spec_items}
+    with torch.device("meta"):
+        model = build_model({**spec, "pretrained": False}, classes, channels)
+        return int(model.features(torch.empty(1, channels, 224, 224)).shape[1])
+
+
+@lru_cache
+def _folder_pool(root: str, split: str) -> tuple[int, int]:
+    """(images, classes) of a class-folder split: files one level below each class folder."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        return 0, 0
+    classes = [entry for entry in os.scandir(folder) if entry.is_dir()]
+    return sum(sum(1 for f in os.scandir(c.path) if f.is_file()) for c in classes), len(classes)
+
+
+def split_sizes(dataset: dict) -> tuple[int, int, int, int]:
+    """(train, val, test, classes) of the config's split, as `resmem.vision.data.make_split` carves it."""
+    name = dataset["name"]
+    if name in POOLS:
+        train_pool, test_pool, classes = POOLS[name]
+    else:
+        train_split, test_split = FOLDER_SPLITS[name]
+        train_pool, classes = _folder_pool(str(dataset["root"]), train_split)
+        test_pool, _ = _folder_pool(str(dataset["root"]), test_split)
+    subsample = dataset.get("subsample") or {}
+    if test_pool:
+        train_pool = min(train_pool, (subsample.get("train") or train_pool) * classes)
+        test_pool = min(test_pool, (subsample.get("test") or test_pool) * classes)
+    else:
+        test_pool = round(dataset["test_fraction"] * train_pool)
+        train_pool -= test_pool
+    val = round(dataset["val_fraction"] * train_pool)
+    return train_pool - val, val, test_pool, classes
+
+
+def run_sizes(experiment: dict, run: dict, datastore_path=None) -> RunSizes:
+    """A run's sizes: from its datastore file where it exists (the job's own input, at run time), else from the
+    user's embeddings file or the config (planning)."""
+    k_max = max(experiment["knn"]["k"])
+    source = datastore_path if datastore_path and Path(datastore_path).exists() else None
+    if source is None and "embeddings" in experiment:
+        source = experiment["embeddings"][run["model"]]["path"]
+    if source is not None:
+        arrays = io.load_npz(source, ["train_emb", "test_emb", "test_logits"], mmap=True, optional=["val_emb"])
+        n, dim = arrays["train_emb"].shape
+        queries = len(arrays["test_emb"]) + len(arrays.get("val_emb", ()))
+        if "val_emb" not in arrays:  # the embeddings_file stage carves val from train
+            val = round(experiment["dataset"]["val_fraction"] * n)
+            n, queries = n - val, queries + val
+        if source != datastore_path:  # the user's file: the run keeps a fraction of its training rows
+            n = round(float(run["train_fraction"]) * n)
+        return RunSizes(n, n, dim, 4, queries, arrays["test_logits"].shape[1], k_max)
+    train, val, test, classes = split_sizes(experiment["dataset"])
+    n = round(float(run["train_fraction"]) * train)
+    channels = 1 if experiment["dataset"]["name"] == "digits" else 3
+    dim = feature_width(experiment["models"][run["model"]], classes, channels)
+    return RunSizes(n, n, dim, 4, val + test, classes, k_max)
+
+
+def embeddings_disk_bytes(sizes: RunSizes) -> int:
+    """embeddings.npz as embed writes it: per split float32 embeddings and logits, int64 labels (and the
+    training rows)."""
+    width = sizes.dim + sizes.classes
+    arrays = {"train": (sizes.datastore_rows, width, 4), "queries": (sizes.queries, width, 4),
+              "labels": (sizes.datastore_rows + sizes.queries, 2, 8)}  # fmt: skip
+    return streamed_disk_bytes(arrays)
+
+
+def forward_flops(spec: dict, classes: int, channels: int, size: int) -> float:
+    """FLOPs of one forward pass of one image, counted with torch.utils.flop_counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from resmem.vision.models import build_model
+
+    model = build_model({**spec, "pretrained": False} if spec["arch"] == "timm" else spec, classes, channels).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, channels, size, size))
+    return float(counter.get_total_flops())
+
+
+def gpu_hours(experiment: dict, tflops: float, tflops_small: float) -> dict[str, float]:
+    """Estimated GPU hours per rule of an image experiment (`resmem.plan`): training 3 forward passes per image and
+    epoch, embedding one per datastore, val and test image, the exact search 2·d·N·Q; at `tflops_small` sustained
+    TFLOP/s for images of 64 px or less, else `tflops`."""
+    if "embeddings" in experiment:
+        return {}
+    dataset = experiment["dataset"]
+    size = {"digits": 8, "cifar100": 32}.get(dataset["name"], dataset["image_size"])
+    rate = (tflops_small if size <= 64 else tflops) * 1e12 * 3600
+    channels = 1 if dataset["name"] == "digits" else 3
+    hours = {"train": 0.0, "embed": 0.0, "neighbors": 0.0}
+    for model, spec in experiment["models"].items():
+        for fraction in experiment["train_fractions"]:
+            sizes = run_sizes(experiment, {"model": model, "train_fraction": fraction})
+            flops = forward_flops(spec, sizes.classes, channels, size)
+            seeds = len(experiment["seeds"])
+            hours["train"] += seeds * 3 * flops * sizes.datastore_rows * experiment["train"]["epochs"] / rate
+            hours["embed"] += seeds * flops * (sizes.datastore_rows + sizes.queries) / rate
+            hours["neighbors"] += seeds * 2 * sizes.dim * sizes.index_rows * sizes.queries / rate
+    return hours

@@ -1,0 +1,91 @@
+"""Jobs ask for the memory their data needs: the requests of index, neighbors and sweep follow the datastore's
+size (dry runs of two configs that differ only in it), and the planning-time sizes they are computed from match
+the models and files they describe."""
+
+import numpy as np
+import pytest
+import torch
+
+from resmem import io
+from resmem.config import load
+from resmem.lm.model import build_lm
+from resmem.lm.sizes import gpt_parameters
+from resmem.lm.sizes import run_sizes as lm_run_sizes
+from resmem.vision.models import build_model
+from resmem.vision.sizes import feature_width
+from resmem.vision.sizes import run_sizes as vision_run_sizes
+from tests.conftest import REPO, job_resources, snakemake, write_config
+
+
+def lm_only(train_bytes):
+    def edit(config):
+        experiment = config["lm_experiments"]["stdlib_lm"]
+        experiment["corpus"]["max_bytes"]["train"] = train_bytes
+        experiment["datastore"]["max_tokens"] = None
+        experiment["models"] = {"gpt_l1_d96": {"n_layer": 1, "n_head": 2, "n_embd": 96}}
+        experiment["datastore"]["fractions"] = [1.0]
+        config["experiments"], config["regression"] = {}, {}
+
+    return edit
+
+
+def requested_mb(workdir, train_bytes):
+    config = write_config(workdir / f"lm{train_bytes}.yaml", lm_only(train_bytes), base="config.yaml")
+    jobs = job_resources(snakemake(workdir, "-n", configfile=config).stdout)
+    return {rule: int(jobs[rule][0]["mem_mb"]) for rule in ("lm_index", "lm_neighbors", "lm_sweep", "lm_predict")}
+
+
+def test_requests_follow_the_datastore_size_in_a_dry_run(tmp_path):
+    """Byte tokens, stride 1, no token budget: the datastore has one row per training byte. A flat index holds
+    N × 96 float32 values (384 bytes a row, plus its row number: 392); the search holds the index too; the sweep
+    holds the Q × k neighbours and its chunk budgets, none of which depend on N. So 8 MB more text asks the index
+    and the search for 1.25 × 8e6 × 392 bytes ≈ 3,920 MB more (1.25: the allocator's slack), the sweep for 0."""
+    small, large = requested_mb(tmp_path, 2_000_000), requested_mb(tmp_path, 10_000_000)
+    assert abs(large["lm_index"] - small["lm_index"] - 1.25 * 8e6 * 392 / 1e6) <= 100
+    assert abs(large["lm_neighbors"] - small["lm_neighbors"] - 1.25 * 8e6 * 384 / 1e6) <= 100
+    assert large["lm_sweep"] == small["lm_sweep"] and large["lm_predict"] == small["lm_predict"]
+    assert small["lm_index"] >= 1.25 * 2e6 * 392 / 1e6  # the index alone, before the interpreter
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"arch": "small_cnn", "width": 3}, {"arch": "cifar_resnet", "depth": 8, "width_multiplier": 0.5},
+     {"arch": "resnet18"}, {"arch": "resnet50"}, {"arch": "timm", "name": "resnet10t"}],
+)  # fmt: skip
+def test_planned_feature_width_is_the_built_models(spec):
+    model = build_model(spec, 7, 3).eval()
+    with torch.no_grad():
+        assert model.features(torch.zeros(1, 3, 32, 32)).shape[1] == feature_width(spec, 7, 3)
+
+
+def test_planned_gpt_parameters_are_the_built_models():
+    spec = {"n_layer": 3, "n_head": 4, "n_embd": 48}
+    model = build_lm(spec, 300, 40)
+    assert sum(p.numel() for p in model.parameters()) == gpt_parameters(spec, 300, 40)
+
+
+def test_sizes_come_from_the_datastore_once_it_exists(tmp_path):
+    """At run time the request reads the job's own input: the rows, width and queries of the file, not the
+    config's estimate."""
+    experiment = load(REPO / "config" / "config.yaml")["lm_experiments"]["stdlib_lm"]
+    arrays = {"train_keys": np.zeros((5000, 24), np.float16), "val_keys": np.zeros((30, 24), np.float32),
+              "test_keys": np.zeros((40, 24), np.float32), "head_weight": np.zeros((256, 24), np.float32)}  # fmt: skip
+    io.save_npz(tmp_path / "datastore.npz", **arrays)
+    sizes = lm_run_sizes(experiment, {"model": "gpt_l1_d32", "store_fraction": "0.5"}, tmp_path / "datastore.npz")
+    assert (sizes.datastore_rows, sizes.index_rows, sizes.dim, sizes.key_bytes) == (5000, 2500, 24, 2)
+    assert (sizes.queries, sizes.classes, sizes.k_max) == (70, 256, 64)
+    planned = lm_run_sizes(experiment, {"model": "gpt_l1_d32", "store_fraction": "0.5"}, tmp_path / "none.npz")
+    assert (planned.datastore_rows, planned.dim, planned.queries) == (200_000, 32, 20_000)  # max_tokens, eval_tokens
+
+
+def test_image_sizes_follow_the_split(tmp_path):
+    experiment = load(REPO / "config" / "smoke.yaml")["experiments"]["smoke"]
+    sizes = vision_run_sizes(experiment, {"model": "cnn_w4", "train_fraction": "0.5"})
+    test = round(0.25 * 1797)
+    val = round(0.2 * (1797 - test))
+    assert (sizes.datastore_rows, sizes.queries, sizes.dim, sizes.classes) == (
+        round(0.5 * (1797 - test - val)),
+        val + test,
+        8,
+        10,
+    )
