@@ -118,11 +118,13 @@ def rule_table(output: str, gpu_hours: dict[str, float]) -> list[str]:
 def plan(config_path, tflops: float, tflops_small: float) -> list[str]:
     config = load(config_path)
     output = dry_run(config_path)
-    hours = defaultdict(float)
+    hours, assumed = defaultdict(float), []
     for section, module in SIZES.items():  # each kind's estimate, named as the workflow names its stages
+        sizes = import_module(module)
         for experiment in config[section].values():
-            for rule, value in import_module(module).gpu_hours(experiment, tflops, tflops_small).items():
+            for rule, value in sizes.gpu_hours(experiment, tflops, tflops_small).items():
                 hours[rule] += value
+            assumed += sizes.assumptions(experiment)
     one_a_step, grouped = submissions(output)
     total = sum(hours.values())
     return [
@@ -132,6 +134,7 @@ def plan(config_path, tflops: float, tflops_small: float) -> list[str]:
         "",
         f"{sum(planned_jobs(output).values()):,} jobs; on SLURM {one_a_step:,} submissions one a step, "
         f"{grouped:,} with each run's search chain as one job; about {total:,.0f} GPU hours (estimate).",
+        *(f"Assumed: {line}." for line in assumed),
         "",
     ]
 

@@ -36,11 +36,13 @@ def corpus_bytes(corpus: dict) -> dict[str, int]:
     budgets = corpus.get("max_bytes") or {}
     if corpus["name"] in CORPUS_BYTES:
         known = CORPUS_BYTES[corpus["name"]]
+    elif corpus["name"] == "c4":  # the corpus stage requires a budget for every split of c4
+        known = {s: budgets.get(s) or 0 for s in SPLITS}
     else:
         if corpus["name"] == "stdlib":
             total = _tree_bytes(sysconfig.get_paths()["stdlib"], ".py")
         else:
-            path = Path(str(corpus.get("path") or ".")).expanduser()
+            path = Path(str(corpus["path"])).expanduser()  # the text corpus: a file or a folder of them
             total = _tree_bytes(str(path), "") if path.is_dir() else path.stat().st_size if path.exists() else 0
         val, test = corpus.get("val_fraction", 0.1), corpus.get("test_fraction", 0.1)
         known = {"train": round(total * (1 - val - test)), "val": round(total * val), "test": round(total * test)}
@@ -95,6 +97,17 @@ def gpt_parameters(spec: dict, vocab: int, context: int) -> int:
     the output layer is tied to the token embedding."""
     d = spec.get("n_embd", 64)
     return (vocab + context) * d + spec.get("n_layer", 2) * (12 * d * d + 13 * d) + 2 * d
+
+
+def assumptions(experiment: dict) -> list[str]:
+    """What the planner could not read and assumed: Hugging Face models not in the local cache."""
+    missing = [
+        m for m, spec in experiment["models"].items() if "hf" in spec and not hf_shape(spec["hf"], spec.get("revision"))
+    ]
+    if not missing:
+        return []
+    return [f"{', '.join(missing)}: not in the Hugging Face cache; planned at width {ASSUMED_HF['hidden']:,}, "
+            f"vocabulary {ASSUMED_HF['vocab']:,} and {ASSUMED_HF['parameters']:,} parameters"]  # fmt: skip
 
 
 def model_shape(experiment: dict, model: str) -> dict:
@@ -155,3 +168,28 @@ def model_memory_bytes(experiment: dict, model: str, batch_windows: int, trainin
     copies = 2 if "hf" in experiment["models"][model] else 1
     batch = batch_windows * experiment["context"] * shape["hidden"] * 16 * 4 * (3 if training else 1)
     return copies * model_bytes(shape["parameters"], training) + batch
+
+
+def gpu_hours(experiment: dict, tflops: float, tflops_small: float = 0.0) -> dict[str, float]:
+    """Estimated GPU hours per rule of a language-model experiment (`resmem.plan`): 2 FLOPs a parameter and
+    token forward (the attention over the context adds 2·n_layer·context·d, counted for our GPTs), training 3
+    forward passes per training token and epoch, the datastore one per kept position and query, the exact search
+    2·d·N·Q per datastore fraction; at `tflops` sustained TFLOP/s (`tflops_small` is the images' rate for small
+    pictures, unused here)."""
+    rate = tflops * 1e12 * 3600
+    tokens = split_tokens(experiment)
+    rows = datastore_rows(experiment, tokens)
+    hours = {"lm_train": 0.0, "lm_datastore": 0.0, "lm_neighbors": 0.0}
+    for model, spec in experiment["models"].items():
+        shape = model_shape(experiment, model)
+        per_token = 2 * shape["parameters"]
+        if "hf" not in spec:
+            per_token += 2 * spec.get("n_layer", 2) * experiment["context"] * shape["hidden"]
+        seeds = len(experiment["seeds"])
+        epochs = spec.get("epochs", experiment["train"]["epochs"])
+        hours["lm_train"] += seeds * 3 * per_token * tokens["train"] * epochs / rate
+        hours["lm_datastore"] += seeds * per_token * sum(rows.values()) / rate
+        queries = rows["val"] + rows["test"]
+        for fraction in experiment["datastore"]["fractions"]:
+            hours["lm_neighbors"] += seeds * 2 * shape["hidden"] * fraction * rows["train"] * queries / rate
+    return hours

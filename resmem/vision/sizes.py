@@ -105,6 +105,14 @@ def embeddings_disk_bytes(sizes: RunSizes) -> int:
     return streamed_disk_bytes(arrays)
 
 
+def assumptions(experiment: dict) -> list[str]:
+    """What the planner could not read and assumed: a dataset folder that is not there yet."""
+    dataset = experiment["dataset"]
+    if dataset["name"] in POOLS or "embeddings" in experiment or split_sizes(dataset)[0]:
+        return []
+    return [f"dataset.root {dataset['root']}: no class folders yet; the planned sizes are 0 until they exist"]
+
+
 def forward_flops(spec: dict, classes: int, channels: int, size: int) -> float:
     """FLOPs of one forward pass of one image, counted with torch.utils.flop_counter."""
     import torch
