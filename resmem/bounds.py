@@ -6,13 +6,16 @@ A run's sizes (`RunSizes`): N datastore rows of which `index_rows` are indexed, 
 `key_bytes` a value, Q = val + test queries searched at k = k_max, C classes (the vocabulary V for tokens) and,
 for language models, the final hidden width h. Peak memory, in bytes, beyond the interpreter (BASE_MB):
 
-- index: the index (`index_bytes`), its training sample of min(N, 256·nlist)·d·4 (IVF), one added chunk of
-  16,384·d·4 and the row list, N·8.
-- neighbors: the index, the results, Q·k·12, one query chunk's vectors and results, query_chunk·(d·4 + k·24),
-  and the exact re-ranking's RERANK_CHUNK_BYTES.
-- sweep, predict: the neighbours, Q·k·12, the query logits of images, Q·C·4, and three sweep budgets,
-  3·sweep_chunk_mb (the engine's residual table and chunk, the float64 re-decisions).
-- corpus: one tokenize batch (`resmem.lm.corpus`) and the longest document (`resmem.lm.sizes`).
+- index: twice the index (`index_bytes`: faiss grows its arrays by reallocation while vectors are added, old and
+  new side by side) and twice its training sample of min(N, 256·nlist)·d·4 (IVF: k-means and the product
+  quantizer each copy it), one added chunk of 16,384·d·4 and the row list, N·8.
+- neighbors: the index (an IVF-PQ index read back also builds its precomputed table, nlist·pq_m·2^pq_bits·4),
+  the row list N·8, the results, Q·k·12, one query chunk's vectors and results, query_chunk·(d·4 + k·36), the
+  exact re-ranking's RERANK_CHUNK_BYTES and faiss's SEARCH_BUFFERS.
+- sweep, predict: the neighbours twice, Q·k·24 (as loaded, and val and test stacked), the query logits of
+  images, Q·C·4, and three sweep budgets, 3·sweep_chunk_mb (the engine's residual table and chunk, the float64
+  re-decisions).
+- corpus (language models): one tokenize batch and its ids, and the longest document (`resmem.lm.sizes`).
 
 Memmapped inputs are read in chunks and count as page cache, not as the job's own memory. Stages that run a
 model (train, embed, datastore) hold it and a batch: `model_bytes`.
@@ -25,11 +28,11 @@ from dataclasses import dataclass
 from resmem.knn import DEFAULT_QUERY_CHUNK, RERANK_CHUNK_BYTES
 
 MB = 10**6  # Snakemake's and SLURM's mem_mb are megabytes
-BASE_MB = {"numpy": 300, "torch": 1000}  # the interpreter, numpy/faiss, and torch with its CUDA libraries
-STAGE_BASE = {"index": "numpy", "neighbors": "numpy", "sweep": "torch", "predict": "torch"}
-TOKENIZE_CHUNK_BYTES = 8 * 2**20  # resmem.lm.corpus: text tokenized at a time
-TOKEN_OVERHEAD = 80  # bytes a token while a batch is tokenized (the tokenizer's ids, offsets, masks, our array)
-LONGEST_DOCUMENT = 64 * 2**20  # a file or an article held whole while its text is read
+# The interpreter and what a stage imports, in MB: numpy alone, faiss (its GPU build loads CUDA libraries), torch
+# (with CUDA's libraries and context on a GPU node). Measured on the CPU (bench/bench_requests.py): 80, 320, 1,000.
+BASE_MB = {"numpy": 300, "faiss": 800, "torch": 2000}
+SEARCH_BUFFERS = 128 * 2**20  # faiss's result heaps and scratch: ~100 MB whatever the size (bench/bench_scale.py)
+STAGE_BASE = {"index": "faiss", "neighbors": "faiss", "sweep": "torch", "predict": "torch"}
 
 
 @dataclass(frozen=True)
@@ -59,22 +62,19 @@ def index_bytes(sizes: RunSizes, knn: dict) -> int:
 def stage_bytes(stage: str, sizes: RunSizes, knn: dict) -> int:
     """Peak memory of a shared stage (index, neighbors, sweep, predict) beyond BASE_MB: the table above."""
     n, d, q, k = sizes.index_rows, sizes.dim, sizes.queries, sizes.k_max
+    nlist = knn["nlist"] or max(1, int(4 * n**0.5))
     if stage == "index":
-        nlist = knn["nlist"] or max(1, int(4 * n**0.5))
         sample = min(n, 256 * nlist) * d * 4 if knn["index"] != "flat" else 0
-        return index_bytes(sizes, knn) + sample + DEFAULT_QUERY_CHUNK * d * 4 + sizes.datastore_rows * 8
+        return 2 * (index_bytes(sizes, knn) + sample) + DEFAULT_QUERY_CHUNK * d * 4 + sizes.datastore_rows * 8
     if stage == "neighbors":
         chunk = min(q, knn["query_chunk"])
-        return index_bytes(sizes, knn) + q * k * 12 + chunk * (d * 4 + k * 24) + RERANK_CHUNK_BYTES
+        table = nlist * knn["pq_m"] * 2 ** knn["pq_bits"] * 4 if knn["index"] == "ivfpq" else 0
+        held = index_bytes(sizes, knn) + table + sizes.index_rows * 8
+        return held + q * k * 12 + chunk * (d * 4 + k * 36) + RERANK_CHUNK_BYTES + SEARCH_BUFFERS
     if stage in ("sweep", "predict"):
         logits = q * sizes.classes * 4 if sizes.query_logits else 0
-        return q * k * 12 + logits + 3 * knn["sweep_chunk_mb"] * 2**20
+        return q * k * 24 + logits + 3 * knn["sweep_chunk_mb"] * 2**20
     raise ValueError(f"no bound for stage {stage!r}")
-
-
-def corpus_bytes() -> int:
-    """The corpus stage: one tokenize batch and its ids, and the longest document, whatever the corpus size."""
-    return TOKENIZE_CHUNK_BYTES * (1 + TOKEN_OVERHEAD) + LONGEST_DOCUMENT
 
 
 def model_bytes(parameters: int, training: bool, activations: int = 0) -> int:

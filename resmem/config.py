@@ -112,6 +112,11 @@ def check_semantics(config: dict) -> None:
                 "elsewhere), exactly one of them"
             )
         check_image_cache(f"experiments.{name}", experiment["dataset"]["cache"], experiment["train"]["augment"])
+        if experiment["knn"]["methods"] != ["resmem", "knnlm"]:
+            raise ConfigError(
+                f"invalid config at experiments.{name}.knn.methods: only language-model studies choose their methods; "
+                "image studies always run resmem and the knn and knn_interp baselines (remove it)"
+            )
         if "embeddings" in experiment:
             for key, default in (("train_fractions", [1.0]), ("seeds", [0])):
                 if experiment[key] != default:

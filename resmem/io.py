@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import struct
 import subprocess
 import tempfile
@@ -63,42 +64,84 @@ def save_npz(path, **arrays) -> None:
         np.savez(f, **arrays)
 
 
-def save_npz_streaming(path, blocks, rows: dict[str, int]) -> None:
-    """Write an .npz whose arrays arrive in row blocks: `blocks` yields (key, array) pairs, the blocks of a key
-    in order, and `rows` gives each key's total row count.
+def require_free_space(path, need_bytes: int, stage: str) -> None:
+    """Fail before a large write, with nothing written, when the filesystem that is to hold `path` has less than
+    `need_bytes` free: the message names the stage, the bytes and the folder."""
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise ArtifactError(
+            f"{stage}: {Path(path).name} needs {need_bytes / 1e9:,.2f} GB of disk while it is written (the file and a "
+            f"scratch copy of its largest array) but {folder} has {free / 1e9:,.2f} GB free; free space there or run "
+            "the workflow where there is more (snakemake --directory)"
+        )
 
-    Each array is filled block by block into a .npy memmap beside `path`, then copied into the (uncompressed)
-    zip in 16 MiB pieces as np.savez does, so memory stays bounded however large the arrays (an ImageNet
-    datastore is ~10 GB). Each scratch file is deleted as soon as it is copied: the disk holds the datastore
-    plus its largest array at most, not twice the datastore (a WikiText-103 GPT-2 datastore is ~360 GB)."""
+
+def save_npz_streaming(path, blocks, rows: dict[str, int] | None = None) -> None:
+    """Write an .npz whose arrays arrive in row blocks: `blocks` yields (key, array) pairs, the blocks of a key
+    in order; `rows` gives the total row count of the keys that know it up front (a missing key, or rows=None:
+    as many rows as its blocks bring, e.g. the tokens of a split, counted only once tokenized).
+
+    A key with a known count is filled block by block into a .npy memmap beside `path` (its count is checked);
+    one without is appended to a raw scratch file there with plain writes, and read back the same way, so its
+    pages never count in the process's resident memory. Each is then copied into the (uncompressed) zip in
+    16 MiB pieces as np.savez does, so memory stays bounded however large the arrays (an ImageNet datastore is
+    ~10 GB). Each scratch file is deleted as soon as it is copied: the disk holds the datastore plus its largest
+    array at most, not twice the datastore (a WikiText-103 GPT-2 datastore is ~360 GB)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, np.ndarray] = {}
+    rows = rows or {}
+    arrays: dict[str, np.ndarray] = {}  # the keys with a known count: their .npy memmaps
+    appended: dict[str, tuple] = {}  # the others: (their open raw file, dtype, shape of one row)
     filled: dict[str, int] = {}
     try:
         for key, block in blocks:
-            if key not in arrays:
-                arrays[key] = np.lib.format.open_memmap(
-                    path.parent / f".{path.name}.{key}.npy",
-                    mode="w+",
-                    dtype=block.dtype,
-                    shape=(rows[key], *block.shape[1:]),
-                )
+            if key not in filled:
+                scratch = path.parent / f".{path.name}.{key}.npy"
+                if key in rows:
+                    shape = (rows[key], *block.shape[1:])
+                    arrays[key] = np.lib.format.open_memmap(scratch, mode="w+", dtype=block.dtype, shape=shape)
+                else:
+                    appended[key] = (open(scratch, "wb"), block.dtype, block.shape[1:])
                 filled[key] = 0
-            arrays[key][filled[key] : filled[key] + len(block)] = block
+            if key in arrays:
+                arrays[key][filled[key] : filled[key] + len(block)] = block
+            else:
+                raw, dtype, row_shape = appended[key]
+                if block.shape[1:] != row_shape:
+                    raise ValueError(f"{path}: a block of {key} has rows of shape {block.shape[1:]}, not {row_shape}")
+                raw.write(np.ascontiguousarray(block, dtype=dtype).data)
             filled[key] += len(block)
         short = {k: (filled[k], rows[k]) for k in arrays if filled[k] != rows[k]}
         if short:
             raise ValueError(f"{path}: rows written vs expected {short}")
         with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for key in list(arrays):
+            for key in filled:
+                scratch = path.parent / f".{path.name}.{key}.npy"
                 with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, arrays.pop(key), allow_pickle=False)
-                (path.parent / f".{path.name}.{key}.npy").unlink()
+                    if key in arrays:
+                        np.lib.format.write_array(member, arrays.pop(key), allow_pickle=False)
+                    else:
+                        raw, dtype, row_shape = appended.pop(key)
+                        raw.close()
+                        _copy_raw_rows(scratch, member, dtype, (filled[key], *row_shape))
+                scratch.unlink()
     finally:
-        arrays.clear()  # drop the memmaps before their files
+        arrays.clear()  # drop the memmaps and close the files before deleting them
+        for raw, _, _ in appended.values():
+            raw.close()
         for scratch in path.parent.glob(f".{path.name}.*.npy"):
             scratch.unlink()
+
+
+def _copy_raw_rows(file, member, dtype: np.dtype, shape: tuple) -> None:
+    """A .npy header for `shape` and `dtype`, then the raw C-order data of `file`, in 16 MiB pieces."""
+    np.lib.format.write_array_header_1_0(
+        member, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    )
+    with open(file, "rb") as raw:
+        shutil.copyfileobj(raw, member, 16 << 20)
 
 
 def npz_memmap(path, key: str) -> np.ndarray:

@@ -99,19 +99,20 @@ def _span(values) -> str:
 
 
 def rule_table(output: str, gpu_hours: dict[str, float]) -> list[str]:
-    """A markdown table: per rule its jobs, the mem_mb and disk_mb a job asks for (a range over the jobs), GPU
-    hours of all its jobs."""
+    """A markdown table: per rule its jobs, the mem_mb and disk_mb a job asks for (a range over the jobs), the disk
+    all its jobs write (their disk_mb: a streamed datastore's includes its scratch copy) and their GPU hours."""
     by_rule = defaultdict(list)
     for job in job_listing(output):
         by_rule[job["rule"]].append(job["resources"])
-    lines = ["| rule | jobs | mem_mb a job | disk_mb a job | GPU | GPU hours, all jobs (estimate) |",
-             "|---|---:|---:|---:|---|---:|"]  # fmt: skip
+    lines = ["| rule | jobs | mem_mb a job | disk_mb a job | disk, all jobs (GB) | GPU | GPU hours, all jobs |",
+             "|---|---:|---:|---:|---:|---|---:|"]  # fmt: skip
     for rule, jobs in by_rule.items():
         mem = [int(j["mem_mb"]) for j in jobs if j.get("mem_mb", "").isdigit()]
         disk = [int(j["disk_mb"]) for j in jobs if j.get("disk_mb", "").isdigit()]
+        total = f"{sum(disk) / 1000:,.1f}" if disk else ""
         gpu = "yes" if any(j.get("gpu") == "1" for j in jobs) else ""
         hours = f"{gpu_hours[rule]:,.1f}" if rule in gpu_hours else ""
-        lines.append(f"| {rule} | {len(jobs)} | {_span(mem)} | {_span(disk)} | {gpu} | {hours} |")
+        lines.append(f"| {rule} | {len(jobs)} | {_span(mem)} | {_span(disk)} | {total} | {gpu} | {hours} |")
     return lines
 
 

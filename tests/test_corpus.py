@@ -367,7 +367,7 @@ def test_bpe_without_tokenizers_package(monkeypatch, tmp_path):
         make_tokenizer(config(tokenizer="bpe", tokenizer_file=str(tmp_path / "tok.json")))
 
 
-def train_bpe(path: Path, eos: bool) -> Path:
+def train_bpe(path: Path, eos: bool, strings=None, vocab_size: int = 300) -> Path:
     tokenizers = pytest.importorskip("tokenizers", reason="the optional tokenizers package is not installed")
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -376,9 +376,9 @@ def train_bpe(path: Path, eos: bool) -> Path:
     tok.decoder = decoders.ByteLevel()
     special = ["<|endoftext|>"] if eos else []
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    strings = ["def hello(world):\n    return world\n", "the quick brown fox — héllo wörld ✓\n"] * 20
+    strings = strings or ["def hello(world):\n    return world\n", "the quick brown fox — héllo wörld ✓\n"] * 20
     tok.train_from_iterator(strings, trainer=trainer)
     tok.save(str(path))
     return path

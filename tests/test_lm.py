@@ -1,6 +1,7 @@
 """The transformer, its token windows, and the token datastore against the model's own hidden states."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -8,9 +9,11 @@ import pytest
 import torch
 
 from resmem import io
+from resmem.bounds import RunSizes
 from resmem.config import ConfigError, validate
 from resmem.lm import stages as lm_stages
 from resmem.lm.model import GPT, TokenWindows, datastore_entries, datastore_positions, sliding_windows
+from resmem.lm.sizes import datastore_disk_bytes
 from resmem.lm.stages import load_datastore
 from resmem.stages import RowSubset, datastore_rows
 
@@ -164,6 +167,25 @@ def test_trained_datastore_round_trips(corpus):
     np.testing.assert_array_equal(arrays["head_weight"], model.token_embedding.weight.detach().numpy())
     report = json.loads((root / "ds.json").read_text())
     assert report["entries"] == {"train": 1000, "val": 300, "test": 300} and report["tokens_per_second"] > 0
+    # The disk the stage asks for covers the file it wrote (and a scratch copy of its largest array: the keys).
+    sizes = RunSizes(1000, 1000, 16, 2, 600, 256, 1, 16)
+    written, keys = (root / "ds.npz").stat().st_size, 1000 * 16 * 2
+    assert written <= datastore_disk_bytes(sizes, "final_hidden") - keys <= 1.01 * written + 4096
+
+
+def test_a_datastore_that_would_not_fit_the_disk_fails_before_writing(corpus, monkeypatch):
+    root, _ = corpus
+    cfg = tiny_config(epochs=1)
+    out = {"model": root / "model.pt", "train_log": root / "log.csv", "meta": root / "meta.json"}
+    lm_stages.train(root / "corpus.npz", root / "corpus.json", out, cfg["models"]["m"], cfg["train"], CONTEXT, 100,
+                    seed=0, device="cpu", threads=1, config={})  # fmt: skip
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+    store = {"key": "last_ffn_input", "stride": 1, "max_tokens": None, "batch_size": 4}
+    before = sorted(root.iterdir())
+    with pytest.raises(io.ArtifactError, match=rf"lm_datastore: ds.npz needs 0.\d\d GB .* but {root} has 0.00 GB free"):
+        lm_stages.datastore(root / "corpus.npz", root / "model.pt", root / "ds.npz", root / "ds.json", store, 300,
+                            eval_stride=None, amp=False, device="cpu", threads=1)  # fmt: skip
+    assert sorted(root.iterdir()) == before  # not a byte written: no datastore, no scratch file
 
 
 def test_datastore_fractions_are_nested_and_row_subsets_read_lazily():

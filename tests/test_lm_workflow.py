@@ -1,6 +1,7 @@
 """A tiny language-model experiment end to end: artifacts, the datastore-size study, caching and reruns."""
 
 import json
+import shutil
 
 import faiss
 import numpy as np
@@ -9,14 +10,16 @@ import pytest
 import yaml
 
 from resmem.artifacts import NEIGHBOR_KEYS
+from resmem.io import ArtifactError
 from resmem.lm.artifacts import (
     DATASTORE_KEYS,
     LM_FIGURES,
+    LM_METHOD_PREDICTION_KEYS,
     LM_PREDICTION_KEYS,
     LM_SUMMARY_COLUMNS,
     LM_SWEEP_COLUMNS,
 )
-from resmem.lm.tokens import select
+from resmem.lm.tokens import final_hidden, select
 from resmem.plan import planned_jobs
 from tests.conftest import REPO, exact_mcnemar, gpu_requests, snakemake
 
@@ -98,7 +101,8 @@ def test_store_artifacts(lm_run, fraction):
     assert chosen == select(sweep)
     # Per test position, each method's prediction at its selected point: what the sweep counted there.
     with np.load(run / "predictions.npz") as predicted:
-        assert sorted(predicted.files) == sorted(LM_PREDICTION_KEYS) and len(predicted["labels"]) == 1_000
+        every_key = [*LM_PREDICTION_KEYS, *(key for keys in LM_METHOD_PREDICTION_KEYS.values() for key in keys)]
+        assert sorted(predicted.files) == sorted(every_key) and len(predicted["labels"]) == 1_000
         for method, accuracy in (("base", chosen["resmem"]["base_test_accuracy"]),
                                  ("resmem", chosen["resmem"]["test_accuracy"]),
                                  ("knnlm", chosen["knnlm"]["test_accuracy"])):  # fmt: skip
@@ -194,3 +198,48 @@ def test_report_holds_the_lm_figures_with_captions(lm_run):
     for figure in LM_FIGURES:
         assert f"{figure}.png" in html
     assert "gpt_l1_d16, gpt_l1_d32" in html and "datastore fractions 0.5, 1.0" in html and "corpus stdlib" in html
+
+
+def test_a_knnlm_only_study_stores_no_training_hidden_states(lm_run, tmp_path):
+    """knn.methods [knnlm] with kNN-LM's key (last_ffn_input): the datastore keeps the keys and next tokens of the
+    training positions but not their final hidden states (the val/test ones stay: the base model's logits), the
+    sweep and the summary hold the base model and kNN-LM only, ResMem's columns empty."""
+    workdir = tmp_path / "knnlm"
+    shutil.copytree(lm_run["workdir"], workdir, symlinks=True)
+    config = yaml.safe_load(lm_run["config"].read_text())
+    experiment = config["lm_experiments"]["lm_smoke"]
+    experiment["models"] = {"gpt_l1_d16": experiment["models"]["gpt_l1_d16"]}
+    experiment["datastore"].update(key="last_ffn_input", fractions=[1.0])
+    experiment["knn"]["methods"] = ["knnlm"]
+    changed = workdir / "knnlm.yaml"
+    changed.write_text(yaml.safe_dump(config, sort_keys=False))
+    planned = planned_jobs(snakemake(workdir, "-n", configfile=changed).stdout)
+    assert "lm_train" not in planned and planned["lm_datastore"] == 1  # the trained model is kept
+    snakemake(workdir, configfile=changed)
+    run = workdir / "results" / "lm_smoke" / "gpt_l1_d16" / "seed0"
+    with np.load(run / "datastore.npz") as store:
+        assert "train_hidden" not in store.files and {"train_keys", "val_hidden", "test_hidden"} <= set(store.files)
+        assert store["train_keys"].shape == (20_000, 16)
+    sweep = pd.read_csv(run / "store1" / "sweep.csv")
+    assert set(sweep.method) == {"base", "knnlm"}
+    with np.load(run / "store1" / "predictions.npz") as p:
+        assert sorted(p.files) == sorted(["labels", "base", "base_loss", "knnlm", "knnlm_loss"])
+        base, knnlm = p["base"] == p["labels"], p["knnlm"] == p["labels"]
+    summary = pd.read_csv(workdir / "results" / "lm_smoke" / "summary.csv")
+    row = summary.iloc[0]
+    assert len(summary) == 1 and summary.filter(like="resmem_").isna().all().all()
+    assert row.knnlm_gain == pytest.approx(knnlm.mean() - base.mean())
+    assert row.knnlm_mcnemar_p == pytest.approx(exact_mcnemar(int((knnlm & ~base).sum()), int((base & ~knnlm).sum())))
+    markdown = (workdir / "results" / "lm_smoke" / "summary.md").read_text()
+    assert "| gpt_l1_d16 | 0.5 |" not in markdown and "| – | – |" in markdown  # ResMem's acc and gain: not run
+    assert "ResMem has no perplexity" not in markdown and "| gpt_l1_d16 | 1 | kNN-LM |" in markdown
+    for figure in LM_FIGURES:
+        assert (workdir / "results" / "lm_smoke" / "figures" / f"{figure}.png").stat().st_size > 10_000
+
+
+def test_resmem_on_a_datastore_without_training_hidden_states_fails_naming_the_fix():
+    arrays = {f"{s}_keys": np.zeros((3, 4), np.float16) for s in ("train", "val", "test")}
+    arrays.update(val_hidden=np.zeros((3, 4)), test_hidden=np.zeros((3, 4)))
+    with pytest.raises(ArtifactError, match="no final hidden states of its train positions.*add resmem to knn.methods"):
+        final_hidden(arrays, "train")
+    assert final_hidden(arrays, "test") is arrays["test_hidden"]

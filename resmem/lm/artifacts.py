@@ -48,7 +48,12 @@ LM_SUMMARY_COLUMNS = (
     "knnlm_loss_change_ci_low",
     "knnlm_loss_change_ci_high",
 )
+# The methods a study may run on its neighbours (knn.methods); a study without resmem stores no final hidden
+# states of the training positions
+LM_METHODS = ("resmem", "knnlm")
 # predictions.npz: per test position the next token, the predicted token of the base model, ResMem and kNN-LM
-# at their selected points, and −log p(y) of the base model and of kNN-LM at its point of lowest val perplexity
-LM_PREDICTION_KEYS = ("labels", "base", "resmem", "knnlm", "base_loss", "knnlm_loss")
+# at their selected points, and −log p(y) of the base model and of kNN-LM at its point of lowest val perplexity;
+# a method's arrays only where knn.methods runs it
+LM_PREDICTION_KEYS = ("labels", "base", "base_loss")
+LM_METHOD_PREDICTION_KEYS = {"resmem": ("resmem",), "knnlm": ("knnlm", "knnlm_loss")}
 LM_FIGURES = ("lm_accuracy_vs_size", "lm_gain_vs_datastore", "lm_sensitivity")

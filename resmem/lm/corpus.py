@@ -1,7 +1,8 @@
 """Text corpora for the language-model experiments (their tokenizers: `resmem.lm.tokenizers`): a corpus config in,
 token arrays per split and their provenance out.
 
-    tokens, meta = build_corpus(cfg)    # {"train"|"val"|"test": int32 1-D array}, JSON-serializable dict
+    meta = write_corpus(npz_path, cfg)  # {split}_tokens int32 1-D arrays into npz_path; a JSON-serializable dict
+    tokens, meta = build_corpus(cfg)    # the same arrays in memory, {"train"|"val"|"test": ...}, for small corpora
 
 Corpora (cfg["name"]):
   stdlib       the source of the running Python's standard library (offline, ~12 MB of .py on CPython 3.11):
@@ -14,6 +15,7 @@ Corpora (cfg["name"]):
                the same distribution without knowing the split's length up front. Needs max_bytes per split.
   wikitext103  Salesforce/wikitext "wikitext-103-raw-v1" with its own train/validation/test splits; its
                records are lines, regrouped into articles at the " = Title = " headings.
+               (These two: `resmem.lm.hf_corpora`.)
 
 Folders are split by file: each file goes to val, test or train by a stable hash of (split_seed, relative
 path), so adding or removing a file never moves another between splits. Within a split, files are taken in
@@ -24,27 +26,36 @@ UTF-8 character boundary. Budgets count document bytes, not separators.
 Documents are joined so that the model sees their boundaries: each document is followed by the separator,
 "\\n\\n" for the byte tokenizer (two newlines: what ends a Python module or a paragraph anyway) and the EOS
 token for a BPE tokenizer that has one ("\\n\\n" otherwise).
+
+Documents stream from the source through the tokenizer into the file, so the stage's peak memory is about one
+tokenize batch (TOKENIZE_CHUNK_BYTES of text and its ids) plus the largest document held whole (a folder's largest
+file, a dataset's longest article; a single file is read in pieces) plus the tokenizer, whatever the corpus length.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import hashlib
-import importlib
 import itertools
 import json
 import logging
+import mmap
 import os
 import platform
 import re
 import sysconfig
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from resmem import io
 from resmem.artifacts import SPLITS
 from resmem.config import ConfigError
-from resmem.lm.tokenizers import make_tokenizer
+from resmem.lm.hf_corpora import HF_DATASETS, hf_source
+from resmem.lm.tokenizers import TOKENIZE_CHUNK_BYTES, encode_stream, make_tokenizer, utf8_cut
 
 log = logging.getLogger("resmem")
 
@@ -57,19 +68,7 @@ PRUNE_DIRS = {
     "stdlib": frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}),
     "text": frozenset({".git", ".hg", ".svn", "__pycache__"}),
 }
-HF_DATASETS = {
-    # corpus name: (dataset, config, its split for each of ours, streaming)
-    "c4": ("allenai/c4", "en", {"train": "train", "val": "validation", "test": "validation"}, True),
-    "wikitext103": (
-        "Salesforce/wikitext",
-        "wikitext-103-raw-v1",
-        {"train": "train", "val": "validation", "test": "test"},
-        False,  # 0.5 GB: downloaded once into the HF cache, then reusable offline (HF_DATASETS_OFFLINE=1)
-    ),
-}
-# c4: val and test share its validation split, every other document each (even indices → val, odd → test).
-C4_CARVE = {"val": 0, "test": 1}
-WIKITEXT_TITLE = re.compile(r" = [^=].* = \n?")  # " = Title = " (sections are " = = Section = = ")
+READ_PIECE_BYTES = 8 << 20  # what a single-file corpus is read in, to check and hash it
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,24 +133,26 @@ def split_files(files, val_fraction: float, test_fraction: float, seed: int) -> 
     return out
 
 
-def utf8_prefix(data: bytes, limit: int) -> bytes:
+def utf8_prefix(data, limit: int):
     """The longest prefix of at most `limit` bytes that does not cut a UTF-8 character."""
-    if len(data) <= limit:
-        return data
-    cut = limit
-    while cut > 0 and data[cut] & 0xC0 == 0x80:  # 10xxxxxx: a continuation byte, not a character start
-        cut -= 1
-    return data[:cut]
+    return data[: utf8_cut(data, limit)]
 
 
-def check_utf8(data: bytes, where: str) -> None:
-    try:
-        data.decode("utf-8", errors="strict")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"corpus: {where} is not UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 4]!r}); "
-            "convert it, or leave it out with corpus.exclude"
-        ) from None
+def check_utf8(pieces, where: str) -> None:
+    """Raise a ConfigError naming `where` and the offset of the first byte that is not UTF-8 in `pieces`
+    (consecutive bytes: a file read in pieces, a character possibly cut between two)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    offset = 0
+    for piece in itertools.chain(pieces, [b""]):  # b"": the end, where no character may be left open
+        pending = decoder.getstate()[0]  # the start of a character that the previous piece left open
+        try:
+            decoder.decode(piece, final=not piece)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"corpus: {where} is not UTF-8 (byte {offset - len(pending) + exc.start}: "
+                f"{exc.object[exc.start : exc.start + 4]!r}); convert it, or leave it out with corpus.exclude"
+            ) from None
+        offset += len(piece)
 
 
 def read_files(root: Path, rels):
@@ -161,39 +162,97 @@ def read_files(root: Path, rels):
             data = (root / rel).read_bytes()
         except OSError as exc:  # a broken link, a file without read permission
             raise ConfigError(f"corpus: cannot read {root / rel} ({exc}); leave it out with corpus.exclude") from exc
-        check_utf8(data, str(root / rel))
+        check_utf8([data], str(root / rel))
         yield rel, data
 
 
-def take(docs, budget: int | None) -> tuple[list[tuple[str, bytes]], str | None]:
-    """Documents (name, bytes) in order until `budget` bytes, the last one truncated; empty documents are
-    skipped (they would add a bare separator). Returns (taken, the name of the truncated document or None)."""
-    taken, total = [], 0
+class FileRange:
+    """Bytes [start, stop) of a file, read only when asked: a single-file corpus's split is one document as large
+    as its share of the file, taken and tokenized in pieces. Like bytes: len(data), data[i] (an int), data[a:b]
+    (again a FileRange, nothing read); bytes(data) reads it."""
+
+    def __init__(self, path: Path, start: int, stop: int):
+        self.path, self.start, self.stop = path, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, _ = index.indices(len(self))
+            return FileRange(self.path, self.start + start, self.start + max(start, stop))
+        return bytes(self[index : index + 1])[0]
+
+    def __bytes__(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            return f.read(len(self))
+
+
+def byte_pieces(data, size: int):
+    """data (bytes or a FileRange) as consecutive bytes of at most `size` each: a FileRange is never read whole."""
+    for start in range(0, len(data), size):
+        yield bytes(data[start : start + size])
+
+
+class SplitRecord:
+    """What the metadata says of a split, gathered by `take` as its documents stream past, and its token count."""
+
+    def __init__(self):
+        self.files: list[dict] = []  # {"path": name, "bytes": length} of each document
+        self.truncated: str | None = None
+        self.tokens = 0
+        # Over (name, length, bytes) of each document in order: any change of text, order or split shows.
+        self.digest = hashlib.sha256()
+
+    def summary(self) -> dict:
+        return {
+            "documents": len(self.files),
+            "bytes": sum(f["bytes"] for f in self.files),
+            "tokens": self.tokens,
+            "sha256": self.digest.hexdigest(),
+            "truncated": self.truncated,
+        }
+
+
+def take(docs, budget: int | None, record: SplitRecord):
+    """Documents (name, data) in order until `budget` bytes, the last one truncated, lazily: each is read only
+    once the previous one is consumed. Empty documents are skipped (they would add a bare separator). Each one
+    taken is recorded before it is yielded: its name and length, its bytes into the sha256, and whether it was
+    the truncated one."""
+    total = 0
     for name, data in docs:
         if budget is not None and total >= budget:
-            break
+            return
         if not data:
             continue
-        if budget is not None and total + len(data) > budget:
+        truncated = budget is not None and total + len(data) > budget
+        if truncated:
             data = utf8_prefix(data, budget - total)
-            if data:
-                taken.append((name, data))
-            return taken, name if data else None
-        taken.append((name, data))
+            if not data:
+                return
+            record.truncated = name
+        record.files.append({"path": name, "bytes": len(data)})
+        record.digest.update(name.encode("utf-8") + b"\0" + len(data).to_bytes(8, "little"))
+        for piece in byte_pieces(data, READ_PIECE_BYTES):
+            record.digest.update(piece)
         total += len(data)
-    return taken, None
+        yield name, data
+        if truncated:
+            return
 
 
-def line_cut(data: bytes, target: int) -> int:
-    """The first line boundary at or after `target`; a character boundary at target when no newline follows."""
+def line_cut(data, target: int) -> int:
+    """The first line boundary at or after `target` in data (bytes or an mmap, of which only the bytes from target
+    to the next newline are read); a character boundary at target when no newline follows."""
     if target <= 0 or target >= len(data) or data[target - 1 : target] == b"\n":
         return max(0, min(target, len(data)))
     newline = data.find(b"\n", target)
-    return newline + 1 if newline >= 0 else len(utf8_prefix(data, target))
+    return newline + 1 if newline >= 0 else utf8_cut(data, target)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Sources: each returns ({split: ([(name, bytes)], truncated)}, source metadata)
+# Sources: each returns ({split: its documents (name, bytes or FileRange), lazily}, source metadata)
 
 
 def _budgets(cfg: dict) -> dict[str, int | None]:
@@ -217,93 +276,22 @@ def _folder_source(cfg: dict, root: Path, kind: str) -> tuple[dict, dict]:
         raise ConfigError(f"corpus.include: no file under {root} matches {list(include)} (minus corpus.exclude)")
     val, test = _fractions(cfg)
     splits = split_files(files, val, test, cfg.get("split_seed", 0))
-    budgets = _budgets(cfg)
-    docs = {split: take(read_files(root, splits[split]), budgets[split]) for split in SPLITS}
+    docs = {split: read_files(root, splits[split]) for split in SPLITS}
     return docs, {"root": str(root.resolve()), "files_listed": len(files)}
 
 
 def _single_file_source(cfg: dict, path: Path) -> tuple[dict, dict]:
-    data = path.read_bytes()
-    check_utf8(data, str(path))
-    val, test = _fractions(cfg)
-    cut1 = line_cut(data, round(len(data) * (1 - val - test)))
-    cut2 = max(cut1, line_cut(data, round(len(data) * (1 - test))))
-    ranges = dict(zip(SPLITS, ((0, cut1), (cut1, cut2), (cut2, len(data))), strict=True))
-    budgets = _budgets(cfg)
-    docs = {split: take([(f"{path.name}[{a}:{b}]", data[a:b])], budgets[split]) for split, (a, b) in ranges.items()}
+    with open(path, "rb") as f:
+        check_utf8(iter(partial(f.read, READ_PIECE_BYTES), b""), str(path))
+        val, test = _fractions(cfg)
+        size = os.fstat(f.fileno()).st_size
+        # Through an mmap, the cuts read the few bytes after each target, not the file (an empty one has no map).
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else contextlib.nullcontext(b"") as data:
+            cut1 = line_cut(data, round(size * (1 - val - test)))
+            cut2 = max(cut1, line_cut(data, round(size * (1 - test))))
+    ranges = dict(zip(SPLITS, ((0, cut1), (cut1, cut2), (cut2, size)), strict=True))
+    docs = {split: [(f"{path.name}[{a}:{b}]", FileRange(path, a, b))] for split, (a, b) in ranges.items()}
     return docs, {"root": str(path.resolve()), "byte_ranges": ranges}
-
-
-def _hf_documents(corpus: str, split: str):
-    """(name, bytes) of the documents of our `split` of a Hugging Face corpus, in the dataset's order, lazily;
-    network failures (at load or while streaming) become a ConfigError that says what works offline."""
-    dataset, config, hf_splits, streaming = HF_DATASETS[corpus]
-    hf_split = hf_splits[split]
-
-    def offline(exc):
-        return ConfigError(
-            f"corpus.name: {corpus}: the dataset {dataset} ({config}, split {hf_split}) could not be downloaded "
-            f"({type(exc).__name__}: {exc}). c4 and wikitext103 need network access (or, for wikitext103, a "
-            "filled Hugging Face cache); the stdlib and text corpora work offline."
-        )
-
-    try:
-        datasets = importlib.import_module("datasets")
-    except ImportError:
-        raise ConfigError(
-            f"corpus.name: {corpus} needs the optional Hugging Face `datasets` package: pip install datasets "
-            '(or pip install -e ".[lm]"); the stdlib and text corpora need nothing extra'
-        ) from None
-    try:
-        records = iter(datasets.load_dataset(dataset, config, split=hf_split, streaming=streaming))
-    except Exception as exc:  # ConnectionError, HTTP errors, DatasetNotFoundError, offline-mode errors, ...
-        raise offline(exc) from exc
-
-    def texts():
-        for index in itertools.count():
-            try:
-                record = next(records)
-            except StopIteration:
-                return
-            except Exception as exc:  # a stream that fails midway
-                raise offline(exc) from exc
-            yield index, record["text"]
-
-    if corpus == "c4":
-        for index, text in itertools.islice(texts(), C4_CARVE.get(split, 0), None, 2 if split in C4_CARVE else 1):
-            yield f"{hf_split}#{index}", text.encode("utf-8")
-    else:
-        yield from _wikitext_articles(texts(), hf_split)
-
-
-def _wikitext_articles(texts, hf_split: str):
-    """Wikitext records are lines; an article starts at a top-level " = Title = " line."""
-    lines, first = [], 0
-    for index, line in texts:
-        if WIKITEXT_TITLE.fullmatch(line):
-            if "".join(lines).strip():
-                yield f"{hf_split}#{first}", "".join(lines).encode("utf-8")
-            lines, first = [], index
-        lines.append(line)
-    if "".join(lines).strip():
-        yield f"{hf_split}#{first}", "".join(lines).encode("utf-8")
-
-
-def _hf_source(cfg: dict, corpus: str) -> tuple[dict, dict]:
-    budgets = _budgets(cfg)
-    if corpus == "c4":
-        unbounded = [split for split in SPLITS if budgets[split] is None]
-        if unbounded:
-            raise ConfigError(
-                f"corpus.max_bytes.{unbounded[0]}: c4 needs a byte budget for every split (the full C4 is 300+ GB); "
-                "set e.g. max_bytes: {train: 100000000, val: 5000000, test: 5000000}"
-            )
-    docs = {split: take(_hf_documents(corpus, split), budgets[split]) for split in SPLITS}
-    dataset, config, hf_splits, streaming = HF_DATASETS[corpus]
-    source = {"dataset": dataset, "dataset_config": config, "dataset_splits": hf_splits}
-    if corpus == "c4":
-        source["carving"] = "val = even-indexed documents of c4 validation, test = odd-indexed ones"
-    return docs, source
 
 
 def _source(cfg: dict) -> tuple[dict, dict]:
@@ -323,60 +311,50 @@ def _source(cfg: dict) -> tuple[dict, dict]:
         if not path.exists():
             raise ConfigError(f"corpus.path: {path} does not exist (a UTF-8 file or a folder of them)")
         return _folder_source(cfg, path, "text") if path.is_dir() else _single_file_source(cfg, path)
-    return _hf_source(cfg, name)
+    return hf_source(name, _budgets(cfg))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The corpus
 
 
-def content_hash(docs) -> str:
-    """sha256 over (name, length, bytes) of each document in order: any change of text, order or split shows."""
-    h = hashlib.sha256()
-    for name, data in docs:
-        h.update(name.encode("utf-8") + b"\0" + len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
-
-
-def build_corpus(cfg: dict, tokenizer_source: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Token ids per split ({"train", "val", "test"}: int32 1-D arrays, each document followed by the
-    separator) and a JSON-serializable metadata dict; cfg is the corpus section of an lm experiment,
-    `tokenizer_source` the Hugging Face model whose tokenizer `tokenizer: model` means."""
+def corpus_blocks(cfg: dict, meta: dict, tokenizer_source: str | None = None, chunk: int = TOKENIZE_CHUNK_BYTES):
+    """(f"{split}_tokens", int32 block) of every split: its documents, each followed by the separator, tokenized
+    `chunk` bytes of text at a time. Once exhausted, `meta` (filled in place) holds the JSON-serializable
+    metadata. cfg is the corpus section of an lm experiment, `tokenizer_source` the Hugging Face model whose
+    tokenizer `tokenizer: model` means."""
     start = time.perf_counter()
     tokenizer = make_tokenizer(cfg, tokenizer_source)
     docs, source = _source(cfg)
-    tokens, splits, files = {}, {}, {}
-    for split in SPLITS:
-        taken, truncated = docs[split]
-        if not taken:
+    budgets = _budgets(cfg)
+    records = {split: SplitRecord() for split in SPLITS}
+    # The small splits first: an empty one stops the stage before the training split is tokenized.
+    for split in reversed(SPLITS):
+        for block in encode_stream(tokenizer, take(docs[split], budgets[split], records[split]), chunk):
+            records[split].tokens += len(block)
+            yield f"{split}_tokens", block
+        if not records[split].files:
             raise ConfigError(
                 f"corpus: the {split} split is empty: corpus.val_fraction / corpus.test_fraction (by file, of "
                 f"{source.get('files_listed', 1)} file(s)) or corpus.max_bytes.{split} leave nothing for it; raise "
                 "them, or add files (corpus.include/corpus.exclude, corpus.path)"
             )
-        tokens[split] = tokenizer.encode_documents([data.decode("utf-8") for _, data in taken])
-        splits[split] = {
-            "documents": len(taken),
-            "bytes": sum(len(data) for _, data in taken),
-            "tokens": len(tokens[split]),
-            "sha256": content_hash(taken),
-            "truncated": truncated,
-        }
-        files[split] = [{"path": name, "bytes": len(data)} for name, data in taken]
+    splits = {split: records[split].summary() for split in SPLITS}
     overall = hashlib.sha256("".join(f"{s}:{splits[s]['sha256']}\n" for s in SPLITS).encode()).hexdigest()
-    meta = {
-        "name": cfg.get("name", "stdlib"),
-        **tokenizer.provenance(),
-        "python_version": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        **source,
-        "config": json.loads(json.dumps(cfg, default=str)),
-        "splits": splits,
-        "sha256": overall,
-        # Large (one entry per document): kept apart so that summaries can drop it with one key.
-        "files": files,
-    }
+    meta.update(
+        {
+            "name": cfg.get("name", "stdlib"),
+            **tokenizer.provenance(),
+            "python_version": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            **source,
+            "config": json.loads(json.dumps(cfg, default=str)),
+            "splits": splits,
+            "sha256": overall,
+            # Large (one entry per document): kept apart so that summaries can drop it with one key.
+            "files": {split: records[split].files for split in SPLITS},
+        }
+    )
     log.info(
         "corpus %s: %s bytes, %s tokens in %.1fs",
         meta["name"],
@@ -384,4 +362,22 @@ def build_corpus(cfg: dict, tokenizer_source: str | None = None) -> tuple[dict[s
         {s: splits[s]["tokens"] for s in SPLITS},
         time.perf_counter() - start,
     )
-    return tokens, meta
+
+
+def write_corpus(npz_path, cfg: dict, tokenizer_source: str | None = None, chunk: int = TOKENIZE_CHUNK_BYTES) -> dict:
+    """The corpus's token arrays into npz_path (f"{split}_tokens", int32 1-D), written as they are tokenized, and
+    its metadata returned; see corpus_blocks."""
+    meta = {}
+    io.save_npz_streaming(npz_path, corpus_blocks(cfg, meta, tokenizer_source, chunk))
+    return meta
+
+
+def build_corpus(
+    cfg: dict, tokenizer_source: str | None = None, chunk: int = TOKENIZE_CHUNK_BYTES
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Token ids per split ({"train", "val", "test"}: int32 1-D arrays) and the metadata, in memory: for corpora
+    that fit (tests, small experiments); see corpus_blocks."""
+    meta, blocks = {}, {split: [] for split in SPLITS}
+    for key, block in corpus_blocks(cfg, meta, tokenizer_source, chunk):
+        blocks[key.removesuffix("_tokens")].append(block)
+    return {split: np.concatenate(blocks[split]) for split in SPLITS}, meta

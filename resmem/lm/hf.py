@@ -18,6 +18,7 @@ import numpy as np
 
 from resmem.config import ConfigError
 from resmem.io import fetch_or_explain
+from resmem.lm.tokenizers import join_documents
 
 # The files a model needs, by what they are; a folder or cached snapshot missing one kind is incomplete.
 WEIGHT_FILES = (
@@ -144,12 +145,11 @@ class ModelTokenizer:
         self._sep_ids = [self._tok.eos_token_id] if eos else self._encode(["\n\n"])[0]
 
     def _encode(self, docs: list[str]) -> list[list[int]]:
-        # add_special_tokens=False: no BOS in the middle of the corpus.
-        return self._tok(docs, add_special_tokens=False)["input_ids"]
+        # add_special_tokens=False: no BOS in the middle of the corpus; no attention masks (a list an id).
+        return self._tok(docs, add_special_tokens=False, return_attention_mask=False)["input_ids"]
 
     def encode_documents(self, docs: list[str]) -> np.ndarray:
-        ids = [i for doc in self._encode(docs) for i in (*doc, *self._sep_ids)]
-        return np.asarray(ids, dtype=np.int32)
+        return join_documents(self._encode(docs), self._sep_ids)
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids])

@@ -28,8 +28,14 @@ METHODS = (  # (label, summary column prefix, color, marker)
 )
 
 
+def ran(summary: pd.DataFrame) -> list[str]:
+    """The methods the study ran (knn.methods): those with test accuracies in the summary."""
+    return [m for m in METHOD_LABELS if summary[f"{m}_test_acc"].notna().any()]
+
+
 def lm_selection(summary: pd.DataFrame) -> str:
-    return f"ResMem's (k, σ, T) and kNN-LM's (k, {SYMBOLS[_knnlm_width(summary)]}, λ) chosen by val accuracy"
+    points = {"resmem": "ResMem's (k, σ, T)", "knnlm": f"kNN-LM's (k, {SYMBOLS[_knnlm_width(summary)]}, λ)"}
+    return f"{' and '.join(points[m] for m in ran(summary))} chosen by val accuracy"
 
 
 SYMBOLS = {"sigma": "σ", "tau": "τ"}
@@ -53,7 +59,7 @@ def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
     """Mean, std and t-interval over seeds of every accuracy, gain, perplexity and loss change, ordered by
     parameter count, with the runs whose own interval of each gain excludes 0 (`resmem.verdicts`)."""
     stats = per_model(summary, STATISTICS, by, ("parameters", "datastore_size"))
-    return with_distinct_runs(stats, summary, by, METHOD_LABELS)
+    return with_distinct_runs(stats, summary, by, {m: METHOD_LABELS[m] for m in ran(summary)})
 
 
 def _knnlm_formulation(summary: pd.DataFrame) -> str:
@@ -85,37 +91,45 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
     per = _per_model(summary, by=("model", "datastore_fraction"))
     for (model, fraction), r in per.iterrows():
 
-        def cell(column, scale=100.0, r=r):
-            return f"{scale * r[f'{column}_mean']:.2f} ± {scale * r[f'{column}_std']:.2f}"
+        def cell(column, scale=100.0, r=r):  # "–": a method the study did not run
+            mean = r[f"{column}_mean"]
+            return "–" if np.isnan(mean) else f"{scale * mean:.2f} ± {scale * r[f'{column}_std']:.2f}"
+
+        def gain(column, scale=100.0, r=r):
+            return "–" if np.isnan(r[f"{column}_mean"]) else gain_cell(r, column, scale)
 
         lines.append(
             f"| {model} | {int(r.parameters):,} | {fraction:g} | {int(r.datastore_size):,} | {cell('base_test_acc')} "
-            f"| {cell('resmem_test_acc')} | {gain_cell(r, 'resmem_gain')} | {cell('knnlm_test_acc')} "
-            f"| {gain_cell(r, 'knnlm_gain')} | {cell('base_test_ppl', 1)} | {cell('knnlm_test_ppl', 1)} "
-            f"| {gain_cell(r, 'knnlm_loss_change', 1.0)} |"
+            f"| {cell('resmem_test_acc')} | {gain('resmem_gain')} | {cell('knnlm_test_acc')} "
+            f"| {gain('knnlm_gain')} | {cell('base_test_ppl', 1)} | {cell('knnlm_test_ppl', 1)} "
+            f"| {gain('knnlm_loss_change', 1.0)} |"
         )
-    lines += ["", *verdict_lines(summary, per, "datastore_fraction", METHOD_LABELS), ""]
-    lines += ["kNN-LM's change of the test loss per run (nats per token, block-bootstrap 95 % interval):", ""]
-    lines += [
-        f"- {r.model} (datastore fraction {r.datastore_fraction:g}, seed {r.seed}): {r.knnlm_loss_change:+.4f} "
-        f"[{r.knnlm_loss_change_ci_low:+.4f}, {r.knnlm_loss_change_ci_high:+.4f}]"
-        for r in summary.itertuples()
-    ]
+    methods = {m: METHOD_LABELS[m] for m in ran(summary)}
+    lines += ["", *verdict_lines(summary, per, "datastore_fraction", methods), ""]
+    if "knnlm" in methods:
+        lines += ["kNN-LM's change of the test loss per run (nats per token, block-bootstrap 95 % interval):", ""]
+        lines += [
+            f"- {r.model} (datastore fraction {r.datastore_fraction:g}, seed {r.seed}): {r.knnlm_loss_change:+.4f} "
+            f"[{r.knnlm_loss_change_ci_low:+.4f}, {r.knnlm_loss_change_ci_high:+.4f}]"
+            for r in summary.itertuples()
+        ]
     protocols = summary.groupby("model", sort=False)[["datastore_key", "eval_stride"]].first()
     used = [
         f"- {model}: key {r.datastore_key}, {r.eval_stride} new tokens per window" for model, r in protocols.iterrows()
     ]
     keys = ["", "Search keys (for ResMem and kNN-LM alike) and evaluation windows:", *used]
-    return "\n".join([*lines, "", NO_PERPLEXITY, *keys, ""])
+    return "\n".join([*lines, "", *([NO_PERPLEXITY] if "resmem" in methods else []), *keys, ""])
 
 
 def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
     stats = _per_model(summary)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    errorbar_methods(ax, stats, METHODS)
+    methods = ran(summary)
+    errorbar_methods(ax, stats, [m for m in METHODS if m[1] in ("base", *methods)])
     for model, r in stats.iterrows():
+        gains = "".join(f"\n{METHOD_LABELS[m]} {100 * r[f'{m}_gain_mean']:+.2f}" for m in methods)
         ax.annotate(
-            f"{model}\nResMem {100 * r.resmem_gain_mean:+.2f}\nkNN-LM {100 * r.knnlm_gain_mean:+.2f}",
+            f"{model}{gains}",
             (r.parameters, 100 * r.base_test_acc_mean),
             textcoords="offset points",
             xytext=(0, -10),
@@ -147,7 +161,7 @@ def plot_gain_vs_datastore(summary: pd.DataFrame, experiment: str, png, pdf) -> 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for model, color in zip(models, colors, strict=True):
         part = stats[stats.model == model].sort_values("datastore_fraction")
-        for col, style, marker in (("resmem", "-", "s"), ("knnlm", "--", "^")):
+        for col, style, marker in (c for c in (("resmem", "-", "s"), ("knnlm", "--", "^")) if c[0] in ran(summary)):
             ax.errorbar(
                 part.datastore_fraction,
                 100 * part[f"{col}_gain_mean"],
@@ -195,16 +209,17 @@ def plot_lm_sensitivity(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment:
         (swept, method, fixed, f"{LABELS[swept]}, {'ResMem' if method == 'resmem' else 'kNN-LM'}",
          RESMEM_COLOR if method == "resmem" else KNN_COLOR)
         for swept, method, fixed in sensitivity_panels(knnlm_width)
+        if method in ran(summary)
     ]  # fmt: skip
     chosen = {
         method: summary.rename(columns={f"{method}_{p}": p for p in ("k", "sigma", "tau", "temperature", "lam")})
-        for method in ("resmem", "knnlm")
+        for method in ran(summary)
     }
     grids = {method: sweeps[sweeps.method == method] for method in chosen}
     base = sweeps[sweeps.method == "base"].groupby(["model", "split"]).accuracy.mean()
+    swept = {"resmem": "ResMem (k, σ, T)", "knnlm": f"kNN-LM (k, {LABELS[knnlm_width][0]}, λ)"}
     title = (
-        f"{experiment}: sensitivity of ResMem (k, σ, T) and kNN-LM (k, {LABELS[knnlm_width][0]}, λ), val dashed and "
-        f"test solid, full "
+        f"{experiment}: sensitivity of {' and '.join(swept[m] for m in chosen)}, val dashed and test solid, full "
         f"datastore\n(mean over {over_seeds(summary)}; other parameters at each run's val-selected values)"
     )
     plot_sensitivity(list(_per_model(summary).index), specs, chosen, grids, base, title, png, pdf)

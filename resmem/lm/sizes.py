@@ -14,10 +14,15 @@ from pathlib import Path
 from resmem import io
 from resmem.artifacts import SPLITS
 from resmem.bounds import RunSizes, model_bytes, streamed_disk_bytes
+from resmem.lm.tokenizers import TOKENIZE_CHUNK_BYTES
 
 # Bytes of the corpora whose size is fixed (the raw text, before tokenizing); c4 always has byte budgets.
 CORPUS_BYTES = {"wikitext103": {"train": 539_000_000, "val": 1_140_000, "test": 1_290_000}}
 TOKENS_PER_BYTE = {"bytes": 1.0, "bpe": 0.22, "model": 0.22}  # GPT-2 BPE: 117M tokens of WikiText-103's 539 MB
+# Bytes a token while a batch is tokenized (measured, tests/test_corpus_memory.py and resmem.lm.tokenizers): the
+# byte tokenizer's text and int32 ids; a BPE's ids, offsets and strings, ~290 for one long text, ~100 a document.
+TOKEN_BYTES = {"bytes": 8, "bpe": 300, "model": 300}
+LONGEST_DOCUMENT = 64 * 2**20  # a file or an article is held whole while it is read (a single file: in pieces)
 ASSUMED_HF = {"hidden": 1024, "vocab": 50_257, "parameters": 355_000_000}  # a model not yet in the cache
 
 
@@ -47,6 +52,12 @@ def corpus_bytes(corpus: dict) -> dict[str, int]:
         val, test = corpus.get("val_fraction", 0.1), corpus.get("test_fraction", 0.1)
         known = {"train": round(total * (1 - val - test)), "val": round(total * val), "test": round(total * test)}
     return {s: min(known[s], budgets.get(s) or known[s]) for s in SPLITS}
+
+
+def corpus_memory_bytes(experiment: dict) -> int:
+    """The corpus stage's peak beyond the interpreter: one tokenize batch of TOKENIZE_CHUNK_BYTES of text at up
+    to a token a byte, and the longest document; whatever the corpus's size."""
+    return TOKENIZE_CHUNK_BYTES * TOKEN_BYTES[experiment["corpus"]["tokenizer"]] + LONGEST_DOCUMENT
 
 
 def split_tokens(experiment: dict, corpus_path=None) -> dict[str, int]:
@@ -147,15 +158,17 @@ def run_sizes(experiment: dict, run: dict, datastore_path=None, corpus_path=None
                     k_max, shape["hidden"], query_logits=False)  # fmt: skip
 
 
-def datastore_disk_bytes(experiment: dict, sizes: RunSizes) -> int:
-    """datastore.npz as lm_datastore writes it: float16 training keys, float32 query keys, the final hidden
-    states beside keys of another layer, int64 next tokens and positions, the float32 output layer."""
-    hidden = experiment["datastore"]["key"] != "final_hidden"
+def datastore_disk_bytes(sizes: RunSizes, key: str, train_hidden: bool = True) -> int:
+    """datastore.npz as lm_datastore writes it: float16 training keys, float32 query keys, the final hidden states
+    beside keys of another layer (`key`; the training positions' only with `train_hidden`), int64 next tokens and
+    positions, the float32 output layer."""
     n, q, d, h = sizes.datastore_rows, sizes.queries, sizes.dim, sizes.hidden
     arrays = {"train_keys": (n, d, 2), "query_keys": (q, d, 4), "next_pos": (n + q, 2, 8),
               "head": (sizes.classes, h + 1, 4)}  # fmt: skip
-    if hidden:
-        arrays.update(train_hidden=(n, h, 2), query_hidden=(q, h, 4))
+    if key != "final_hidden":
+        arrays["query_hidden"] = (q, h, 4)
+        if train_hidden:
+            arrays["train_hidden"] = (n, h, 2)
     return streamed_disk_bytes(arrays)
 
 

@@ -16,15 +16,19 @@ import pandas as pd
 
 from resmem import io
 from resmem import stages as shared
-from resmem.artifacts import QUERY_SPLITS, SPLITS
+from resmem.artifacts import GAIN_FIELDS, QUERY_SPLITS, SPLITS
+from resmem.bounds import RunSizes
 from resmem.io import ArtifactError
 from resmem.lm.artifacts import (
     CORPUS_KEYS,
     DATASTORE_HIDDEN_KEYS,
     DATASTORE_KEYS,
+    LM_METHOD_PREDICTION_KEYS,
+    LM_METHODS,
     LM_PREDICTION_KEYS,
     LM_SUMMARY_COLUMNS,
 )
+from resmem.lm.sizes import datastore_disk_bytes
 from resmem.stages import fit_and_save, read_json
 
 log = logging.getLogger("resmem")
@@ -34,12 +38,9 @@ MIN_BLOCKS = 20  # fewer blocks of test positions make too few distinct bootstra
 def corpus(npz_path, meta_path, corpus_cfg: dict, tokenizer_source: str | None = None) -> None:
     """The corpus's token arrays and metadata; `tokenizer_source`: the Hugging Face model (or tokenizer) whose
     tokenizer `corpus.tokenizer: model` means."""
-    from resmem.lm.corpus import build_corpus
+    from resmem.lm.corpus import write_corpus
 
-    tokens, meta = build_corpus(corpus_cfg, tokenizer_source)
-    log.info("corpus %s: %s tokens", corpus_cfg["name"], {s: len(t) for s, t in tokens.items()})
-    io.save_npz(npz_path, **{f"{s}_tokens": tokens[s] for s in SPLITS})
-    io.write_json(meta_path, meta)
+    io.write_json(meta_path, write_corpus(npz_path, corpus_cfg, tokenizer_source))
 
 
 def load_tokens(path) -> dict[str, np.ndarray]:
@@ -116,8 +117,9 @@ def datastore(
 ) -> None:
     """Per split, the entries of its positions in sliding windows (`resmem.lm.model.sliding_windows`): keys
     (float16 for the training datastore, float32 for the val/test queries), the final hidden states where the
-    key (store["key"]) is another state, next tokens and positions; and the output layer, all streamed to disk.
-    The report gives tokens/s."""
+    key (store["key"]) is another state (not those of the training positions with store["train_hidden"] false:
+    a study without ResMem), next tokens and positions; and the output layer, all streamed to disk. The report
+    gives tokens/s."""
     import sys
 
     import torch
@@ -138,7 +140,9 @@ def datastore(
     }
     windows = {s: sliding_windows(len(tokens[s]), context, eval_stride) for s in SPLITS}
     key_dtype = {"train": np.float16, "val": np.float32, "test": np.float32}
-    stored = {"keys": "key", "hidden": "hidden"} if key != "final_hidden" else {"keys": "hidden"}
+    stored = {s: {"keys": "key", "hidden": "hidden"} if key != "final_hidden" else {"keys": "hidden"} for s in SPLITS}
+    if not store.get("train_hidden", True):
+        stored["train"].pop("hidden", None)
     widths = {}
 
     def blocks():
@@ -147,7 +151,7 @@ def datastore(
                 for states, following in datastore_entries(
                     model, tokens[s], positions[s], windows[s], store["batch_size"], dev, key, amp
                 ):
-                    for name, state in stored.items():
+                    for name, state in stored[s].items():
                         widths[name] = states[state].shape[1]
                         yield f"{s}_{name}", states[state].astype(key_dtype[s])
                     yield f"{s}_next", following
@@ -157,9 +161,13 @@ def datastore(
         yield "head_weight", weight
         yield "head_bias", bias
 
-    vocab = model.get_output_embeddings().weight.shape[0]
-    rows = {f"{s}_{kind}": len(positions[s]) for s in SPLITS for kind in (*stored, "next", "pos")}
+    vocab, hidden = model.get_output_embeddings().weight.shape
+    rows = {f"{s}_{kind}": len(positions[s]) for s in SPLITS for kind in (*stored[s], "next", "pos")}
     rows.update(head_weight=vocab, head_bias=vocab)
+    queries = sum(len(positions[s]) for s in QUERY_SPLITS)
+    sizes = RunSizes(len(positions["train"]), len(positions["train"]), hidden, 2, queries, vocab, 1, hidden)
+    need = datastore_disk_bytes(sizes, key, "hidden" in stored["train"])  # every key is `hidden` wide
+    io.require_free_space(out_path, need, "lm_datastore")
     start = time.perf_counter()
     io.save_npz_streaming(out_path, blocks(), rows)
     seconds = time.perf_counter() - start
@@ -192,7 +200,7 @@ def load_datastore(path) -> dict[str, np.ndarray]:
             raise ArtifactError(f"{path}: {s}_keys, {s}_next and {s}_pos differ in row count {sorted(n)}")
     from resmem.lm.tokens import final_hidden
 
-    if arrays["head_weight"].shape[1] != final_hidden(arrays, "train").shape[1]:
+    if arrays["head_weight"].shape[1] != final_hidden(arrays, "test").shape[1]:
         raise ArtifactError(
             f"{path}: the output layer's width differs from the final hidden states'; delete it and rerun"
         )
@@ -221,7 +229,7 @@ def sweep(datastore_path, neighbors_path, out_path, knn: dict, device: str = "cp
     found = shared.load_neighbors(neighbors_path, query_rows, max(knn["k"]), datastore_path)
     table = sweep_table(
         arrays, found, knn["k"], knn["sigma"], knn["temperature"], knn["lam"], int(knn["sweep_chunk_mb"] * 2**20),
-        knn["knnlm_kernel"], knn["tau"], knn["resmem_k"], device,
+        knn["knnlm_kernel"], knn["tau"], knn["resmem_k"], device, knn.get("methods", LM_METHODS),
     )  # fmt: skip
     io.write_csv(out_path, table)
 
@@ -241,17 +249,20 @@ def predict(datastore_path, neighbors_path, selected_path, out_path, knn: dict, 
     logits, labels = KeyLogits(final_hidden(arrays, "test"), *head, device), np.asarray(arrays["test_next"])
     dist, idx, train_next = found["test_dist"], found["test_idx"], arrays["train_next"]
     base, base_loss = base_predict(logits, labels, chunk_bytes, device)
-    point = chosen["resmem"]
-    resmem = method_predict(
-        "resmem", logits, dist[:, : point["k"]], idx[:, : point["k"]],
-        KeyLogits(final_hidden(arrays, "train"), *head, device), train_next, point["sigma"], point["temperature"],
-        chunk_bytes=chunk_bytes,
-    )  # fmt: skip
-    knnlm = knnlm_predict(logits, labels, dist, idx, train_next, chosen["knnlm"], chunk_bytes, device)[0]
-    knnlm_loss = knnlm_predict(logits, labels, dist, idx, train_next, chosen["knnlm_perplexity"], chunk_bytes,
-                               device)[1]  # fmt: skip
-    io.save_npz(out_path, labels=labels, base=base, resmem=resmem, knnlm=knnlm, base_loss=base_loss,
-                knnlm_loss=knnlm_loss)  # fmt: skip
+    predicted = {"labels": labels, "base": base, "base_loss": base_loss}
+    if "resmem" in chosen:  # the methods the study ran (knn.methods)
+        point = chosen["resmem"]
+        predicted["resmem"] = method_predict(
+            "resmem", logits, dist[:, : point["k"]], idx[:, : point["k"]],
+            KeyLogits(final_hidden(arrays, "train"), *head, device), train_next, point["sigma"],
+            point["temperature"], chunk_bytes=chunk_bytes,
+        )  # fmt: skip
+    if "knnlm" in chosen:
+        predicted["knnlm"] = knnlm_predict(logits, labels, dist, idx, train_next, chosen["knnlm"], chunk_bytes,
+                                           device)[0]  # fmt: skip
+        predicted["knnlm_loss"] = knnlm_predict(logits, labels, dist, idx, train_next, chosen["knnlm_perplexity"],
+                                                chunk_bytes, device)[1]  # fmt: skip
+    io.save_npz(out_path, **predicted)
 
 
 def select(sweep_path, out_path) -> None:
@@ -267,17 +278,22 @@ def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
     from resmem.stats import bootstrap_ci
 
     chosen, meta, store = read_json(run["selected"]), read_json(run["meta"]), read_json(run["datastore_report"])
-    resmem, knnlm, ppl = chosen["resmem"], chosen["knnlm"], chosen["knnlm_perplexity"]
-    predicted = shared.load_predictions(run["predictions"], LM_PREDICTION_KEYS)
+    methods = [m for m in LM_METHODS if m in chosen]  # those the study ran (knn.methods); the others' columns NaN
+    resmem, knnlm, ppl = (chosen.get(m, {}) for m in ("resmem", "knnlm", "knnlm_perplexity"))
+    keys = (*LM_PREDICTION_KEYS, *(key for m in methods for key in LM_METHOD_PREDICTION_KEYS[m]))
+    predicted = shared.load_predictions(run["predictions"], keys)
     block = stats["block_tokens"]
     blocks = -(-len(predicted["labels"]) // block)
     if blocks < MIN_BLOCKS:
         log.warning("%s: %d test positions make only %d blocks of stats.block_tokens = %d; the block bootstrap's "
                     "intervals need at least %d (lower block_tokens or raise eval_tokens)", run["predictions"],
                     len(predicted["labels"]), blocks, block, MIN_BLOCKS)  # fmt: skip
-    right = {m: predicted[m] == predicted["labels"] for m in ("base", "resmem", "knnlm")}
-    loss_change = predicted["knnlm_loss"] - predicted["base_loss"]
-    low, high = bootstrap_ci(loss_change, stats["resamples"], stats["seed"], block=block)
+    right = {m: predicted[m] == predicted["labels"] for m in ("base", *methods)}
+    nan = float("nan")
+    loss_change, low, high = np.full(1, nan), nan, nan
+    if "knnlm" in methods:
+        loss_change = predicted["knnlm_loss"] - predicted["base_loss"]
+        low, high = bootstrap_ci(loss_change, stats["resamples"], stats["seed"], block=block)
     row = {
         "model": run["model"],
         "datastore_fraction": run["store_fraction"],
@@ -286,30 +302,33 @@ def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
         "parameters": meta["parameters"],
         "datastore_key": store["key"],  # the search key, for kNN-LM and ResMem alike
         "eval_stride": store["eval_stride"],
-        "base_test_acc": resmem["base_test_accuracy"],
-        "base_test_ppl": ppl["base_test_perplexity"],
-        "resmem_k": resmem["k"],
-        "resmem_sigma": resmem["sigma"],
-        "resmem_temperature": resmem["temperature"],
-        "knnlm_k": knnlm["k"],
-        "knnlm_kernel": knnlm["kernel"],
-        "knnlm_sigma": knnlm.get("sigma", float("nan")),  # the l2 kernel's width
-        "knnlm_tau": knnlm.get("tau", float("nan")),  # the published squared_l2 kernel's temperature
-        "knnlm_lam": knnlm["lam"],
-        "knnlm_test_ppl": ppl["test_perplexity"],
+        "base_test_acc": float(right["base"].mean()),  # = every selected point's base_test_accuracy
+        "base_test_ppl": ppl.get("base_test_perplexity", float(np.exp(predicted["base_loss"].mean()))),
+        "resmem_k": resmem.get("k", nan),
+        "resmem_sigma": resmem.get("sigma", nan),
+        "resmem_temperature": resmem.get("temperature", nan),
+        "knnlm_k": knnlm.get("k", nan),
+        "knnlm_kernel": knnlm.get("kernel", nan),
+        "knnlm_sigma": knnlm.get("sigma", nan),  # the l2 kernel's width
+        "knnlm_tau": knnlm.get("tau", nan),  # the published squared_l2 kernel's temperature
+        "knnlm_lam": knnlm.get("lam", nan),
+        "knnlm_test_ppl": ppl.get("test_perplexity", nan),
         "knnlm_loss_change": float(loss_change.mean()),
         "knnlm_loss_change_ci_low": low,
         "knnlm_loss_change_ci_high": high,
         "device": meta["device"],
-        **shared.gain_columns("resmem", right["base"], right["resmem"], resmem, stats, block),
-        **shared.gain_columns("knnlm", right["base"], right["knnlm"], knnlm, stats, block),
     }
+    for m in LM_METHODS:
+        if m in methods:
+            row.update(shared.gain_columns(m, right["base"], right[m], chosen[m], stats, block))
+        else:
+            row.update({f"{m}_{field}": nan for field in GAIN_FIELDS})
     sweep = pd.read_csv(run["sweep"]).assign(
         model=run["model"],
         seed=run["seed"],
         datastore_fraction=run["store_fraction"],
-        selected_temperature=resmem["temperature"],
-        selected_lam=knnlm["lam"],
+        selected_temperature=resmem.get("temperature", nan),
+        selected_lam=knnlm.get("lam", nan),
     )
     return row, {"sweeps": sweep}
 

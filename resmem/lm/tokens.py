@@ -28,10 +28,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from resmem.artifacts import QUERY_SPLITS
+from resmem.artifacts import QUERY_SPLITS, SPLITS
 from resmem.core import DEFAULT_SWEEP_CHUNK_BYTES, check_neighbors, tie_tolerance
 from resmem.engine import kernel_weights, logits_on_device, stack_splits, sweep_correct
-from resmem.lm.artifacts import LM_SWEEP_COLUMNS
+from resmem.io import ArtifactError
+from resmem.lm.artifacts import LM_METHODS, LM_SWEEP_COLUMNS
 
 
 class KeyLogits:
@@ -72,6 +73,11 @@ class KeyLogits:
 def final_hidden(arrays: dict, split: str) -> np.ndarray:
     """A split's final hidden states (from which logits and residuals are recomputed) in a datastore: the keys
     themselves unless datastore.key made them another state."""
+    if f"{split}_hidden" not in arrays and any(f"{s}_hidden" in arrays for s in SPLITS):
+        raise ArtifactError(
+            f"the datastore holds no final hidden states of its {split} positions (a study whose knn.methods runs no "
+            "ResMem); add resmem to knn.methods, and lm_datastore reruns"
+        )
     return arrays.get(f"{split}_hidden", arrays[f"{split}_keys"])
 
 
@@ -253,29 +259,31 @@ def sweep_table(
     taus=(1.0,),
     resmem_ks=None,
     device: str = "cpu",
+    methods=LM_METHODS,
 ) -> pd.DataFrame:
     """Next-token accuracy (and perplexity where it exists) of base, ResMem (k from `resmem_ks` or `ks`, σ, T;
     kernel l2) and kNN-LM (k, τ, λ with the published squared_l2 kernel, or k, σ, λ with `knnlm_kernel` l2) on
-    val and test; the `kernel` column says which. `arrays` is a datastore (`resmem.lm.stages.load_datastore`);
-    `neighbors` holds <split>_dist/<split>_idx into its training rows from one search at the largest k; the
-    logits are computed on `device` (`KeyLogits`)."""
+    val and test, for the `methods` asked for (base always); the `kernel` column says which. `arrays` is a
+    datastore (`resmem.lm.stages.load_datastore`); `neighbors` holds <split>_dist/<split>_idx into its training
+    rows from one search at the largest k; the logits are computed on `device` (`KeyLogits`)."""
     width_name, widths = ("tau", taus) if knnlm_kernel == "squared_l2" else ("sigma", sigmas)
     resmem_ks = ks if resmem_ks is None else resmem_ks
     head = arrays["head_weight"], arrays["head_bias"]
-    train_logits = KeyLogits(final_hidden(arrays, "train"), *head, device)
     logits = {split: KeyLogits(final_hidden(arrays, split), *head, device) for split in QUERY_SPLITS}
     labels = {split: np.asarray(arrays[f"{split}_next"]) for split in QUERY_SPLITS}
     dist, idx, groups = stack_splits(neighbors, max(resmem_ks))
     bar = dict(desc="sweep " + " + ".join(QUERY_SPLITS), unit="query", file=sys.stderr, dynamic_ncols=True)
-    with tqdm(total=len(groups) * (len(temperatures) + 1), **bar) as progress:
-        resmem = sweep_correct(  # both splits at once: the rows their neighbors share are computed once
-            train_logits, arrays["train_next"],
-            KeyLogits(np.concatenate([logits[split].keys for split in QUERY_SPLITS]), *head, device),
-            np.concatenate(list(labels.values())), dist, idx, resmem_ks, sigmas, temperatures, chunk_bytes,
-            progress, device, groups,
-        )["resmem"]  # fmt: skip
-        knnlm = {}
-        for split in QUERY_SPLITS:  # one split at a time: kNN-LM computes no training row
+    passes = len(groups) * (len(temperatures) * ("resmem" in methods) + ("knnlm" in methods))
+    resmem, knnlm = None, {}
+    with tqdm(total=passes, **bar) as progress:
+        if "resmem" in methods:  # both splits at once: the rows their neighbors share are computed once
+            resmem = sweep_correct(
+                KeyLogits(final_hidden(arrays, "train"), *head, device), arrays["train_next"],
+                KeyLogits(np.concatenate([logits[split].keys for split in QUERY_SPLITS]), *head, device),
+                np.concatenate(list(labels.values())), dist, idx, resmem_ks, sigmas, temperatures, chunk_bytes,
+                progress, device, groups,
+            )["resmem"]  # fmt: skip
+        for split in QUERY_SPLITS if "knnlm" in methods else ():  # one split at a time: no training row computed
             knnlm[split] = knnlm_sweep(
                 logits[split], labels[split], neighbors[f"{split}_dist"], neighbors[f"{split}_idx"],
                 arrays["train_next"], ks, widths, lambdas, knnlm_kernel, chunk_bytes, progress, device,
@@ -295,14 +303,14 @@ def sweep_table(
                 "perplexity": float(np.exp(base_loss)),
             }
         )
-        for i, k in enumerate(resmem_ks):
+        for i, k in enumerate(resmem_ks if resmem is not None else ()):
             for s, sigma in enumerate(sigmas):
                 common = {"split": split, "k": int(k), "kernel": "l2", "sigma": float(sigma)}
                 for t, temperature in enumerate(temperatures):
                     accuracy = resmem[g, t, i, s] / n
                     rows.append({"method": "resmem", **common, "temperature": temperature, "accuracy": accuracy})
-        knn_correct, knn_nll = knnlm[split]
-        for i, k in enumerate(ks):
+        knn_correct, knn_nll = knnlm.get(split, (None, None))
+        for i, k in enumerate(ks if split in knnlm else ()):
             for w, width in enumerate(widths):
                 for j, lam in enumerate(lambdas):
                     rows.append(
@@ -328,15 +336,15 @@ def select(table: pd.DataFrame) -> dict:
     from resmem.sweep import select as choose
 
     base = table[table.method == "base"]
-    resmem = pd.concat([base, table[table.method == "resmem"]])
-    knnlm = pd.concat([base, table[table.method == "knnlm"]])
-    kernel = knnlm.kernel.dropna().iloc[0]
-    knnlm_parameters = ("k", "tau" if kernel == "squared_l2" else "sigma", "lam")  # the kernel's width parameter
-    chosen = {
-        "resmem": choose(resmem, PARAMETERS["resmem"]),
-        "knnlm": choose(knnlm, knnlm_parameters),
-        "knnlm_perplexity": choose(knnlm, knnlm_parameters, "perplexity", higher_is_better=False),
-    }
-    for method in ("knnlm", "knnlm_perplexity"):
-        chosen[method]["kernel"] = kernel
+    chosen = {}
+    if (table.method == "resmem").any():
+        chosen["resmem"] = choose(pd.concat([base, table[table.method == "resmem"]]), PARAMETERS["resmem"])
+    if (table.method == "knnlm").any():
+        knnlm = pd.concat([base, table[table.method == "knnlm"]])
+        kernel = knnlm.kernel.dropna().iloc[0]
+        knnlm_parameters = ("k", "tau" if kernel == "squared_l2" else "sigma", "lam")  # the kernel's width parameter
+        chosen["knnlm"] = choose(knnlm, knnlm_parameters)
+        chosen["knnlm_perplexity"] = choose(knnlm, knnlm_parameters, "perplexity", higher_is_better=False)
+        for method in ("knnlm", "knnlm_perplexity"):
+            chosen[method]["kernel"] = kernel
     return chosen

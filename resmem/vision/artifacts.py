@@ -1,6 +1,6 @@
 """Names of what the stages of an image experiment write."""
 
-from resmem.artifacts import SPLITS
+from resmem.artifacts import GAIN_FIELDS, SPLITS
 
 SPLIT_KEYS = tuple(f"{split}_idx" for split in SPLITS)
 # train_idx: the rows of the train pool that the model trained on and that form the datastore (train_rows.npz).
@@ -28,11 +28,7 @@ SUMMARY_COLUMNS = (
     "knn_interp_sigma",
     "knn_interp_temperature",
     "knn_interp_lam",
-    *(
-        f"{m}_{column}"
-        for m in ("resmem", "knn", "knn_interp")
-        for column in ("test_acc", "gain", "gain_ci_low", "gain_ci_high", "mcnemar_p", "best_test_acc")
-    ),
+    *(f"{m}_{column}" for m in ("resmem", "knn", "knn_interp") for column in GAIN_FIELDS),
     "epochs",  # 0: evaluated as loaded, not trained here
     "pretrained",
     "view",  # the augmentation trained with and the view evaluated on

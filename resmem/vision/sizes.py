@@ -4,6 +4,7 @@ dataset's pool sizes and the split's fractions, the model's feature width."""
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -27,19 +28,19 @@ def feature_width(spec: dict, classes: int, channels: int = 3) -> int:
         return max(1, round(64 * spec.get("width_multiplier", 1.0)))
     if arch in RESNET_WIDTHS:
         return RESNET_WIDTHS[arch]
-    return _timm_width(tuple(sorted((k, str(v)) for k, v in spec.items())), classes, channels)
+    return _timm_width(json.dumps(spec, sort_keys=True), classes, channels)
 
 
 @lru_cache
-def _timm_width(spec_items: tuple, classes: int, channels: int) -> int:
+def _timm_width(spec_json: str, classes: int, channels: int) -> int:
     import torch
 
     from resmem.vision.models import build_model
 
-    spec = {k: v for k, v in spec_items}
-    with torch.device("meta"):
-        model = build_model({**spec, "pretrained": False}, classes, channels)
-        return int(model.features(torch.empty(1, channels, 224, 224)).shape[1])
+    with torch.device("meta"):  # no weights allocated, none downloaded
+        net = build_model({**json.loads(spec_json), "pretrained": False}, classes, channels).net
+    # the width of forward_head(..., pre_logits=True): a pre-logits layer's where the model has one
+    return int(getattr(net, "head_hidden_size", None) or net.num_features)
 
 
 @lru_cache

@@ -14,6 +14,7 @@ import pandas as pd
 from resmem import io
 from resmem import stages as shared
 from resmem.artifacts import QUERY_SPLITS, SPLITS
+from resmem.bounds import RunSizes
 from resmem.config import check_image_cache
 from resmem.core import METHODS
 from resmem.io import ArtifactError
@@ -21,6 +22,7 @@ from resmem.stages import fit_and_save, read_json
 from resmem.sweep import PARAMETERS
 from resmem.vision.artifacts import EMBEDDING_KEYS, PREDICTION_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
 from resmem.vision.data import Dataset, load_dataset, make_split, train_subset
+from resmem.vision.sizes import embeddings_disk_bytes, feature_width
 
 log = logging.getLogger("resmem")
 
@@ -255,6 +257,10 @@ def embed(
             log.info("%s: %d examples embedded", name, len(loader))
 
     counts = {f"{s}_{kind}": len(loader) for s, loader in loaders.items() for kind in ("emb", "logits", "y")}
+    queries = sum(len(loader) for s, loader in loaders.items() if s != "train")
+    width = feature_width(meta["model"], data.num_classes, data.train.channels)
+    sizes = RunSizes(len(rows), len(rows), width, 4, queries, data.num_classes, 1)
+    io.require_free_space(out_path, embeddings_disk_bytes(sizes), "embed")
     io.save_npz_streaming(out_path, blocks(), {"train_idx": len(rows), **counts})
 
 

@@ -16,7 +16,7 @@ from resmem import bounds
 from resmem.config import ConfigError, experiment_names, validate as validate_config
 from resmem.lm import hf
 from resmem.lm import sizes as lm_sizes
-from resmem.lm.artifacts import LM_FIGURES
+from resmem.lm.artifacts import LM_FIGURES, LM_METHODS
 from resmem.vision import pretrained
 from resmem.vision.external import check_config_files as check_embedding_files
 from resmem.vision.artifacts import FIGURES
@@ -126,7 +126,16 @@ KINDS = [
         datastore=f"{LM_RUN}/datastore.npz",
         stages="resmem.lm.stages",
         # kNN-LM's interpolation weight lam, its kernel and that kernel's temperatures tau; ResMem's own k
-        grid=("k", "sigma", "temperature", "lam", "knnlm_kernel", "tau", "resmem_k"),
+        grid=(
+            "k",
+            "sigma",
+            "temperature",
+            "lam",
+            "knnlm_kernel",
+            "tau",
+            "resmem_k",
+            "methods",
+        ),
         figures=LM_FIGURES,
         summary_caption="../report/lm_summary.rst",
         sizes=lm_run_sizes,
@@ -170,15 +179,36 @@ def section(kind, name):
     return lookup(dpath=f"{kind}/{{experiment}}/{name}", within=config)
 
 
+# Keys added after results existed: passed to a job only when set otherwise, so that those results stay up to date.
+PASSED_UNLESS = {"methods": list(LM_METHODS)}
+
+
 def settings(kind, name, *keys):
     """Params: only `keys` of a config section, so that a job reruns only when they change; `k_max` stands for
     the largest k of the knn section (one search at it serves the whole grid)."""
 
     def values(wildcards):
         part = config[kind][wildcards.experiment][name]
-        return {key: max(part["k"]) if key == "k_max" else part[key] for key in keys}
+        return {
+            key: max(part["k"]) if key == "k_max" else part[key]
+            for key in keys
+            if key not in PASSED_UNLESS or part[key] != PASSED_UNLESS[key]
+        }
 
     return values
+
+
+def lm_datastore_settings(wildcards):
+    """Params of lm_datastore: its section's settings, and train_hidden false where the final hidden states are
+    not the keys and knn.methods runs no ResMem (kNN-LM needs none of the training positions').
+    """
+    experiment = config["lm_experiments"][wildcards.experiment]
+    store = settings(
+        "lm_experiments", "datastore", "key", "stride", "max_tokens", "batch_size"
+    )(wildcards)
+    if store["key"] != "final_hidden" and "resmem" not in experiment["knn"]["methods"]:
+        store["train_hidden"] = False
+    return store
 
 
 def gpu_request(wildcards):
@@ -244,8 +274,20 @@ def embeddings_disk_mb(wildcards):
 def lm_datastore_disk_mb(wildcards):
     """lm_datastore's disk request: the datastore it streams, at the corpus's size once it is tokenized."""
     sizes = lm_run_sizes(wildcards.experiment, {**wildcards, "store_fraction": 1}, None)
+    store = lm_datastore_settings(wildcards)
+    need = lm_sizes.datastore_disk_bytes(
+        sizes, store["key"], store.get("train_hidden", True)
+    )
+    return bounds.disk_mb(need)
+
+
+def lm_corpus_memory_mb(wildcards, attempt):
+    """lm_corpus's memory request: one tokenize batch and the longest document (resmem.lm.sizes)."""
     experiment = config["lm_experiments"][wildcards.experiment]
-    return bounds.disk_mb(lm_sizes.datastore_disk_bytes(experiment, sizes))
+    base = (
+        "torch" if experiment["corpus"]["tokenizer"] == "model" else "numpy"
+    )  # transformers loads torch
+    return bounds.request_mb(lm_sizes.corpus_memory_bytes(experiment), base, attempt)
 
 
 def lm_model_memory_mb(stage):

@@ -16,7 +16,7 @@ rule lm_corpus:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=memory_mb(4000),
+        mem_mb=lm_corpus_memory_mb,
         runtime=60,
     params:
         corpus=section("lm_experiments", "corpus"),
@@ -76,9 +76,7 @@ rule lm_datastore:
         gpu=gpu_request,
         runtime=120,
     params:
-        datastore=settings(
-            "lm_experiments", "datastore", "key", "stride", "max_tokens", "batch_size"
-        ),
+        datastore=lm_datastore_settings,
         eval_tokens=section("lm_experiments", "eval_tokens"),
         eval_stride=section("lm_experiments", "eval_stride"),
         amp=section("lm_experiments", "train/amp"),
