@@ -44,7 +44,7 @@ def main() -> None:
         benchmark = pd.read_csv(args.workdir / job["benchmark"], sep="\t")
         by_rule[job["rule"]].append((float(benchmark.max_rss.max()), job["mem_mb"]))
     print(f"{log} — {platform.processor() or platform.machine()}, measured max_rss (MB) of each job\n")
-    print("| rule | jobs | peak, largest (MB) | request, smallest (MB) | peak / request, worst | below request |")
+    print("| rule | jobs | peak, largest (MB) | request, smallest (MB) | peak / request, worst | within the request |")
     print("|---|---:|---:|---:|---:|---|")
     for rule, measured in by_rule.items():
         worst = max(peak / request for peak, request in measured)

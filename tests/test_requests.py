@@ -9,7 +9,7 @@ import torch
 from resmem import io
 from resmem.config import load
 from resmem.lm.model import build_lm
-from resmem.lm.sizes import gpt_parameters
+from resmem.lm.sizes import corpus_bytes, gpt_parameters
 from resmem.lm.sizes import run_sizes as lm_run_sizes
 from resmem.plan import plan
 from resmem.vision.models import build_model
@@ -107,3 +107,16 @@ def test_planner_lists_every_rule_with_its_requests_and_the_submissions():
     assert table["train"][4] == "yes" and table["select"][4] == ""
     assert float(table["train"][5].rstrip(" |")) >= 0
     assert any("30 submissions one a step, 14 with each run's search chain as one job" in line for line in lines)
+
+
+def test_planned_corpus_bytes_count_the_files_the_corpus_stage_reads(tmp_path):
+    """A folder of text: the planned bytes are those of the files the corpus lists (its .git folder pruned, an
+    excluded file left out), split by the config's fractions; budgets cap each split."""
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "objects").write_bytes(b"x" * 5000)
+    (tmp_path / "a.txt").write_bytes(b"a" * 600)
+    (tmp_path / "b.txt").write_bytes(b"b" * 400)
+    (tmp_path / "skip.log").write_bytes(b"c" * 9000)
+    corpus = {"name": "text", "path": str(tmp_path), "exclude": ["*.log"], "val_fraction": 0.1, "test_fraction": 0.2}
+    assert corpus_bytes(corpus) == {"train": 700, "val": 100, "test": 200}
+    assert corpus_bytes({**corpus, "max_bytes": {"train": 50}}) == {"train": 50, "val": 100, "test": 200}

@@ -6,7 +6,6 @@ vocabulary (for a Hugging Face model, its config.json and weight headers in the 
 from __future__ import annotations
 
 import json
-import os
 import sysconfig
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from resmem import io
 from resmem.artifacts import SPLITS
 from resmem.bounds import RunSizes, model_bytes, streamed_disk_bytes
+from resmem.lm.corpus import DEFAULT_INCLUDE, PRUNE_DIRS, list_files
 from resmem.lm.tokenizers import TOKENIZE_CHUNK_BYTES
 
 # Bytes of the corpora whose size is fixed (the raw text, before tokenizing); c4 always has byte budgets.
@@ -26,14 +26,18 @@ LONGEST_DOCUMENT = 64 * 2**20  # a file or an article is held whole while it is 
 ASSUMED_HF = {"hidden": 1024, "vocab": 50_257, "parameters": 355_000_000}  # a model not yet in the cache
 
 
-@lru_cache
-def _tree_bytes(root: str, suffix: str) -> int:
-    return sum(
-        os.path.getsize(os.path.join(folder, name))
-        for folder, _, names in os.walk(root)
-        for name in names
-        if name.endswith(suffix)
-    )
+def source_bytes(corpus: dict) -> int:
+    """The bytes of a stdlib or text corpus's files: those the corpus stage reads (its include, exclude and
+    pruned folders; `resmem.lm.corpus.list_files`), or the one file."""
+    kind = corpus["name"]
+    root = Path(sysconfig.get_paths()["stdlib"]) if kind == "stdlib" else Path(str(corpus["path"])).expanduser()
+    if root.is_file():
+        return root.stat().st_size
+    if not root.is_dir():
+        return 0
+    include = corpus.get("include") or DEFAULT_INCLUDE[kind]
+    files = list_files(root, include, corpus.get("exclude") or (), PRUNE_DIRS[kind])
+    return sum((root / rel).stat().st_size for rel in files)
 
 
 def corpus_bytes(corpus: dict) -> dict[str, int]:
@@ -41,14 +45,10 @@ def corpus_bytes(corpus: dict) -> dict[str, int]:
     budgets = corpus.get("max_bytes") or {}
     if corpus["name"] in CORPUS_BYTES:
         known = CORPUS_BYTES[corpus["name"]]
-    elif corpus["name"] == "c4":  # the corpus stage requires a budget for every split of c4
+    elif corpus["name"] == "c4" or all(budgets.get(s) for s in SPLITS):  # c4 always has a budget for every split
         known = {s: budgets.get(s) or 0 for s in SPLITS}
     else:
-        if corpus["name"] == "stdlib":
-            total = _tree_bytes(sysconfig.get_paths()["stdlib"], ".py")
-        else:
-            path = Path(str(corpus["path"])).expanduser()  # the text corpus: a file or a folder of them
-            total = _tree_bytes(str(path), "") if path.is_dir() else path.stat().st_size if path.exists() else 0
+        total = source_bytes(corpus)
         val, test = corpus.get("val_fraction", 0.1), corpus.get("test_fraction", 0.1)
         known = {"train": round(total * (1 - val - test)), "val": round(total * val), "test": round(total * test)}
     return {s: min(known[s], budgets.get(s) or known[s]) for s in SPLITS}
