@@ -5,6 +5,7 @@ the models and files they describe."""
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from resmem import io
 from resmem.config import load
@@ -16,6 +17,7 @@ from resmem.vision.models import build_model
 from resmem.vision.sizes import feature_width
 from resmem.vision.sizes import run_sizes as vision_run_sizes
 from tests.conftest import REPO, job_resources, snakemake, write_config
+from tests.test_data import make_image_folders
 
 
 def lm_only(train_bytes):
@@ -120,3 +122,18 @@ def test_planned_corpus_bytes_count_the_files_the_corpus_stage_reads(tmp_path):
     corpus = {"name": "text", "path": str(tmp_path), "exclude": ["*.log"], "val_fraction": 0.1, "test_fraction": 0.2}
     assert corpus_bytes(corpus) == {"train": 700, "val": 100, "test": 200}
     assert corpus_bytes({**corpus, "max_bytes": {"train": 50}}) == {"train": 50, "val": 100, "test": 200}
+
+
+@pytest.mark.parametrize("cache, expected", [("memory", 4600), ("none", 4000)])
+def test_train_and_embed_ask_for_the_decoded_images_they_hold(tmp_path, cache, expected):
+    """A folder dataset decoded into memory: train and embed ask for their 4,000 MB and the decoded array, planned
+    as 42 images (3 classes × (10 train + 4 test)) × 3 × 2,048² bytes = 528 MB, rounded up: 4,600 MB."""
+    make_image_folders(tmp_path / "images", per_class=(10, 4))
+    dataset = {"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 2048, "cache": cache}
+    config = {"device": "cpu", "experiments": {"folders": {
+        "dataset": dataset, "models": {"cnn": {"arch": "small_cnn", "width": 2}},
+        "train": {"augment": "flip"}, "knn": {"k": [1, 2]}}}}  # fmt: skip
+    path = tmp_path / "folders.yaml"
+    path.write_text(yaml.safe_dump(config))
+    jobs = job_resources(snakemake(tmp_path, "-n", configfile=path).stdout)
+    assert [job["mem_mb"] for job in jobs["train"] + jobs["embed"]] == [str(expected)] * 2

@@ -73,6 +73,13 @@ def split_sizes(dataset: dict) -> tuple[int, int, int, int]:
     return train_pool - val, val, test_pool, classes
 
 
+def decoded_bytes(dataset: dict) -> int:
+    """The decode stage's uint8 array of a folder dataset (3·S² bytes an image, its train and test pools): what
+    train and embed hold where the dataset is decoded into memory."""
+    train, val, test, _ = split_sizes(dataset)
+    return (train + val + test) * 3 * dataset["image_size"] ** 2
+
+
 def run_sizes(experiment: dict, run: dict, datastore_path=None) -> RunSizes:
     """A run's sizes: from its datastore file where it exists (the job's own input, at run time), else from the
     user's embeddings file or the config (planning)."""

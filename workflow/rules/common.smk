@@ -265,6 +265,25 @@ def stage_disk_mb(kind, stage):
     return mb
 
 
+IMAGE_MODEL_MB = 4000  # train and embed: torch, a model and its loaders (1.0 GB measured on the default)
+
+
+def image_model_memory_mb(wildcards, input, attempt):
+    """train's and embed's memory request: IMAGE_MODEL_MB and a folder dataset's decoded images where they read
+    them into memory (the decoded file once it exists, else its planned size), growing with each retry.
+    """
+    decoded = input.get("images")
+    held = 0
+    if decoded:
+        dataset = config["experiments"][wildcards.experiment]["dataset"]
+        held = (
+            Path(decoded).stat().st_size
+            if Path(decoded).exists()
+            else vision_sizes.decoded_bytes(dataset)
+        )
+    return int(-(-(IMAGE_MODEL_MB + held / bounds.MB) // 100) * 100) * attempt
+
+
 def embeddings_disk_mb(wildcards):
     """embed's and embeddings_file's disk request: the embeddings file it streams."""
     sizes = vision_run_sizes(wildcards.experiment, dict(wildcards), None)
