@@ -10,6 +10,7 @@ says how much of its request a rule uses (requests carry 25 % slack and the inte
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 from collections import defaultdict
 from pathlib import Path
@@ -43,7 +44,9 @@ def main() -> None:
     for job in jobs_of(log):
         benchmark = pd.read_csv(args.workdir / job["benchmark"], sep="\t")
         by_rule[job["rule"]].append((float(benchmark.max_rss.max()), job["mem_mb"]))
-    print(f"{log} — {platform.processor() or platform.machine()}, measured max_rss (MB) of each job\n")
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())  # fmt: skip
+    print(f"{log} — {cpu}, {os.cpu_count()} cores; measured max_rss (MB) of each job\n")
     print("| rule | jobs | peak, largest (MB) | request, smallest (MB) | peak / request, worst | within the request |")
     print("|---|---:|---:|---:|---:|---|")
     for rule, measured in by_rule.items():

@@ -2,9 +2,9 @@
 memory bounds are stated. The rules' requests (`mem_mb`, `disk_mb` in workflow/rules/common.smk), the planner
 (`python -m resmem.plan CONFIG`) and bench/bench_scale.py (which measures them) all read them from here.
 
-A run's sizes (`RunSizes`): N datastore rows of which `index_rows` are indexed, keys of width d stored at
-`key_bytes` a value, Q = val + test queries searched at k = k_max, C classes (the vocabulary V for tokens) and,
-for language models, the final hidden width h. Peak memory, in bytes, beyond the interpreter (BASE_MB):
+A run's sizes (`RunSizes`): N datastore rows of which `index_rows` are indexed, keys of width d, Q = val + test
+queries searched at k = k_max, C classes (the vocabulary V for tokens) and, for language models, the final hidden
+width h. Peak memory, in bytes, beyond the interpreter (BASE_MB):
 
 - index: twice the index (`index_bytes`: faiss grows its arrays by reallocation while vectors are added, old and
   new side by side) and twice its training sample of min(N, 256·nlist)·d·4 (IVF: k-means and the product
@@ -40,7 +40,6 @@ class RunSizes:
     datastore_rows: int  # N: rows of the datastore file
     index_rows: int  # rows the index holds (a datastore fraction of N)
     dim: int  # d: key width
-    key_bytes: int  # bytes per key value in the datastore file (2: float16 token keys, 4: image embeddings)
     queries: int  # Q: val + test
     classes: int  # C, or the vocabulary V
     k_max: int
@@ -77,17 +76,20 @@ def stage_bytes(stage: str, sizes: RunSizes, knn: dict) -> int:
     raise ValueError(f"no bound for stage {stage!r}")
 
 
-def model_bytes(parameters: int, training: bool, activations: int = 0) -> int:
-    """A model in float32 (weights; training adds gradients and Adam's two moments: 16 bytes a parameter) and
-    one batch's activations."""
-    return parameters * (16 if training else 4) + activations
+def model_bytes(parameters: int, training: bool) -> int:
+    """A model in float32 (weights; training adds gradients and Adam's two moments: 16 bytes a parameter)."""
+    return parameters * (16 if training else 4)
+
+
+def round_up_mb(mb: float) -> int:
+    """A request in MB, rounded up to 100 MB (at least 100)."""
+    return max(100, int(-(-mb // 100) * 100))
 
 
 def request_mb(peak_bytes: int, base: str, attempt: int = 1) -> int:
     """A job's mem_mb: the bound plus the interpreter (BASE_MB[base]) and a quarter for the allocator's slack,
     rounded up to 100 MB; each retry after a failure asks for one more such amount (profiles set `retries`)."""
-    need = (peak_bytes * 1.25) / MB + BASE_MB[base]
-    return int(-(-need // 100) * 100) * attempt
+    return round_up_mb(peak_bytes * 1.25 / MB + BASE_MB[base]) * attempt
 
 
 def stage_request_mb(stage: str, sizes: RunSizes, knn: dict, attempt: int = 1) -> int:
@@ -114,4 +116,4 @@ def streamed_disk_bytes(arrays: dict[str, tuple[int, int, int]]) -> int:
 
 def disk_mb(nbytes: int) -> int:
     """A disk_mb request: the bytes rounded up to 100 MB."""
-    return int(-(-nbytes // (100 * MB)) * 100) or 100
+    return round_up_mb(nbytes / MB)

@@ -1,5 +1,5 @@
-"""Plan a config before running it: per rule, the jobs, the memory and disk each job asks for, the peak the
-bounds predict (`resmem.bounds`) and the GPU hours; and how many SLURM submissions the run makes.
+"""Plan a config before running it: per rule, the jobs, the memory and disk each job asks for (the bounds of
+`resmem.bounds` plus the interpreter and slack) and the GPU hours; and how many SLURM submissions the run makes.
 
     python -m resmem.plan config/paper/cifar100.yaml [more configs] [--tflops 100] [--tflops-small 10]
 

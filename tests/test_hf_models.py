@@ -20,6 +20,7 @@ from resmem.engine import sweep_correct
 from resmem.lm import hf
 from resmem.lm import stages as lm_stages
 from resmem.lm.model import sliding_windows
+from resmem.lm.sizes import hf_shape
 from resmem.lm.tokens import KeyLogits, base_predict, final_hidden
 from tests.conftest import snakemake
 
@@ -265,3 +266,20 @@ def test_a_missing_hub_model_offline_stops_before_any_job(tmp_path, monkeypatch)
     assert "lm_experiments.x.models.m.hf" in message and "resmem-test/no-such-model" in message
     assert str(tmp_path / "hf_home") in message and "python -m resmem.lm.hf" in message
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("kind", list(CLASSES))
+def test_planned_shape_of_a_saved_model_is_the_loaded_models(tiny_models, kind):
+    """The planner reads a model's width, vocabulary and parameter count from its files (config.json and the
+    safetensors header) without loading it: the same as the loaded model's."""
+    model = getattr(transformers, CLASSES[kind]).from_pretrained(tiny_models[kind])
+    shape = hf_shape(str(tiny_models[kind]), None)
+    assert shape == {"hidden": WIDTH, "vocab": model.config.vocab_size,
+                     "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+
+
+def test_planned_parameters_of_a_sharded_model_come_from_its_index(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "vocab_size": 100}))
+    index = {"metadata": {"total_size": 2 * 7_000_000}, "weight_map": {}}  # bytes of bfloat16 shards
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert hf_shape(str(tmp_path), None) == {"hidden": 64, "vocab": 100, "parameters": 7_000_000}

@@ -168,7 +168,7 @@ def test_trained_datastore_round_trips(corpus):
     report = json.loads((root / "ds.json").read_text())
     assert report["entries"] == {"train": 1000, "val": 300, "test": 300} and report["tokens_per_second"] > 0
     # The disk the stage asks for covers the file it wrote (and a scratch copy of its largest array: the keys).
-    sizes = RunSizes(1000, 1000, 16, 2, 600, 256, 1, 16)
+    sizes = RunSizes(1000, 1000, 16, 600, 256, 1, 16)
     written, keys = (root / "ds.npz").stat().st_size, 1000 * 16 * 2
     assert written <= datastore_disk_bytes(sizes, "final_hidden") - keys <= 1.01 * written + 4096
 

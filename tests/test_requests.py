@@ -79,7 +79,7 @@ def test_sizes_come_from_the_datastore_once_it_exists(tmp_path):
               "test_keys": np.zeros((40, 24), np.float32), "head_weight": np.zeros((256, 24), np.float32)}  # fmt: skip
     io.save_npz(tmp_path / "datastore.npz", **arrays)
     sizes = lm_run_sizes(experiment, {"model": "gpt_l1_d32", "store_fraction": "0.5"}, tmp_path / "datastore.npz")
-    assert (sizes.datastore_rows, sizes.index_rows, sizes.dim, sizes.key_bytes) == (5000, 2500, 24, 2)
+    assert (sizes.datastore_rows, sizes.index_rows, sizes.dim) == (5000, 2500, 24)
     assert (sizes.queries, sizes.classes, sizes.k_max) == (70, 256, 64)
     planned = lm_run_sizes(experiment, {"model": "gpt_l1_d32", "store_fraction": "0.5"}, tmp_path / "none.npz")
     assert (planned.datastore_rows, planned.dim, planned.queries) == (200_000, 32, 20_000)  # max_tokens, eval_tokens

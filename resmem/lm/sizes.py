@@ -6,6 +6,7 @@ vocabulary (for a Hugging Face model, its config.json and weight headers in the 
 from __future__ import annotations
 
 import json
+import math
 import sysconfig
 from functools import lru_cache
 from pathlib import Path
@@ -72,7 +73,8 @@ def split_tokens(experiment: dict, corpus_path=None) -> dict[str, int]:
 @lru_cache
 def hf_shape(source: str, revision: str | None) -> dict | None:
     """(hidden, vocab, parameters) of a cached Hugging Face model: its config.json, and its parameters counted
-    from the safetensors headers (the weights' file size at 2 bytes a parameter for .bin); None if not cached."""
+    from the safetensors header (a sharded model's index, or a .bin file, by its bytes at 2 a parameter: an
+    overestimate for float32 weights); None if not cached."""
     from huggingface_hub import try_to_load_from_cache
 
     def cached(name):
@@ -87,18 +89,15 @@ def hf_shape(source: str, revision: str | None) -> dict | None:
         return None
     config = json.loads(config_file.read_text())
     hidden = config.get("hidden_size") or config.get("n_embd")
-    weights, parameters = cached("model.safetensors"), 0
+    weights, sharded, binary = (cached(n) for n in ("model.safetensors", "model.safetensors.index.json",
+                                                    "pytorch_model.bin"))  # fmt: skip
     if weights is not None:
         with open(weights, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        for name, tensor in header.items():
-            if name != "__metadata__":
-                count = 1
-                for side in tensor["shape"]:
-                    count *= side
-                parameters += count
+            header = json.loads(f.read(min(int.from_bytes(f.read(8), "little"), 100 * 2**20)))  # at most 100 MiB
+        parameters = sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    elif sharded is not None:
+        parameters = json.loads(sharded.read_text())["metadata"]["total_size"] // 2
     else:
-        binary = cached("pytorch_model.bin")
         parameters = binary.stat().st_size // 2 if binary else ASSUMED_HF["parameters"]
     return {"hidden": int(hidden), "vocab": int(config["vocab_size"]), "parameters": parameters}
 
@@ -149,12 +148,12 @@ def run_sizes(experiment: dict, run: dict, datastore_path=None, corpus_path=None
         n, dim = arrays["train_keys"].shape
         vocab, hidden = arrays["head_weight"].shape
         queries = len(arrays["val_keys"]) + len(arrays["test_keys"])
-        return RunSizes(n, max(1, round(fraction * n)), dim, arrays["train_keys"].itemsize, queries, vocab, k_max,
+        return RunSizes(n, max(1, round(fraction * n)), dim, queries, vocab, k_max,
                         hidden, query_logits=False)  # fmt: skip
     rows = datastore_rows(experiment, split_tokens(experiment, corpus_path))
     shape = model_shape(experiment, run["model"])
     n = rows["train"]
-    return RunSizes(n, max(1, round(fraction * n)), shape["hidden"], 2, rows["val"] + rows["test"], shape["vocab"],
+    return RunSizes(n, max(1, round(fraction * n)), shape["hidden"], rows["val"] + rows["test"], shape["vocab"],
                     k_max, shape["hidden"], query_logits=False)  # fmt: skip
 
 

@@ -165,7 +165,7 @@ def datastore(
     rows = {f"{s}_{kind}": len(positions[s]) for s in SPLITS for kind in (*stored[s], "next", "pos")}
     rows.update(head_weight=vocab, head_bias=vocab)
     queries = sum(len(positions[s]) for s in QUERY_SPLITS)
-    sizes = RunSizes(len(positions["train"]), len(positions["train"]), hidden, 2, queries, vocab, 1, hidden)
+    sizes = RunSizes(len(positions["train"]), len(positions["train"]), hidden, queries, vocab, 1, hidden)
     need = datastore_disk_bytes(sizes, key, "hidden" in stored["train"])  # every key is `hidden` wide
     io.require_free_space(out_path, need, "lm_datastore")
     start = time.perf_counter()

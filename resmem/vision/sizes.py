@@ -20,7 +20,7 @@ FOLDER_SPLITS = {"imagenet": ("train", "val"), "imagefolder": ("train", "test")}
 
 def feature_width(spec: dict, classes: int, channels: int = 3) -> int:
     """The width of a model's features (the keys ResMem searches), from its spec: the architectures' own rule
-    (tests/test_sizes.py checks it against the built models), a timm model built on the meta device."""
+    (tests/test_requests.py checks it against the built models), a timm model built on the meta device."""
     arch = spec["arch"]
     if arch == "small_cnn":
         return 2 * spec.get("width", 8)
@@ -96,12 +96,12 @@ def run_sizes(experiment: dict, run: dict, datastore_path=None) -> RunSizes:
             n, queries = n - val, queries + val
         if source != datastore_path:  # the user's file: the run keeps a fraction of its training rows
             n = round(float(run["train_fraction"]) * n)
-        return RunSizes(n, n, dim, 4, queries, arrays["test_logits"].shape[1], k_max)
+        return RunSizes(n, n, dim, queries, arrays["test_logits"].shape[1], k_max)
     train, val, test, classes = split_sizes(experiment["dataset"])
     n = round(float(run["train_fraction"]) * train)
     channels = 1 if experiment["dataset"]["name"] == "digits" else 3
     dim = feature_width(experiment["models"][run["model"]], classes, channels)
-    return RunSizes(n, n, dim, 4, val + test, classes, k_max)
+    return RunSizes(n, n, dim, val + test, classes, k_max)
 
 
 def embeddings_disk_bytes(sizes: RunSizes) -> int:

@@ -259,7 +259,7 @@ def embed(
     counts = {f"{s}_{kind}": len(loader) for s, loader in loaders.items() for kind in ("emb", "logits", "y")}
     queries = sum(len(loader) for s, loader in loaders.items() if s != "train")
     width = feature_width(meta["model"], data.num_classes, data.train.channels)
-    sizes = RunSizes(len(rows), len(rows), width, 4, queries, data.num_classes, 1)
+    sizes = RunSizes(len(rows), len(rows), width, queries, data.num_classes, 1)
     io.require_free_space(out_path, embeddings_disk_bytes(sizes), "embed")
     io.save_npz_streaming(out_path, blocks(), {"train_idx": len(rows), **counts})
 

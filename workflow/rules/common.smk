@@ -281,7 +281,7 @@ def image_model_memory_mb(wildcards, input, attempt):
             if Path(decoded).exists()
             else vision_sizes.decoded_bytes(dataset)
         )
-    return int(-(-(IMAGE_MODEL_MB + held / bounds.MB) // 100) * 100) * attempt
+    return bounds.round_up_mb(IMAGE_MODEL_MB + held / bounds.MB) * attempt
 
 
 def embeddings_disk_mb(wildcards):
