@@ -161,11 +161,12 @@ def stage_job(job: dict, queue) -> None:
     queue.put({"baseline_mb": baseline, "seconds": seconds, "hwm_mb": status_mb(os.getpid())["VmHWM"]})
 
 
-def measure(job: dict) -> dict:
-    """Run `job` in a spawned process, sampling its RssAnon until it exits: the peak, with what it reports."""
+def measure(job: dict, target=stage_job) -> dict:
+    """Run `target(job, queue)` in a spawned process, sampling its RssAnon until it exits: the peak, with what it
+    reports."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=stage_job, args=(job, queue))
+    process = context.Process(target=target, args=(job, queue))
     process.start()
     peak = 0.0
     while process.is_alive():

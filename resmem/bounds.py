@@ -18,7 +18,8 @@ width h. Peak memory, in bytes, beyond the interpreter (BASE_MB):
 - corpus (language models): one tokenize batch and its ids, and the longest document (`resmem.lm.sizes`).
 
 Memmapped inputs are read in chunks and count as page cache, not as the job's own memory. Stages that run a
-model (train, embed, datastore) hold it and a batch: `model_bytes`.
+model (train, embed, datastore) hold it (`model_bytes`), a batch and their data: `model_memory_bytes` in
+`resmem.vision.sizes` and `resmem.lm.sizes`.
 """
 
 from __future__ import annotations

@@ -42,15 +42,17 @@ def dry_run(config_path) -> str:
 
 
 def job_listing(output: str) -> list[dict]:
-    """Each job of a dry run's listing: {rule, group (listed, indented, in a group job), resources}."""
+    """Each job of a dry run's listing: {rule, group (listed, indented, in a group job), resources, wildcards}."""
     jobs = []
     for line in output.splitlines():
         stripped = line.strip()
         if stripped.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
-            jobs.append({"rule": stripped.split()[1].rstrip(":"), "group": line.startswith(" "), "resources": {}})
-        elif stripped.startswith("resources:") and jobs:
-            pairs = (item.split("=", 1) for item in stripped.split(":", 1)[1].split(", "))
-            jobs[-1]["resources"] = {name.strip(): value.strip() for name, value in pairs}
+            jobs.append({"rule": stripped.split()[1].rstrip(":"), "group": line.startswith(" "), "resources": {},
+                         "wildcards": {}})  # fmt: skip
+        elif stripped.startswith(("resources:", "wildcards:")) and jobs:
+            field, listed = stripped.split(":", 1)
+            pairs = (item.split("=", 1) for item in listed.split(", "))
+            jobs[-1][field] = {name.strip(): value.strip() for name, value in pairs}
     return jobs
 
 

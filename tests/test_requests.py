@@ -12,9 +12,9 @@ from resmem.config import load
 from resmem.lm.model import build_lm
 from resmem.lm.sizes import corpus_bytes, gpt_parameters
 from resmem.lm.sizes import run_sizes as lm_run_sizes
-from resmem.plan import plan
+from resmem.plan import job_listing, plan
 from resmem.vision.models import build_model
-from resmem.vision.sizes import feature_width
+from resmem.vision.sizes import feature_width, model_footprint
 from resmem.vision.sizes import run_sizes as vision_run_sizes
 from tests.conftest import REPO, job_resources, snakemake, write_config
 from tests.test_data import make_image_folders
@@ -124,16 +124,69 @@ def test_planned_corpus_bytes_count_the_files_the_corpus_stage_reads(tmp_path):
     assert corpus_bytes({**corpus, "max_bytes": {"train": 50}}) == {"train": 50, "val": 100, "test": 200}
 
 
-@pytest.mark.parametrize("cache, expected", [("memory", 4600), ("none", 4000)])
-def test_train_and_embed_ask_for_the_decoded_images_they_hold(tmp_path, cache, expected):
-    """A folder dataset decoded into memory: train and embed ask for their 4,000 MB and the decoded array, planned
-    as 42 images (3 classes × (10 train + 4 test)) × 3 × 2,048² bytes = 528 MB, rounded up: 4,600 MB."""
-    make_image_folders(tmp_path / "images", per_class=(10, 4))
-    dataset = {"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 2048, "cache": cache}
-    config = {"device": "cpu", "experiments": {"folders": {
-        "dataset": dataset, "models": {"cnn": {"arch": "small_cnn", "width": 2}},
-        "train": {"augment": "flip"}, "knn": {"k": [1, 2]}}}}  # fmt: skip
-    path = tmp_path / "folders.yaml"
+def test_model_footprint_counts_a_small_cnn_by_hand():
+    """SmallCNN of width w on 1×8×8 digits, C classes, leaf outputs per image: conv, norm and ReLU of w·64 values
+    each, the pool's w·16, conv, norm and ReLU of 2w·16, the global pool's and the flatten's 2w, the head's C: 308w
+    + C in all, the largest w·64. Parameters: 9w + 2w (conv and norm), 9·w·2w + 4w, and the head's 2w·C + C."""
+    w, c = 5, 10
+    parameters, values, largest = model_footprint({"arch": "small_cnn", "width": w}, c, 1, 8)
+    assert (values, largest) == (308 * w + c, 64 * w)
+    assert parameters == 9 * w + 2 * w + 18 * w * w + 4 * w + 2 * w * c + c
+    assert parameters == sum(p.numel() for p in build_model({"arch": "small_cnn", "width": w}, c, 1).parameters())
+
+
+def digits_batches(config):
+    """Two digits experiments that differ only in their train and embed batches: 64 and 100,064."""
+    base = config["experiments"].pop("smoke")
+    base["models"] = {"cnn": {"arch": "small_cnn", "width": 4}}
+    base["train_fractions"] = [1.0]
+    for name, batch in (("small", 64), ("large", 100_064)):
+        config["experiments"][name] = {**base, "train": {**base["train"], "batch_size": batch},
+                                       "embed": {"batch_size": batch}}  # fmt: skip
+    config["regression"] = {}
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_train_and_embed_requests_follow_the_batch_in_a_dry_run(tmp_path, device):
+    """SmallCNN of width 4 on 8×8 digits (by hand above: 1,242 activation values an image, the largest 256; an
+    input of 64 values): 100,000 images more a batch add, for train, twice the activations and four float32 copies
+    of the input, 100,000 × (2·1,242·4 + 4·64·4) bytes = 1,096 MB, and for embed six of the largest activations
+    and the input copies, 100,000 × (6·256·4 + 1,024) = 717 MB; ×1.25 for the allocator's slack. With device: cuda
+    the activations are on the GPU: only the input copies, 102.4 MB, stay on the host."""
+    path = write_config(tmp_path / "batches.yaml", digits_batches)
+    config = yaml.safe_load(path.read_text())
+    config["device"] = device
     path.write_text(yaml.safe_dump(config))
     jobs = job_resources(snakemake(tmp_path, "-n", configfile=path).stdout)
-    assert [job["mem_mb"] for job in jobs["train"] + jobs["embed"]] == [str(expected)] * 2
+    per_image = {"train": 2 * 1242 * 4 + 1024, "embed": 6 * 256 * 4 + 1024} if device == "cpu" else {}
+    for rule in ("train", "embed"):
+        small, large = sorted(int(job["mem_mb"]) for job in jobs[rule])
+        expected = 1.25 * 100_000 * per_image.get(rule, 1024) / 1e6
+        assert abs(large - small - expected) <= 100, (rule, small, large, expected)
+
+
+def test_train_and_embed_ask_for_the_images_they_hold(tmp_path):
+    """Folder datasets at 2,048 px (3 × 2,048² bytes an image): decoded into memory, 42 images more (3 classes ×
+    (10 train + 4 test)) ask train and embed for 42 × 12.58 MB = 528 MB more (660 MB with the slack); streamed
+    from the files, two DataLoader workers more ask for their two prefetched float32 batches of 64 and 200 MB
+    each, 2 × (2 × 64 × 50.3 MB + 200 MB) = 13.28 GB (16.6 GB with the slack)."""
+    experiments = {}
+    for name, per_class, cache, workers in (
+        ("memory_small", (10, 4), "memory", 2),
+        ("memory_large", (20, 8), "memory", 2),
+        ("streamed_2", (10, 4), "none", 2),
+        ("streamed_4", (10, 4), "none", 4),
+    ):
+        make_image_folders(tmp_path / name, per_class=per_class)
+        dataset = {"name": "imagefolder", "root": str(tmp_path / name), "image_size": 2048, "cache": cache}
+        experiments[name] = {"dataset": dataset, "models": {"cnn": {"arch": "small_cnn", "width": 2}},
+                             "train": {"augment": "flip", "num_workers": workers}, "knn": {"k": [1, 2]}}  # fmt: skip
+    path = tmp_path / "folders.yaml"
+    path.write_text(yaml.safe_dump({"device": "cpu", "experiments": experiments}))
+    jobs = job_listing(snakemake(tmp_path, "-n", configfile=path).stdout)
+    for rule in ("train", "embed"):
+        mb = {job["wildcards"]["experiment"]: int(job["resources"]["mem_mb"]) for job in jobs if job["rule"] == rule}
+        assert abs(mb["memory_large"] - mb["memory_small"] - 1.25 * 42 * 3 * 2048**2 / 1e6) <= 100
+        batch = 64 if rule == "train" else 1024
+        workers_mb = 2 * (2 * batch * 3 * 2048**2 * 4 + 200e6) * 1.25 / 1e6
+        assert abs(mb["streamed_4"] - mb["streamed_2"] - workers_mb) <= 100

@@ -171,15 +171,19 @@ def datastore_disk_bytes(sizes: RunSizes, key: str, train_hidden: bool = True) -
     return streamed_disk_bytes(arrays)
 
 
-def model_memory_bytes(experiment: dict, model: str, batch_windows: int, training: bool) -> int:
-    """lm_train's or lm_datastore's peak beyond the interpreter (an estimate, not a bound): the model in float32
-    (training: with gradients and Adam's moments), twice for a Hugging Face model (its loaded weights and their
-    float32 copy), and one batch of windows' activations at about 16 float32 values per position and hidden
-    unit (attention, the 4·h MLP, the captured states), three times that while training (the backward pass)."""
+def model_memory_bytes(experiment: dict, model: str, batch_windows: int, training: bool, on_gpu: bool = False) -> int:
+    """lm_train's or lm_datastore's peak host memory beyond the interpreter (an estimate, not a bound): the model
+    in float32 (training: with gradients and Adam's moments), twice for a Hugging Face model (its loaded weights
+    and their float32 copy), and one batch of windows' activations at about 16 float32 values per position and
+    hidden unit (attention, the 4·h MLP, the captured states), three times that while training (the backward
+    pass). `on_gpu` (device: cuda): the host holds the weights as loaded and a batch's captured states (two
+    float32 values per position and hidden unit); the rest lives in device memory."""
     shape = model_shape(experiment, model)
     copies = 2 if "hf" in experiment["models"][model] else 1
-    batch = batch_windows * experiment["context"] * shape["hidden"] * 16 * 4 * (3 if training else 1)
-    return copies * model_bytes(shape["parameters"], training) + batch
+    positions = batch_windows * experiment["context"] * shape["hidden"]
+    if on_gpu:
+        return copies * model_bytes(shape["parameters"], training=False) + positions * 2 * 4
+    return copies * model_bytes(shape["parameters"], training) + positions * 16 * 4 * (3 if training else 1)
 
 
 def gpu_hours(experiment: dict, tflops: float, tflops_small: float = 0.0) -> dict[str, float]:

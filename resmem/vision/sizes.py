@@ -10,12 +10,21 @@ from functools import lru_cache
 from pathlib import Path
 
 from resmem import io
-from resmem.bounds import RunSizes, streamed_disk_bytes
+from resmem.bounds import RunSizes, model_bytes, streamed_disk_bytes
 
 # (train pool, test pool, classes) of the datasets whose sizes are fixed; digits' test split is carved from it.
 POOLS = {"digits": (1797, 0, 10), "cifar100": (50_000, 10_000, 100), "imagenet": (1_281_167, 50_000, 1000)}
 RESNET_WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+IN_MEMORY = ("digits", "cifar100")  # loaded as arrays; the others are class folders of image files
 FOLDER_SPLITS = {"imagenet": ("train", "val"), "imagefolder": ("train", "test")}
+# oneDNN's primitive caches and workspaces and the allocator's free lists: 130-420 MB measured beyond the counted
+# terms, varying between two runs of the same job (bench/bench_model_memory.py)
+TORCH_SCRATCH = 384 * 2**20
+# embed's live activations, in units of the largest leaf output: 1.3-2.4 an image measured for ResNets and a ViT
+# (bench/bench_model_memory.py, the growth between two batches)
+EVAL_LIVE = 6
+PREFETCH_BATCHES = 2  # torch DataLoader's prefetch_factor: float32 batches queued per worker
+WORKER_BYTES = 200 * 10**6  # a DataLoader worker's own memory beside its batches (PIL, decoded JPEGs)
 
 
 def feature_width(spec: dict, classes: int, channels: int = 3) -> int:
@@ -80,6 +89,71 @@ def decoded_bytes(dataset: dict) -> int:
     return (train + val + test) * 3 * dataset["image_size"] ** 2
 
 
+def input_shape(dataset: dict) -> tuple[int, int]:
+    """(channels, side) of the images the model sees."""
+    if dataset["name"] == "digits":
+        return 1, 8
+    return 3, 32 if dataset["name"] == "cifar100" else dataset["image_size"]
+
+
+def model_footprint(spec: dict, classes: int, channels: int, size: int) -> tuple[int, int, int]:
+    """(parameters, activation values, largest activation) of one image through the model: the outputs of its
+    leaf modules, summed and at their largest, counted in a forward pass on the meta device (no weights
+    allocated, nothing computed or downloaded)."""
+    return _footprint(json.dumps(spec, sort_keys=True), classes, channels, size)
+
+
+@lru_cache
+def _footprint(spec_json: str, classes: int, channels: int, size: int) -> tuple[int, int, int]:
+    import torch
+
+    from resmem.vision.models import build_model
+
+    outputs = []
+    with torch.device("meta"):
+        spec = json.loads(spec_json)
+        net = build_model({**spec, "pretrained": False} if "pretrained" in spec else spec, classes, channels)
+        leaves = [m for m in net.modules() if not any(m.children())]
+        hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out.numel())) for m in leaves]
+        net.eval()(torch.zeros(1, channels, size, size))
+    for hook in hooks:
+        hook.remove()
+    return sum(p.numel() for p in net.parameters()), sum(outputs), max(outputs)
+
+
+def model_memory_bytes(experiment: dict, model: str, stage: str, decoded: int = 0, on_gpu: bool = False) -> int:
+    """train's or embed's peak host memory beyond the interpreter, from the model's footprint (`model_footprint`),
+    the batch and the images held, all float32 (bench/bench_model_memory.py measures it on the CPU):
+    - the network: train adds gradients and Adam's moments (16 bytes a parameter), and twice a batch's activation
+      values (autograd keeps each layer's output or input for the backward pass, which adds their gradients);
+      embed, the weights twice (the checkpoint as read and the network) and EVAL_LIVE of the largest activations
+      a batch (the tensors alive at once: a residual block's input, branch and output; attention's q, k, v).
+      `on_gpu` (device: cuda): all but the weights as built or read live in device memory instead;
+    - four float32 copies of the input batch (loaded, scaled, augmented, normalized) and TORCH_SCRATCH;
+    - the images: an in-memory dataset twice (loaded, and each split's rows copied out), a folder dataset's
+      `decoded` array (memmapped) once, or, for files decoded on the fly, each DataLoader worker's prefetched
+      batches and WORKER_BYTES."""
+    dataset = experiment["dataset"]
+    channels, size = input_shape(dataset)
+    train, val, test, classes = split_sizes(dataset)
+    parameters, values, largest = model_footprint(experiment["models"][model], classes, channels, size)
+    batch = experiment[stage]["batch_size"]
+    training = stage == "train" and experiment["train"]["epochs"] > 0
+    network = model_bytes(parameters, training=False) * (2 if stage == "embed" else 1)
+    if training and not on_gpu:
+        network = model_bytes(parameters, training=True) + 2 * values * batch * 4
+    elif not on_gpu:
+        network += EVAL_LIVE * largest * batch * 4
+    image = channels * size * size
+    held = network + 4 * batch * image * 4 + TORCH_SCRATCH
+    if dataset["name"] in IN_MEMORY:
+        return held + 2 * (train + val + test) * image
+    if decoded:
+        return held + decoded
+    workers = experiment["train"]["num_workers"]
+    return held + workers * (PREFETCH_BATCHES * batch * image * 4 + WORKER_BYTES)
+
+
 def run_sizes(experiment: dict, run: dict, datastore_path=None) -> RunSizes:
     """A run's sizes: from its datastore file where it exists (the job's own input, at run time), else from the
     user's embeddings file or the config (planning)."""
@@ -99,7 +173,7 @@ def run_sizes(experiment: dict, run: dict, datastore_path=None) -> RunSizes:
         return RunSizes(n, n, dim, queries, arrays["test_logits"].shape[1], k_max)
     train, val, test, classes = split_sizes(experiment["dataset"])
     n = round(float(run["train_fraction"]) * train)
-    channels = 1 if experiment["dataset"]["name"] == "digits" else 3
+    channels, _ = input_shape(experiment["dataset"])
     dim = feature_width(experiment["models"][run["model"]], classes, channels)
     return RunSizes(n, n, dim, val + test, classes, k_max)
 
@@ -141,9 +215,8 @@ def gpu_hours(experiment: dict, tflops: float, tflops_small: float) -> dict[str,
     if "embeddings" in experiment:
         return {}
     dataset = experiment["dataset"]
-    size = {"digits": 8, "cifar100": 32}.get(dataset["name"], dataset["image_size"])
+    channels, size = input_shape(dataset)
     rate = (tflops_small if size <= 64 else tflops) * 1e12 * 3600
-    channels = 1 if dataset["name"] == "digits" else 3
     hours = {"train": 0.0, "embed": 0.0, "neighbors": 0.0}
     for model, spec in experiment["models"].items():
         for fraction in experiment["train_fractions"]:

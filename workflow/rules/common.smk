@@ -265,23 +265,29 @@ def stage_disk_mb(kind, stage):
     return mb
 
 
-IMAGE_MODEL_MB = 4000  # train and embed: torch, a model and its loaders (1.0 GB measured on the default)
+def image_model_memory_mb(stage):
+    """train's or embed's memory request: the model, its batch and the images it holds (resmem.vision.sizes; with
+    device: cuda the network's training state and activations are in GPU memory), a folder dataset's decoded
+    images where they are read from memory (the decoded file once it exists, else its planned size), growing
+    with each retry."""
 
-
-def image_model_memory_mb(wildcards, input, attempt):
-    """train's and embed's memory request: IMAGE_MODEL_MB and a folder dataset's decoded images where they read
-    them into memory (the decoded file once it exists, else its planned size), growing with each retry.
-    """
-    decoded = input.get("images")
-    held = 0
-    if decoded:
-        dataset = config["experiments"][wildcards.experiment]["dataset"]
-        held = (
-            Path(decoded).stat().st_size
-            if Path(decoded).exists()
-            else vision_sizes.decoded_bytes(dataset)
+    def mb(wildcards, input, attempt):
+        experiment = config["experiments"][wildcards.experiment]
+        decoded = input.get("images")
+        held = 0
+        if decoded:
+            held = (
+                Path(decoded).stat().st_size
+                if Path(decoded).exists()
+                else vision_sizes.decoded_bytes(experiment["dataset"])
+            )
+        on_gpu = config["device"] == "cuda"
+        peak = vision_sizes.model_memory_bytes(
+            experiment, wildcards.model, stage, held, on_gpu
         )
-    return bounds.round_up_mb(IMAGE_MODEL_MB + held / bounds.MB) * attempt
+        return bounds.request_mb(peak, "torch", attempt)
+
+    return mb
 
 
 def embeddings_disk_mb(wildcards):
@@ -310,14 +316,18 @@ def lm_corpus_memory_mb(wildcards, attempt):
 
 
 def lm_model_memory_mb(stage):
-    """lm_train's or lm_datastore's memory request: its model and one batch of windows (resmem.lm.sizes)."""
+    """lm_train's or lm_datastore's memory request: its model and one batch of windows (resmem.lm.sizes; with
+    device: cuda the training state and activations are in GPU memory)."""
 
     def mb(wildcards, attempt):
         experiment = config["lm_experiments"][wildcards.experiment]
         spec = experiment["models"][wildcards.model]
         training = stage == "train" and ("hf" not in spec or spec["epochs"] > 0)
         batch = experiment[stage]["batch_size"]
-        peak = lm_sizes.model_memory_bytes(experiment, wildcards.model, batch, training)
+        on_gpu = config["device"] == "cuda"
+        peak = lm_sizes.model_memory_bytes(
+            experiment, wildcards.model, batch, training, on_gpu
+        )
         return bounds.request_mb(peak, "torch", attempt)
 
     return mb

@@ -65,7 +65,7 @@ rule train:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=image_model_memory_mb,
+        mem_mb=image_model_memory_mb("train"),
         gpu=gpu_request,
         runtime=120,
     params:
@@ -94,7 +94,7 @@ rule embed:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
-        mem_mb=image_model_memory_mb,
+        mem_mb=image_model_memory_mb("embed"),
         disk_mb=embeddings_disk_mb,
         gpu=gpu_request,
         runtime=60,
