@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import struct
 import subprocess
@@ -43,6 +44,29 @@ class ArtifactError(ValueError):
     """An input file is missing, truncated or does not match what the stage expects."""
 
 
+def file_hash(path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file, read in 16 MiB pieces."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while piece := f.read(16 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def check_hash_in_name(path, what: str) -> None:
+    """A cached download named NAME-<sha256 prefix>.EXT (torch hub's convention) must hash to that prefix;
+    otherwise a ConfigError naming the file, before anything reads it."""
+    named = re.search(r"-([a-f0-9]{6,})\.", Path(path).name)
+    if named is None:
+        return
+    found = file_hash(path)
+    if not found.startswith(named.group(1)):
+        raise ConfigError(
+            f"{path} ({what}): its sha256 {found[:16]}… is not the {named.group(1)} its name promises; the file is "
+            "damaged or not the published one. Delete it and fetch it again (or copy the published file there)"
+        )
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds, so that a
@@ -57,6 +81,27 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def extract_archive(archive, root, md5: str, source: str) -> None:
+    """Extract a downloaded tar archive into `root` once it matches its published `md5` (from `source`): members
+    with absolute paths, '..', links out of `root` or device files are refused (tarfile's data filter), and
+    nothing is written before the checksum holds."""
+    import tarfile
+
+    found = file_hash(archive, "md5")
+    if found != md5:
+        raise ConfigError(
+            f"{archive}: md5 {found} is not the published {md5}; it is damaged or not the archive from {source}. "
+            "Delete it and download it again"
+        )
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise ConfigError(
+            f"{archive}: cannot be extracted into {root} ({exc}); delete it and download it again"
+        ) from None
 
 
 def save_npz(path, **arrays) -> None:

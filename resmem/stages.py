@@ -58,15 +58,28 @@ def fit_and_save(
     checkpoint.unlink(missing_ok=True)
 
 
-def load_model(model_path, build: Callable[[dict], object], rule: str):
-    """(model, meta) from a file that `fit_and_save` wrote; `build(meta)` makes the network (with its pretrained
-    weights where the file holds none). A config error in `build` is the user's to fix; any other failure names
-    the file and the rule to rerun."""
+def load_model(model_path, build: Callable[[dict], object], rule: str, spec: dict | None = None):
+    """(model, meta) from a file that `fit_and_save` wrote, read as data only (`weights_only`: tensors and plain
+    values; a file that holds anything else, such as a pickled call, is refused before it can run). `spec`: the
+    config's model spec, which must be the one the file was trained for (the workflow passes it; interactive use
+    may omit it). `build(meta)` makes the network (with its pretrained weights where the file holds none). A
+    config error in `build` is the user's to fix; any other failure names the file and the rule to rerun."""
     import torch
 
     try:
-        saved = torch.load(model_path, map_location="cpu", weights_only=False)
+        saved = torch.load(model_path, map_location="cpu", weights_only=True)
         meta = saved["meta"]
+    except Exception as exc:  # pickle.UnpicklingError for anything but tensors and plain values; zip errors
+        raise ArtifactError(
+            f"{model_path}: not a model file this workflow wrote ({type(exc).__name__}: {str(exc)[:300]}); "
+            f"delete it and rerun {rule}"
+        ) from None
+    if spec is not None and meta.get("model") != spec:
+        raise ArtifactError(
+            f"{model_path}: trained for the model {meta.get('model')}, but the config's is {spec}; delete it and "
+            f"rerun {rule}"
+        )
+    try:
         model = build(meta)
         if saved["state_dict"] is not None:
             model.load_state_dict(saved["state_dict"])

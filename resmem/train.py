@@ -127,14 +127,19 @@ def train(
 
     history: list[dict] = []
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        try:  # data only: tensors and plain values, never a pickled call
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+            state = state if isinstance(state, dict) else {}
+        except Exception as exc:  # a truncated file, or one holding anything else: start over, the file is scratch
+            log.warning("ignoring %s: not a checkpoint this workflow wrote (%s)", checkpoint, type(exc).__name__)
+            state = {}
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             history = state["history"]
             log.info("resuming from %s after epoch %d", checkpoint, len(history))
-        else:
+        elif state:
             log.info("ignoring %s: it was written for another config or seed", checkpoint)
 
     bar = tqdm(

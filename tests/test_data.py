@@ -50,14 +50,22 @@ def make_cifar100_archive(root, per_class=(3, 2), seed=0):
 
 @pytest.fixture
 def trusted_cifar(monkeypatch):
-    """The archive generated here cannot match the published checksums; everything else is torchvision's."""
+    """`trust(root)`: the archive generated under root is taken as the published one (its md5 and its files'
+    cannot match the real checksums); everything else is the real code's."""
     import torchvision.datasets.cifar as cifar
 
-    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    from resmem.io import file_hash
+
+    def trust(root):
+        monkeypatch.setattr(cifar.CIFAR100, "tgz_md5", file_hash(root / "cifar-100-python.tar.gz", "md5"))
+        monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+
+    return trust
 
 
 def test_cifar100_loads_a_generated_archive(tmp_path, trusted_cifar):
     made = make_cifar100_archive(tmp_path)
+    trusted_cifar(tmp_path)
     data = load_dataset({"name": "cifar100", "root": str(tmp_path)})
     assert data.num_classes == 100 and data.classes[:2] == ["class00", "class01"]
     for split in ("train", "test"):
@@ -81,12 +89,68 @@ def test_cifar100_download_without_network_says_what_to_do(tmp_path, monkeypatch
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)  # what torchvision's download calls
-    with pytest.raises(ConfigError, match=r"CIFAR-100 could not be loaded .*no network.*put cifar-100-python"):
+    with pytest.raises(ConfigError, match=r"CIFAR-100 could not be downloaded .*no network.*put cifar-100-python"):
         load_dataset({"name": "cifar100", "root": str(tmp_path), "download": True})
+
+
+def traversal_archive(path, member="../../escaped.txt", link=None):
+    """A tar.gz whose one member would land outside the folder it is extracted into (or a symlink out)."""
+    import io
+
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        if link is not None:
+            info.type, info.linkname = tarfile.SYMTYPE, link
+            tar.addfile(info)
+        else:
+            info.size = 5
+            tar.addfile(info, io.BytesIO(b"owned"))
+
+
+def test_cifar100_archive_that_is_not_the_published_one_is_never_extracted(tmp_path):
+    """A traversal archive where the README says to put CIFAR-100: refused on its checksum, nothing written."""
+    root = tmp_path / "data" / "cifar100"
+    root.mkdir(parents=True)
+    traversal_archive(root / "cifar-100-python.tar.gz")
+    with pytest.raises(ConfigError, match=r"cifar-100-python.tar.gz: md5 \w+ is not the published eb9058c3"):
+        load_dataset({"name": "cifar100", "root": str(root)})
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cifar-100-python.tar.gz", "cifar100", "data"]
+
+
+@pytest.mark.parametrize("member, link", [("../../escaped.txt", None), ("cifar-100-python/link", "/etc/passwd"),
+                                          ("cifar-100-python/up", "../../..")])  # fmt: skip
+def test_an_archive_whose_members_leave_its_folder_is_refused(tmp_path, member, link):
+    """Even with a matching checksum, members out of the root ('..', links out of it) are refused by the data
+    filter: nothing appears outside the root, nor in it."""
+    from resmem.io import extract_archive, file_hash
+
+    root = tmp_path / "a" / "b"
+    root.mkdir(parents=True)
+    archive = root / "x.tar.gz"
+    traversal_archive(archive, member, link)
+    before = set(tmp_path.rglob("*"))
+    with pytest.raises(
+        ConfigError,
+        match=r"x.tar.gz: cannot be extracted into .*b \(.*(outside the destination|link to an absolute path)",
+    ):
+        extract_archive(archive, root, file_hash(archive, "md5"), "the test")
+    assert set(tmp_path.rglob("*")) == before
+
+
+def test_an_archive_member_with_an_absolute_path_lands_inside_the_root(tmp_path):
+    from resmem.io import extract_archive, file_hash
+
+    root = tmp_path / "root"
+    root.mkdir()
+    traversal_archive(root / "x.tar.gz", f"{tmp_path}/escaped.txt")
+    extract_archive(root / "x.tar.gz", root, file_hash(root / "x.tar.gz", "md5"), "the test")
+    assert not (tmp_path / "escaped.txt").exists()
+    assert (root / str(tmp_path).lstrip("/") / "escaped.txt").read_bytes() == b"owned"
 
 
 def test_cifar100_subsample_keeps_at_most_n_per_class(tmp_path, trusted_cifar):
     make_cifar100_archive(tmp_path)
+    trusted_cifar(tmp_path)
     data = load_dataset({"name": "cifar100", "root": str(tmp_path), "subsample": {"train": 2, "test": 1}})
     assert np.bincount(data.train.labels).tolist() == [2] * 100
     assert np.bincount(data.test.labels).tolist() == [1] * 100

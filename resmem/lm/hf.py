@@ -133,7 +133,9 @@ class ModelTokenizer:
     def __init__(self, source: str):
         transformers = require_transformers("corpus.tokenizer: model")
         try:
-            self._tok = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
+            self._tok = transformers.AutoTokenizer.from_pretrained(
+                source, local_files_only=True, trust_remote_code=False
+            )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"corpus.tokenizer: model: cannot load the tokenizer of {source!r} ({exc})") from exc
         self.source = source

@@ -156,9 +156,11 @@ def load_causal_lm(spec: dict) -> CausalLM:
     download (the workflow fetched it before any job)."""
     transformers = require_transformers(f"models: {spec['hf']}")
     try:
+        # Never the repository's own code; safetensors where it has them, else .bin read as data only (weights_only)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            spec["hf"], revision=spec.get("revision"), local_files_only=True, dtype=torch.float32
-        )
+            spec["hf"], revision=spec.get("revision"), local_files_only=True, dtype=torch.float32,
+            trust_remote_code=False,
+        )  # fmt: skip
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"models: cannot load the Hugging Face causal LM {spec['hf']!r} ({exc}); run the workflow where it "

@@ -95,11 +95,12 @@ def train(
     fit_and_save(network, train_loader, val_loader, recipe, seed, dev, out, meta, copy_weights)
 
 
-def load_lm(model_path):
+def load_lm(model_path, spec: dict | None = None):
+    """(network, meta) of a language model trained for `spec` (the config's; None: the file's own)."""
     from resmem.lm.model import build_lm
 
     return shared.load_model(
-        model_path, lambda meta: build_lm(meta["model"], meta["vocab_size"], meta["context"]), "lm_train"
+        model_path, lambda meta: build_lm(meta["model"], meta["vocab_size"], meta["context"]), "lm_train", spec
     )
 
 
@@ -114,8 +115,10 @@ def datastore(
     amp: bool,
     device: str,
     threads: int,
+    spec: dict | None = None,
 ) -> None:
-    """Per split, the entries of its positions in sliding windows (`resmem.lm.model.sliding_windows`): keys
+    """Per split, the entries of its positions in sliding windows (`resmem.lm.model.sliding_windows`) of the model
+    `model_path` holds (trained for `spec`, the config's model): keys
     (float16 for the training datastore, float32 for the val/test queries), the final hidden states where the
     key (store["key"]) is another state (not those of the training positions with store["train_hidden"] false:
     a study without ResMem), next tokens and positions; and the output layer, all streamed to disk. The report
@@ -130,7 +133,7 @@ def datastore(
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
-    model, meta = load_lm(model_path)
+    model, meta = load_lm(model_path, spec)
     tokens = load_tokens(corpus_path)
     context, key = meta["context"], store["key"]
     amp = amp and accelerated(dev)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from resmem.config import ConfigError
+from resmem.io import extract_archive
 
 DATASETS = ("cifar100", "digits", "imagefolder", "imagenet")
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -84,20 +85,26 @@ def _digits() -> Dataset:
 
 def _cifar100(root: Path, download: bool) -> Dataset:
     from torchvision.datasets import CIFAR100
-    from torchvision.datasets.utils import extract_archive
+    from torchvision.datasets.utils import download_url
 
     folder, archive = root / CIFAR100.base_folder, root / CIFAR100.filename
+    if not (folder / "train").exists() and not archive.exists() and download:
+        try:  # checked against the published md5 before it is kept
+            download_url(CIFAR100.url, str(root), CIFAR100.filename, CIFAR100.tgz_md5)
+        except (OSError, RuntimeError) as exc:  # no network (URLError is an OSError), a corrupt download
+            raise ConfigError(f"CIFAR-100 could not be downloaded into {root} ({exc}); put {CIFAR100.filename} "
+                              f"(from {CIFAR100_URL}) there and run again") from None  # fmt: skip
     if not (folder / "train").exists() and archive.exists():
-        extract_archive(str(archive), str(root))
-    if not (folder / "train").exists() and not download:
+        extract_archive(archive, root, CIFAR100.tgz_md5, CIFAR100_URL)
+    if not (folder / "train").exists():
         raise ConfigError(
             f"CIFAR-100 is not under {root}: put {CIFAR100.filename} (from {CIFAR100_URL}) into "
             f"{root} — it is extracted on first use — or set 'dataset.download: true'"
         )
     pools = []
     for train in (True, False):
-        try:
-            data = CIFAR100(str(root), train=train, download=download)
+        try:  # torchvision checks each extracted file's published md5 before it unpickles it
+            data = CIFAR100(str(root), train=train, download=False)
         except (OSError, RuntimeError) as exc:  # no network (URLError is an OSError), or a corrupt archive
             raise ConfigError(
                 f"CIFAR-100 could not be loaded from {root} ({exc}); put {CIFAR100.filename} "

@@ -6,12 +6,14 @@ Every model exposes `features(x)` (the penultimate layer, what ResMem's kNN sear
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from resmem.config import ConfigError
+from resmem.io import check_hash_in_name
 
 
 class SmallCNN(nn.Module):
@@ -126,10 +128,16 @@ class TorchvisionResNet(nn.Module):
 
 
 def _pretrained_state_dict(name: str, weights) -> dict:
-    """torchvision's weights, with a message that says where to put the file when there is no network."""
+    """torchvision's weights, with a message that says where to put the file when there is no network. A cached
+    file is first checked against the sha256 prefix in its name (torch checks it only when it downloads), and
+    every file is read as data only (weights_only)."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cached.exists():
+        check_hash_in_name(cached, f"pretrained weights for {name}")
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
+        return torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(f"{cached}: not a plain weights file ({exc}); delete it and fetch it again") from None
     except (OSError, RuntimeError) as exc:  # URLError is an OSError
         raise ConfigError(
             f"pretrained weights for {name} ({weights}) are not in {cached} and could not be downloaded "

@@ -56,7 +56,7 @@ def locate(spec: dict) -> tuple[str, Path, bool]:
 
 def download(spec: dict) -> None:
     if spec["arch"] in TORCHVISION_ARCHS:
-        _torchvision_weights(spec["arch"]).get_state_dict(progress=True, check_hash=True)
+        _torchvision_weights(spec["arch"]).get_state_dict(progress=True, check_hash=True, weights_only=True)
     else:
         import timm
 

@@ -198,23 +198,24 @@ def train(
     }
     if recipe["epochs"] == 0:
         log.info("train.epochs is 0: the model is evaluated as built (pretrained weights as loaded), not trained")
+    io.save_npz(out["train_rows"], train_idx=rows)  # before training: the checkpoint is deleted last
     fit_and_save(network, loaders["train"], loaders["val"], recipe, seed, dev, out, meta)
-    io.save_npz(out["train_rows"], train_idx=rows)
 
 
 def load_train_rows(path) -> np.ndarray:
     return io.load_npz(path, ["train_idx"], {"train_idx": np.int64})["train_idx"]
 
 
-def load_model(model_path):
-    """(network, meta) of a checkpoint; pretrained weights are not fetched again, the checkpoint has them."""
+def load_model(model_path, spec: dict | None = None):
+    """(network, meta) of a checkpoint trained for the model `spec` (the config's; None: the file's own);
+    pretrained weights are not fetched again, the checkpoint has them."""
     from resmem.vision.models import build_model
 
     def build(meta):
         spec = {**meta["model"], "pretrained": False} if "pretrained" in meta["model"] else meta["model"]
         return build_model(spec, meta["num_classes"], meta["in_channels"])
 
-    return shared.load_model(model_path, build, "train")
+    return shared.load_model(model_path, build, "train", spec)
 
 
 def embed(
@@ -228,9 +229,11 @@ def embed(
     device: str,
     threads: int,
     images_path=None,
+    spec: dict | None = None,
 ) -> None:
     """Features and logits of the datastore (exactly the training rows the model saw, with their row numbers)
-    and of val and test, streamed to disk batch by batch."""
+    and of val and test, streamed to disk batch by batch, by the model `model_path` holds (trained for `spec`,
+    the config's model)."""
     import torch
 
     from resmem.device import torch_device
@@ -239,7 +242,7 @@ def embed(
 
     torch.set_num_threads(threads)
     dev = torch_device(device)
-    model, meta = load_model(model_path)
+    model, meta = load_model(model_path, spec)
     data = _dataset(dataset, images_path)
     norm = meta.get("normalization")  # what the model was trained with
     data = normalized(data, norm and (tuple(norm["mean"]), tuple(norm["std"])))

@@ -77,6 +77,7 @@ rule lm_datastore:
         runtime=120,
     params:
         datastore=lm_datastore_settings,
+        model=section("lm_experiments", "models/{model}"),
         eval_tokens=section("lm_experiments", "eval_tokens"),
         eval_stride=section("lm_experiments", "eval_stride"),
         amp=section("lm_experiments", "train/amp"),

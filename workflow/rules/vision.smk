@@ -100,6 +100,7 @@ rule embed:
         runtime=60,
     params:
         dataset=section("experiments", "dataset"),
+        model=section("experiments", "models/{model}"),
         train=settings("experiments", "train", "augment", "amp", "num_workers"),
         batch_size=section("experiments", "embed/batch_size"),
     script:

@@ -7,4 +7,4 @@ with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
     inputs = (sm.input.split, sm.input.model, sm.input.train_rows)
     sections = (sm.params.dataset, sm.params.train, sm.params.batch_size)
     images = sm.input.get("images")  # a folder dataset decoded into memory
-    stages.embed(*inputs, sm.output.embeddings, *sections, sm.config["device"], sm.threads, images)
+    stages.embed(*inputs, sm.output.embeddings, *sections, sm.config["device"], sm.threads, images, sm.params.model)
