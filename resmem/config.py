@@ -28,8 +28,10 @@ def _description(root: dict, schema_path) -> str:
     for part in schema_path:
         while isinstance(node, dict) and "$ref" in node and part not in node:
             node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+            found = node.get("description", found)
         if part == "$ref":
             node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+            found = node.get("description", found)
             continue
         try:
             node = node[part]
@@ -90,17 +92,37 @@ def experiment_names(config: dict, kind: str) -> list[str]:
     return list(config.get(kind) or {})
 
 
-def check_semantics(config: dict) -> None:
-    """What a JSON schema cannot say."""
+# What an experiment's folder (results/<experiment>/) holds beside its models' folders
+RESERVED_MODEL_NAMES = ("benchmarks", "corpus", "figures", "images.npz", "logs", "provenance.json", "risk.csv",
+                        "split.npz", "summary.csv", "summary.md", "summary.tex")  # fmt: skip
+
+
+def check_names(config: dict) -> None:
+    """Experiment names are unique across kinds and model names within their experiment, regardless of case (a
+    case-insensitive filesystem would merge their folders); no model is named like an experiment-level file."""
     seen: dict[str, str] = {}
     for kind in EXPERIMENT_KINDS:
         for name in experiment_names(config, kind):
-            if name in seen:
+            if name.casefold() in seen:
                 raise ConfigError(
-                    f"invalid config at {kind}.{name}: the name is also used in {seen[name]}; "
-                    "every experiment needs its own name (it becomes results/<name>/)"
+                    f"invalid config at {kind}.{name}: the name is also used (regardless of case) in "
+                    f"{seen[name.casefold()]}; every experiment needs its own name (it becomes results/<name>/)"
                 )
-            seen[name] = kind
+            seen[name.casefold()] = f"{kind}.{name}"
+            models: dict[str, str] = {}
+            for model in config[kind][name].get("models") or {}:
+                at = f"invalid config at {kind}.{name}.models.{model}"
+                if model.casefold() in RESERVED_MODEL_NAMES:
+                    raise ConfigError(f"{at}: the name is taken by results/{name}/{model.lower()}; rename the model")
+                if model.casefold() in models:
+                    raise ConfigError(f"{at}: differs only in case from {models[model.casefold()]}; rename one")
+                models[model.casefold()] = model
+
+
+def check_semantics(config: dict) -> None:
+    """What a JSON schema cannot say."""
+    check_names(config)
+    seen = [name for kind in EXPERIMENT_KINDS for name in experiment_names(config, kind)]
     if not seen:
         raise ConfigError(
             f"invalid config at <top level>: no experiment; name at least one under {', '.join(EXPERIMENT_KINDS)}"
@@ -133,6 +155,34 @@ def check_semantics(config: dict) -> None:
                 )
     for name, experiment in (config.get("lm_experiments") or {}).items():
         _check_lm(f"lm_experiments.{name}", experiment)
+
+
+# The folders a dataset's root must hold: class folders per split (torchvision's ImageNet layout: train, val)
+DATASET_FOLDERS = {"imagefolder": ("train", "test"), "imagenet": ("train", "val")}
+
+
+def check_input_paths(config: dict) -> None:
+    """Every file and folder the config reads exists: checked where the workflow is planned (not in dry runs,
+    which plan without data), before any job, so that a cluster run fails now rather than after queueing."""
+    for name, experiment in (config.get("experiments") or {}).items():
+        dataset, at = experiment["dataset"], f"invalid config at experiments.{name}.dataset.root"
+        root = Path(dataset.get("root", "data"))
+        folders = [root / folder for folder in DATASET_FOLDERS.get(dataset["name"], ())]
+        for folder in folders:
+            if not folder.is_dir():
+                needed = " and ".join(map(str, folders))
+                raise ConfigError(
+                    f"{at}: {folder} is not a folder; {dataset['name']} needs class folders under {needed}"
+                )
+        cifar = [root / "cifar-100-python" / "train", root / "cifar-100-python.tar.gz"]
+        if dataset["name"] == "cifar100" and not dataset.get("download") and not any(p.exists() for p in cifar):
+            raise ConfigError(f"{at}: neither {cifar[1]} nor its extracted folder is there; put the archive there "
+                              "or set dataset.download: true")  # fmt: skip
+    for name, experiment in (config.get("lm_experiments") or {}).items():
+        corpus = experiment["corpus"]
+        for key in ("path", "tokenizer_file"):
+            if corpus.get(key) and not Path(corpus[key]).exists():
+                raise ConfigError(f"invalid config at lm_experiments.{name}.corpus.{key}: {corpus[key]} does not exist")
 
 
 def check_image_cache(at: str, cache: str, augment: str) -> None:

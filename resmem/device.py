@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import getpass
+import logging
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -20,6 +21,9 @@ DEVICES = ("auto", "cpu", "cuda")
 SIMULATED_GPUS = "RESMEM_SIMULATED_GPUS"  # tests: pretend this many GPUs exist
 GPU_BRANCHES_ON_CPU = "RESMEM_GPU_BRANCHES_ON_CPU"  # tests: "1" takes the GPU-only branches on the CPU too
 GPU_LOCK_DIR = "RESMEM_GPU_LOCK_DIR"  # where the per-GPU lock files live (default: a per-user temp folder)
+GPU_LOCK_TIMEOUT = "RESMEM_GPU_LOCK_TIMEOUT"  # seconds a job waits for a free GPU before it fails
+
+log = logging.getLogger("resmem")
 
 
 def _check(device: str) -> None:
@@ -70,29 +74,65 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]
 
 
+def lock_folder() -> Path:
+    """The folder of this user's GPU lock files, private to them: RESMEM_GPU_LOCK_DIR, else a per-user folder in
+    the temp dir (per allocation under SLURM, where another job of the user on the node numbers its own GPUs
+    from 0 too). Created 0700; an existing one must be a real folder of this user that nobody else may write
+    or list, or another local user could hold every lock or plant links in it."""
+    named = os.environ.get(GPU_LOCK_DIR)
+    job = f"-{os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+    folder = Path(named) if named else Path(tempfile.gettempdir()) / f"resmem-gpus-{os.getuid()}{job}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700, parents=bool(named))
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise RuntimeError(
+            f"GPU lock folder {folder} is not a private folder of this user (a link, owned by uid {info.st_uid}, or "
+            f"mode {stat.filemode(info.st_mode)}): remove it, or set {GPU_LOCK_DIR} to a folder only you can use "
+            "(mode 0700)"
+        )
+    return folder
+
+
+def _try_lock(path: Path):
+    """An open lock file on which this process holds the exclusive flock, or None if another process holds it.
+    Opened without following a link and without truncating: a planted link's target is never touched."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise RuntimeError(f"GPU lock file {path} cannot be opened ({exc}; a link?): remove it") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextlib.contextmanager
-def claim_gpu(device: str = "auto", poll_seconds: float = 0.5):
+def claim_gpu(device: str = "auto", poll_seconds: float = 0.5, timeout_seconds: float | None = None):
     """Give this job a GPU of its own for as long as the block runs (Snakemake assigns no GPU ids, so with
     `--resources gpu=4` four jobs would otherwise all land on device 0).
 
-    Each GPU has a lock file; the job takes the first free one with flock and sets CUDA_VISIBLE_DEVICES to
-    it before torch or faiss start CUDA. The kernel drops the lock when the job ends or dies, so a killed job
-    never keeps a GPU. Yields the GPU id, or None on the CPU path, and under SLURM, whose scheduler already
-    gives each job its own devices."""
+    Each GPU has a lock file in a private folder (`lock_folder`); the job takes the first free one with flock
+    and sets CUDA_VISIBLE_DEVICES to it before torch or faiss start CUDA. The kernel drops the lock when the job
+    ends or dies, so a killed job never keeps a GPU. While every GPU is taken it logs that it waits, and after
+    `timeout_seconds` (default RESMEM_GPU_LOCK_TIMEOUT, else a day) it fails naming the folder. Yields the GPU
+    id, or None on the CPU path and for a SLURM job that sees one GPU (its scheduler gave it that one); a job
+    that sees several (an salloc allocation running the workflow locally) takes its lock like any other."""
     _check(device)
-    gpus = [] if device == "cpu" or os.environ.get("SLURM_JOB_ID") else visible_gpus()
-    if not gpus:
+    gpus = [] if device == "cpu" else visible_gpus()
+    if not gpus or (os.environ.get("SLURM_JOB_ID") and len(gpus) == 1):
         yield None
         return
-    lock_dir = Path(os.environ.get(GPU_LOCK_DIR) or Path(tempfile.gettempdir()) / f"resmem-gpus-{getpass.getuser()}")
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    if timeout_seconds is None:
+        timeout_seconds = float(os.environ.get(GPU_LOCK_TIMEOUT, 86400))
+    folder = lock_folder()
+    started = last_said = time.monotonic()
     while True:
         for gpu in gpus:
-            handle = open(lock_dir / f"gpu{gpu}.lock", "w")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
+            fd = _try_lock(folder / f"gpu{gpu}.lock")
+            if fd is None:
                 continue
             previous = os.environ.get("CUDA_VISIBLE_DEVICES")
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
@@ -103,6 +143,16 @@ def claim_gpu(device: str = "auto", poll_seconds: float = 0.5):
                     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
                 else:
                     os.environ["CUDA_VISIBLE_DEVICES"] = previous
-                handle.close()  # releases the lock
+                os.close(fd)  # releases the lock
             return
+        waited = time.monotonic() - started
+        if waited >= timeout_seconds:
+            raise RuntimeError(
+                f"no GPU free after {waited:.0f} s: other jobs hold the locks of GPUs {', '.join(gpus)} in {folder}. "
+                "Run at most as many GPU jobs as there are GPUs (snakemake --resources gpu=N), or raise "
+                f"{GPU_LOCK_TIMEOUT}"
+            )
+        if waited < poll_seconds or time.monotonic() - last_said >= 60:
+            log.info("every GPU (%s) is taken by another job (locks in %s); waiting", ", ".join(gpus), folder)
+            last_said = time.monotonic()
         time.sleep(poll_seconds)  # every GPU is taken: more GPU jobs run than --resources gpu allows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -67,17 +68,40 @@ def check_hash_in_name(path, what: str) -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file: colleagues on a shared filesystem can read it
+
+
+def fsync_path(path) -> None:
+    """Flush a file's (or a folder's: its entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds, so that a
-    killed job never leaves a half-written artifact that looks finished."""
+    """Yield a temporary path beside `path`; only if the block succeeds, flush it to the disk, give it the
+    umask's permissions and rename it onto `path`, then flush the folder's entry: a killed job or a crashed node
+    never leaves a half-written or empty artifact that looks finished, and a failed write loses nothing that
+    was there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
     try:
         yield Path(tmp)
+        fsync_path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -109,11 +133,22 @@ def save_npz(path, **arrays) -> None:
         np.savez(f, **arrays)
 
 
+def remove_stale_scratch(path) -> None:
+    """Delete what a killed write of `path` left beside it: the streamed writer's scratch arrays and the
+    temporary file of its atomic rename (`.NAME.*`). Snakemake runs one job per output, so none is live."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*"):
+        log.info("removing %s, left by an earlier attempt that was killed", stale)
+        stale.unlink()
+
+
 def require_free_space(path, need_bytes: int, stage: str) -> None:
     """Fail before a large write, with nothing written, when the filesystem that is to hold `path` has less than
-    `need_bytes` free: the message names the stage, the bytes and the folder."""
+    `need_bytes` free (once an earlier killed attempt's scratch files are removed): the message names the
+    stage, the bytes and the folder."""
     folder = Path(path).parent
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(path)
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
         raise ArtifactError(
@@ -136,6 +171,7 @@ def save_npz_streaming(path, blocks, rows: dict[str, int] | None = None) -> None
     array at most, not twice the datastore (a WikiText-103 GPT-2 datastore is ~360 GB)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(path)
     rows = rows or {}
     arrays: dict[str, np.ndarray] = {}  # the keys with a known count: their .npy memmaps
     appended: dict[str, tuple] = {}  # the others: (their open raw file, dtype, shape of one row)
@@ -147,6 +183,7 @@ def save_npz_streaming(path, blocks, rows: dict[str, int] | None = None) -> None
                 if key in rows:
                     shape = (rows[key], *block.shape[1:])
                     arrays[key] = np.lib.format.open_memmap(scratch, mode="w+", dtype=block.dtype, shape=shape)
+                    _reserve(scratch, path)
                 else:
                     appended[key] = (open(scratch, "wb"), block.dtype, block.shape[1:])
                 filled[key] = 0
@@ -180,6 +217,21 @@ def save_npz_streaming(path, blocks, rows: dict[str, int] | None = None) -> None
             scratch.unlink()
 
 
+def _reserve(scratch: Path, path: Path) -> None:
+    """Allocate a memmapped scratch file's blocks up front: on a full disk a write into an unallocated page
+    kills the process with SIGBUS, while this fails with a message before any row is written."""
+    with open(scratch, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: rows are written
+                return
+            raise ArtifactError(
+                f"{path}: cannot reserve {os.fstat(f.fileno()).st_size / 1e9:,.2f} GB for {scratch.name} in "
+                f"{path.parent} ({exc.strerror}); free space there or run the workflow where there is more"
+            ) from None
+
+
 def _copy_raw_rows(file, member, dtype: np.dtype, shape: tuple) -> None:
     """A .npy header for `shape` and `dtype`, then the raw C-order data of `file`, in 16 MiB pieces."""
     np.lib.format.write_array_header_1_0(
@@ -189,43 +241,74 @@ def _copy_raw_rows(file, member, dtype: np.dtype, shape: tuple) -> None:
         shutil.copyfileobj(raw, member, 16 << 20)
 
 
+# What an array of an .npz may hold: booleans, integers, floats, complex numbers and fixed-width strings. Never
+# objects (raw pointers in a memmap, pickles otherwise), records or raw bytes.
+PLAIN_KINDS = "biufcSU"
+
+
+def _checked_header(archive: zipfile.ZipFile, path, key: str) -> tuple[zipfile.ZipInfo, tuple, bool, np.dtype, int]:
+    """(member, shape, fortran_order, dtype, header length) of array `key`, refused with a message naming the
+    file and the array unless its dtype is plain and native and its declared size fits its own zip member."""
+    info = archive.getinfo(f"{key}.npy")
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(member)
+        header = member.tell()
+    if dtype.hasobject or dtype.kind not in PLAIN_KINDS or dtype.fields is not None:
+        raise ArtifactError(
+            f"{path}: array {key!r} has dtype {dtype}; only plain numbers and strings are read. The file was not "
+            "written by this workflow: delete it and rerun the stage that writes it"
+        )
+    if not dtype.isnative:
+        raise ArtifactError(f"{path}: array {key!r} has dtype {dtype.str}, not this machine's byte order; write it "
+                            f"with dtype {dtype.newbyteorder('=').str}")  # fmt: skip
+    declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if header + declared > info.file_size:
+        raise ArtifactError(f"{path}: array {key!r} declares shape {shape} ({declared:,} bytes) but its member holds "
+                            f"{info.file_size - header:,}; the file is truncated or damaged: delete it and rerun the "
+                            "stage that writes it")  # fmt: skip
+    return info, shape, fortran_order, dtype, header
+
+
 def npz_memmap(path, key: str) -> np.ndarray:
-    """A read-only memmap of one array of an uncompressed .npz, without reading it into memory."""
+    """A read-only memmap of one array of an uncompressed .npz, without reading it into memory, bounded to its
+    own zip member (`_checked_header`)."""
     with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(f"{key}.npy")
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise ArtifactError(f"{path}: array {key!r} is compressed and cannot be memory-mapped")
+        info, shape, fortran_order, dtype, header = _checked_header(archive, path, key)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ArtifactError(f"{path}: array {key!r} is compressed and cannot be memory-mapped; write it with "
+                            "np.savez, not np.savez_compressed")  # fmt: skip
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         local_header = f.read(30)  # the fixed part of a zip local file header
         name_length, extra_length = struct.unpack("<HH", local_header[26:30])
-        f.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(f)
-        offset = f.tell()
+    offset = info.header_offset + 30 + name_length + extra_length + header
     return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset, order="F" if fortran_order else "C")
 
 
 def load_npz(path, keys, dtypes=None, mmap: bool = False, optional=()) -> dict[str, np.ndarray]:
     """Load the named arrays (as read-only memmaps with mmap=True) and those of `optional` that the file has,
-    failing with a message that names the file when one of `keys` is missing or unreadable."""
+    failing with a message that names the file (and the array) when one of `keys` is missing or unreadable, or
+    an array is not plain, native and within its member (`_checked_header`) or not of its dtype in `dtypes`."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(path, allow_pickle=False) as data, zipfile.ZipFile(path) as archive:
             missing = [k for k in keys if k not in data.files]
             if missing:
                 raise ArtifactError(
                     f"{path}: missing arrays {missing} (has {sorted(data.files)}); rerun the stage that writes it"
                 )
             present = [*keys, *(k for k in optional if k in data.files)]
+            for key in present:
+                found = _checked_header(archive, path, key)[3]
+                expected = (dtypes or {}).get(key)
+                if expected is not None and found != np.dtype(expected):
+                    raise ArtifactError(f"{path}: array {key!r} has dtype {found}, expected {np.dtype(expected)}")
             arrays = {k: npz_memmap(path, k) if mmap else data[k] for k in present}
     except ArtifactError:
         raise
-    except Exception as exc:  # zipfile/pickle/IO errors of a truncated file
+    except Exception as exc:  # zipfile/format/IO errors of a truncated or foreign file
         raise ArtifactError(f"{path}: cannot be read ({exc}); delete it and rerun the stage that writes it") from exc
-    for key, dtype in (dtypes or {}).items():
-        if arrays[key].dtype != dtype:
-            raise ArtifactError(f"{path}: array {key!r} has dtype {arrays[key].dtype}, expected {dtype}")
     return arrays
 
 

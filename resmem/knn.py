@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 
 import numpy as np
 
 from resmem.device import faiss_gpu_count
+from resmem.io import ArtifactError, atomic_path, file_hash
 
 log = logging.getLogger(__name__)
 
@@ -229,3 +232,50 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     # faiss drops -1 from a row before intersecting; shifting ids by one keeps it, as np.intersect1d did.
     found, exact = (np.ascontiguousarray(a, dtype=np.int64) + 1 for a in (found, exact))
     return faiss.eval_intersection(found, exact) / (exact.shape[0] * exact.shape[1])
+
+
+def index_record(index) -> dict:
+    """What an index file is checked against before and after it is read: its faiss type, dimension and
+    vector count (the file's bytes and sha256 are added by `write_index`)."""
+    import faiss
+
+    return {"type": type(faiss.downcast_index(index)).__name__, "dim": int(index.d), "ntotal": int(index.ntotal)}
+
+
+def write_index(index, path) -> dict:
+    """Write a faiss index atomically and durably through a Python file, so that a failed write or final flush
+    (a full disk) raises and leaves nothing under `path`; returns its `index_record` with bytes and sha256."""
+    import faiss
+
+    digest, size = hashlib.sha256(), 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+
+        def write(chunk: bytes) -> int:
+            nonlocal size
+            f.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            return len(chunk)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))
+        f.flush()
+    return {**index_record(index), "bytes": size, "sha256": digest.hexdigest()}
+
+
+def read_index(path, record: dict):
+    """A faiss index file, read only once its size and sha256 are those `write_index` recorded, and checked to be
+    of the recorded type, dimension and vector count: a swapped, truncated or foreign file never reaches faiss's
+    parser."""
+    import faiss
+
+    where = f"{path} (recorded: {record['type']}, d = {record['dim']}, {record['ntotal']} vectors)"
+    if os.path.getsize(path) != record["bytes"] or file_hash(path) != record["sha256"]:
+        raise ArtifactError(f"{where}: the file is not the one its index rule wrote (size or sha256 differ); delete "
+                            "it and rerun its index rule")  # fmt: skip
+    try:
+        built = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise ArtifactError(f"{where}: cannot be read ({exc}); delete it and rerun its index rule") from exc
+    if index_record(built) != {k: record[k] for k in ("type", "dim", "ntotal")}:
+        raise ArtifactError(f"{where}: holds {index_record(built)}; delete it and rerun its index rule")
+    return built

@@ -119,9 +119,7 @@ def index(keys, out: dict, knn: dict, device: str, store_fraction: float = 1.0) 
     """An L2 index of the config's kind (`knn` is the experiment's knn section) over a nested fraction of the
     datastore's keys (out["index"]), and the datastore rows it holds (out["rows"], with the datastore's size and
     the fraction), which the search maps its results back through."""
-    import faiss
-
-    from resmem.knn import build_index
+    from resmem.knn import build_index, write_index
 
     rows = datastore_rows(len(keys), store_fraction)
     kind = knn["index"]
@@ -131,20 +129,24 @@ def index(keys, out: dict, knn: dict, device: str, store_fraction: float = 1.0) 
     )  # fmt: skip
     log.info("%s L2 index: %d of %d datastore rows (fraction %g), dim %d", kind, len(rows), len(keys),
              store_fraction, built.d)  # fmt: skip
-    io.save_npz(out["rows"], rows=rows, datastore_rows=np.int64(len(keys)), fraction=np.float64(store_fraction))
-    with io.atomic_path(out["index"]) as tmp:
-        faiss.write_index(built, str(tmp))
+    record = write_index(built, out["index"])
+    io.save_npz(out["rows"], rows=rows, datastore_rows=np.int64(len(keys)), fraction=np.float64(store_fraction),
+                **{f"index_{key}": np.array(value) for key, value in record.items()})  # fmt: skip
+
+
+ROWS_DTYPES = {"rows": np.int64, "datastore_rows": np.int64, "fraction": np.float64}
+INDEX_RECORD = ("type", "dim", "ntotal", "bytes", "sha256")  # resmem.knn.write_index's record, in the rows file
 
 
 def read_index(index_path, rows_path, datastore_path, n_datastore: int):
-    """(index, its rows file's arrays), checked to be built over a datastore of `n_datastore` rows."""
-    import faiss
+    """(index, its rows file's arrays), the index checked against what its rows file recorded when it was
+    written (`resmem.knn.read_index`) and to be built over a datastore of `n_datastore` rows."""
+    from resmem.knn import read_index as read_checked
 
-    try:
-        built = faiss.read_index(str(index_path))
-    except RuntimeError as exc:
-        raise ArtifactError(f"{index_path}: cannot be read ({exc}); delete it and rerun its index rule") from exc
-    held = io.load_npz(rows_path, ["rows", "datastore_rows", "fraction"])
+    recorded = [f"index_{key}" for key in INDEX_RECORD]
+    held = io.load_npz(rows_path, ["rows", "datastore_rows", "fraction", *recorded], ROWS_DTYPES)
+    record = {key: held[f"index_{key}"].item() for key in INDEX_RECORD}
+    built = read_checked(index_path, record)
     if built.ntotal != len(held["rows"]) or int(held["datastore_rows"]) != n_datastore:
         raise ArtifactError(
             f"{index_path} holds {built.ntotal} vectors but {datastore_path} has {n_datastore} datastore rows "
@@ -177,7 +179,7 @@ def neighbors(index_path, rows_path, datastore_path, keys, queries: dict, out: d
 
 def load_neighbors(path, query_rows: dict, k_needed: int, datastore_path) -> dict[str, np.ndarray]:
     """neighbors.npz, checked to have one row per query ({split: count}) and at least `k_needed` columns."""
-    found = io.load_npz(path, NEIGHBOR_KEYS)
+    found = io.load_npz(path, NEIGHBOR_KEYS, {k: np.int64 if k.endswith("_idx") else np.float32 for k in NEIGHBOR_KEYS})
     for split in QUERY_SPLITS:
         rows, searched = found[f"{split}_idx"].shape
         if rows != query_rows[split] or searched < k_needed:

@@ -49,6 +49,27 @@ BAD = {
         "maximum of 1",
     ),
     "bad device": (lambda c: c.update(device="tpu"), "device", "'tpu' is not one of"),
+    "trailing newline": (
+        lambda c: c.update(experiments={"smoke\n": exp(c)}),
+        "experiments",
+        "'smoke\\n' does not match",
+    ),
+    "name too long": (lambda c: c.update(experiments={"x" * 65: exp(c)}), "experiments", "1-64 letters, digits"),
+    "names differing in case": (
+        lambda c: c.update(regression={"Smoke": c["regression"]["smoke_regression"]}),
+        "regression.Smoke",
+        "the name is also used (regardless of case) in experiments.smoke",
+    ),
+    "models differing in case": (
+        lambda c: exp(c)["models"].update(CNN_W1={"arch": "small_cnn"}),
+        "experiments.smoke.models.CNN_W1",
+        "differs only in case from cnn_w1",
+    ),
+    "model named like a summary file": (
+        lambda c: exp(c)["models"].update({"summary.csv": {"arch": "small_cnn"}}),
+        "experiments.smoke.models.summary.csv",
+        "the name is taken by results/smoke/summary.csv",
+    ),
 }
 
 

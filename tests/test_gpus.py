@@ -1,10 +1,13 @@
 """GPU placement: concurrent GPU jobs get distinct devices, simulated here with RESMEM_SIMULATED_GPUS."""
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from resmem.device import claim_gpu
 
@@ -47,12 +50,17 @@ def test_a_killed_job_releases_its_gpu(tmp_path):
     assert time.time() - started < 10  # the lock died with the killed job: no waiting
 
 
-def test_cpu_and_slurm_jobs_claim_nothing(monkeypatch, tmp_path):
+def test_cpu_jobs_and_slurm_jobs_of_one_gpu_claim_nothing(monkeypatch, tmp_path):
+    """A SLURM job that sees one GPU was given it by the scheduler; one that sees several (salloc, the workflow
+    run locally inside the allocation) takes a lock like any local job."""
     monkeypatch.setenv("RESMEM_SIMULATED_GPUS", "2")
     monkeypatch.setenv("RESMEM_GPU_LOCK_DIR", str(tmp_path))
     with claim_gpu("cpu") as gpu:
         assert gpu is None
     monkeypatch.setenv("SLURM_JOB_ID", "42")
+    with claim_gpu("auto") as gpu:
+        assert gpu == "0" and (tmp_path / "gpu0.lock").exists()
+    monkeypatch.setenv("RESMEM_SIMULATED_GPUS", "1")
     with claim_gpu("auto") as gpu:
         assert gpu is None
     monkeypatch.delenv("SLURM_JOB_ID")
@@ -60,3 +68,49 @@ def test_cpu_and_slurm_jobs_claim_nothing(monkeypatch, tmp_path):
     with claim_gpu("auto") as gpu:
         assert gpu == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
+
+
+def one_local_gpu(monkeypatch, folder):
+    """One simulated GPU outside SLURM, its locks in `folder`."""
+    monkeypatch.setenv("RESMEM_SIMULATED_GPUS", "1")
+    monkeypatch.setenv("RESMEM_GPU_LOCK_DIR", str(folder))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(monkeypatch, tmp_path):
+    folder, target = tmp_path / "locks", tmp_path / "precious.txt"
+    folder.mkdir(mode=0o700)
+    target.write_text("results")
+    (folder / "gpu0.lock").symlink_to(target)
+    one_local_gpu(monkeypatch, folder)
+    with pytest.raises(RuntimeError, match=r"GPU lock file .*gpu0.lock cannot be opened .*a link\?\): remove it"):
+        with claim_gpu("auto"):
+            pass
+    assert target.read_text() == "results"
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o755])
+def test_a_lock_folder_others_may_use_is_refused(monkeypatch, tmp_path, mode):
+    folder = tmp_path / "locks"
+    folder.mkdir()
+    folder.chmod(mode)
+    one_local_gpu(monkeypatch, folder)
+    with pytest.raises(RuntimeError, match=rf"GPU lock folder {folder} is not a private folder .*mode "):
+        with claim_gpu("auto"):
+            pass
+
+
+def test_a_job_waiting_for_a_gpu_says_so_and_gives_up_with_a_clear_error(monkeypatch, tmp_path, caplog):
+    holder = start(tmp_path, 60.0, gpus=1)
+    assert holder.stdout.readline().split()[1] == "0"
+    one_local_gpu(monkeypatch, tmp_path)
+    try:
+        with caplog.at_level(logging.INFO, logger="resmem"), pytest.raises(
+            RuntimeError, match=r"no GPU free after 1 s: other jobs hold the locks of GPUs 0 in .*--resources gpu=N"
+        ):  # fmt: skip
+            with claim_gpu("auto", poll_seconds=0.1, timeout_seconds=1.0):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "every GPU (0) is taken by another job" in caplog.text

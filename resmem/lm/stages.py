@@ -44,7 +44,8 @@ def corpus(npz_path, meta_path, corpus_cfg: dict, tokenizer_source: str | None =
 
 
 def load_tokens(path) -> dict[str, np.ndarray]:
-    return {s: a for s, a in zip(SPLITS, io.load_npz(path, CORPUS_KEYS, mmap=True).values(), strict=True)}
+    arrays = io.load_npz(path, CORPUS_KEYS, dict.fromkeys(CORPUS_KEYS, np.int32), mmap=True)
+    return {s: arrays[f"{s}_tokens"] for s in SPLITS}
 
 
 def train(
@@ -156,7 +157,7 @@ def datastore(
                 ):
                     for name, state in stored[s].items():
                         widths[name] = states[state].shape[1]
-                        yield f"{s}_{name}", states[state].astype(key_dtype[s])
+                        yield f"{s}_{name}", finite(states[state].astype(key_dtype[s]), f"{s}_{name}", out_path)
                     yield f"{s}_next", following
                     bar.update(len(following))
             yield f"{s}_pos", positions[s]
@@ -193,10 +194,32 @@ def datastore(
     io.write_json(report_path, report)
 
 
+# As the datastore stage writes them: float16 training keys and hidden states, float32 queries and output layer
+DATASTORE_DTYPES = {
+    **{f"{s}_{kind}": np.float16 if s == "train" else np.float32 for s in SPLITS for kind in ("keys", "hidden")},
+    **{f"{s}_{kind}": np.int64 for s in SPLITS for kind in ("next", "pos")},
+    "head_weight": np.float32,
+    "head_bias": np.float32,
+}
+
+
+def finite(block: np.ndarray, key: str, path) -> np.ndarray:
+    """A block of datastore states, refused if any value is inf or NaN: states beyond float16's ±65,504 overflow
+    when the training keys are stored, and an inf key would make every distance to it inf."""
+    if not np.isfinite(block).all():
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        raise ArtifactError(
+            f"{path}: {key} has {len(bad)} rows with inf or NaN in a block (a state above float16's 65,504 overflows "
+            "when the training keys are stored): the model's states are out of range; check its weights, or choose "
+            "another datastore.key"
+        )
+    return block
+
+
 def load_datastore(path) -> dict[str, np.ndarray]:
     """datastore.npz as read-only memmaps, checked for its documented arrays and row counts (a split's final
     hidden states: `resmem.lm.tokens.final_hidden`)."""
-    arrays = io.load_npz(path, DATASTORE_KEYS, mmap=True, optional=DATASTORE_HIDDEN_KEYS)
+    arrays = io.load_npz(path, DATASTORE_KEYS, DATASTORE_DTYPES, mmap=True, optional=DATASTORE_HIDDEN_KEYS)
     for s in SPLITS:
         n = {len(arrays[f"{s}_{kind}"]) for kind in ("keys", "next", "pos")}
         if len(n) != 1:

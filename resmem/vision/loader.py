@@ -145,10 +145,33 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from PIL import Image
+        return self.transform(open_image(self.paths[i])), int(self.labels[i])
 
-        with Image.open(self.paths[i]) as image:
-            return self.transform(image.convert("RGB")), int(self.labels[i])
+
+# Formats an image file may have, whatever its name says: PIL identifies files by content, and some of its other
+# plugins run external programs (EPS: Ghostscript). Larger images are refused, not warned about.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (a decompression bomb's 3 GB of RGB above it)
+
+
+def open_image(path):
+    """An image file of a dataset folder, decoded to RGB, or a ConfigError naming the file."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(f"{image.width} × {image.height} pixels")
+                return image.convert("RGB")
+    except (OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:  # UnidentifiedImageError
+        raise ConfigError(
+            f"{path}: not an image this workflow reads ({exc}; formats {', '.join(IMAGE_FORMATS)}, at most "
+            f"{MAX_IMAGE_PIXELS:,} pixels); remove it from the dataset folder or convert it"
+        ) from None
 
 
 def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

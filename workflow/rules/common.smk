@@ -13,7 +13,12 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
 from resmem import bounds
-from resmem.config import ConfigError, experiment_names, validate as validate_config
+from resmem.config import (
+    ConfigError,
+    check_input_paths,
+    experiment_names,
+    validate as validate_config,
+)
 from resmem.lm import hf
 from resmem.lm import sizes as lm_sizes
 from resmem.lm.artifacts import LM_FIGURES, LM_METHODS
@@ -32,6 +37,7 @@ try:
         check_embedding_files(config)
         # (workflow.dryrun is still False while the Snakefile is read; the -n flag is in output_settings)
         if not workflow.output_settings.dryrun:
+            check_input_paths(config)
             pretrained.fetch_missing(config)
             hf.fetch_missing(config)
 except ConfigError as error:
