@@ -214,7 +214,9 @@ def test_ivfpq_index_reports_recall_and_exact_distances(tmp_path):
     store = {"train_keys": keys, "train_next": rng.integers(0, 256, 6000), "train_pos": np.arange(6000)}
     for s, q in queries.items():
         store.update({f"{s}_keys": q, f"{s}_next": rng.integers(0, 256, 300), f"{s}_pos": np.arange(300)})
-    io.save_npz(tmp_path / "ds.npz", **store, head_weight=np.zeros((256, 16), np.float32), head_bias=np.zeros(256))
+    io.save_npz(
+        tmp_path / "ds.npz", **store, head_weight=np.zeros((256, 16), np.float32), head_bias=np.zeros(256, np.float32)
+    )
     index = {"index": tmp_path / "pq.faiss", "rows": tmp_path / "rows.npz"}
     lm_stages.index(tmp_path / "ds.npz", index, knn(index="ivfpq", nlist=16, pq_m=4), "cpu", store_fraction=0.5)
     lm_stages.neighbors(index["index"], index["rows"], tmp_path / "ds.npz", search_outputs(tmp_path),
@@ -269,7 +271,9 @@ def test_experiment_names_are_unique_across_kinds():
         "experiments": {"same": {"models": {"c": {"arch": "small_cnn"}}}},
         "lm_experiments": {"same": {"models": {"m": {}}}},
     }
-    with pytest.raises(ConfigError, match="lm_experiments.same: the name is also used in experiments"):
+    with pytest.raises(
+        ConfigError, match=r"lm_experiments.same: the name is also used \(regardless of case\) in experiments.same"
+    ):
         validate(config)
     with pytest.raises(ConfigError, match="no experiment"):
         validate({})

@@ -1,0 +1,127 @@
+"""Benchmark: do two x86-64 CPUs give the same bytes? The smoke config run cold on this machine's native kernels,
+on the same machine limited to what an AVX2-only CPU has, and under candidate settings that pin every library's
+kernels to AVX2; the tables each writes compared byte for byte, and the cost in time.
+
+    .venv/bin/python bench/bench_cpu_determinism.py            # native, avx2_cpu, pinned (three cold runs)
+    .venv/bin/python bench/bench_cpu_determinism.py --repeat 2 # each twice: a variant must also agree with itself
+
+torch (ATen's own kernels, oneDNN's convolutions, MKL's matrix products), faiss, numpy (and its OpenBLAS) and
+glibc's libm each pick kernels by the CPU's instruction set at run time. `avx2_cpu` switches every one of them to
+what it would pick on an AVX2-only CPU (the emulated second machine); `pinned` sets only what a run can set for
+itself on any CPU without changing numpy's or glibc's behaviour (the candidate deterministic mode). A variant
+reproduces the AVX2 machine where its tables equal avx2_cpu's. Tables: every .csv, .md, .tex and selected.json
+under results/ (not the provenance, logs, benchmarks or figures, which record times and paths); arrays: every
+.npz, compared too, to say where the bytes first differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+DEFAULT_WORK = REPO / "bench" / "scale_cache" / "determinism"
+DEFAULT_OUT = REPO / "bench" / "scale_results" / "bench_cpu_determinism.json"
+AVX512 = "AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL,-AVX512_VNNI,-AVX512_BF16,-AVX512_FP16"
+# What each library reads to choose its kernels, set to what it picks on an AVX2-only CPU.
+PINNED = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorized kernels
+    "DNNL_MAX_CPU_ISA": "AVX2",  # oneDNN (torch's CPU convolutions)
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL (torch's CPU matrix products)
+    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: the AVX2 code path, run to run
+    "FAISS_OPT_LEVEL": "avx2",  # faiss loads its AVX2 build instead of the AVX-512 one
+}
+AVX2_CPU = {
+    **PINNED,
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # numpy's dispatched loops
+    "OPENBLAS_CORETYPE": "Haswell",  # numpy's OpenBLAS
+    "GLIBC_TUNABLES": f"glibc.cpu.hwcaps=-{AVX512}",  # libm, memcpy
+}
+VARIANTS = {"native": {}, "avx2_cpu": AVX2_CPU, "pinned": PINNED}
+TABLES = (".csv", ".md", ".tex")
+
+
+def run(variant: str, work: Path, config: Path) -> dict:
+    """One cold run of the smoke config under a variant's environment: its wall time and the hash of each file."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = {**os.environ, "PYTHONHASHSEED": "0", **VARIANTS[variant]}
+    start = time.perf_counter()
+    proc = subprocess.run([str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+                           "--cores", "2", "--configfile", str(config)], capture_output=True, text=True, env=env)  # fmt: skip
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
+    files = {}
+    for path in sorted((work / "results").rglob("*")):
+        parts = path.relative_to(work).parts
+        if path.is_file() and not {"logs", "benchmarks", "figures"} & set(parts) and path.name != "provenance.json":
+            if path.suffix in (*TABLES, ".npz") or path.name == "selected.json":
+                files[str(path.relative_to(work))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"variant": variant, "seconds": seconds, "files": files}
+
+
+def differing(a: dict, b: dict, tables: bool) -> list[str]:
+    keep = [name for name in a["files"] if name.endswith(TABLES) or name.endswith("selected.json")]
+    names = keep if tables else [name for name in a["files"] if name.endswith(".npz")]
+    return [name for name in names if a["files"][name] != b["files"].get(name)]
+
+
+def machine() -> dict:
+    cpus = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")]  # fmt: skip
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    return {"cpu": cpus[0] if cpus else "unknown", "cores": os.cpu_count(), "avx512": " avx512f" in flags}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    runs = []
+    for repeat in range(args.repeat):
+        for variant in VARIANTS:
+            runs.append(run(variant, args.work / f"{variant}_{repeat}", REPO / "config" / "smoke.yaml"))
+            print(f"{variant} (run {repeat + 1}): {runs[-1]['seconds']:.0f} s", flush=True)
+    first = {r["variant"]: r for r in reversed(runs)}  # each variant's first run
+    reference = first["avx2_cpu"]
+    rows = []
+    for variant, result in first.items():
+        seconds = min(r["seconds"] for r in runs if r["variant"] == variant)
+        rows.append({"variant": variant, "seconds": seconds, "time_vs_native": None,
+                     "tables_differing_from_avx2_cpu": differing(result, reference, tables=True),
+                     "arrays_differing_from_avx2_cpu": differing(result, reference, tables=False),
+                     "tables_differing_between_repeats": sorted({n for r in runs if r["variant"] == variant
+                                                                 for n in differing(result, r, tables=True)})})  # fmt: skip
+    native = next(r["seconds"] for r in rows if r["variant"] == "native")
+    for row in rows:
+        row["time_vs_native"] = row["seconds"] / native
+    result = {"machine": machine(), "variants": {k: VARIANTS[k] for k in VARIANTS}, "rows": rows,
+              "tables": len([n for n in reference["files"] if not n.endswith(".npz")]),
+              "arrays": len([n for n in reference["files"] if n.endswith(".npz")])}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{result['machine']}; {result['tables']} tables, {result['arrays']} arrays compared")
+    print("| variant | wall s (min) | × native | tables ≠ avx2_cpu | arrays ≠ avx2_cpu | tables ≠ own repeat |")
+    print("|---|--:|--:|--:|--:|--:|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['seconds']:.0f} | {row['time_vs_native']:.2f} | "
+              f"{len(row['tables_differing_from_avx2_cpu'])} | {len(row['arrays_differing_from_avx2_cpu'])} | "
+              f"{len(row['tables_differing_between_repeats'])} |")  # fmt: skip
+    for row in rows:
+        if row["tables_differing_from_avx2_cpu"]:
+            print(f"{row['variant']}: tables differing from avx2_cpu: {row['tables_differing_from_avx2_cpu'][:8]}")
+
+
+if __name__ == "__main__":
+    main()
