@@ -7,9 +7,10 @@ kernels to AVX2; the tables each writes compared byte for byte, and the cost in 
 
 torch (ATen's own kernels, oneDNN's convolutions, MKL's matrix products), faiss, numpy (and its OpenBLAS) and
 glibc's libm each pick kernels by the CPU's instruction set at run time. `avx2_cpu` switches every one of them to
-what it would pick on an AVX2-only CPU (the emulated second machine); `pinned` sets all but glibc's (the candidate
-deterministic mode: glibc's choice is made when a process starts, before it can set anything), and
-`torch_faiss_pinned` only torch's and faiss's. A variant
+what it would pick on an AVX2-only CPU (the emulated second machine: `resmem.device.AVX2_CPU_EMULATION`);
+`pinned` sets all but glibc's (`resmem.device.CPU_KERNELS`, what a CPU run sets by default: glibc's choice is made
+when a process starts, before it can set anything), and `torch_faiss_pinned` only torch's and faiss's. Every run sets
+`cpu_kernels: native`, so that the workflow pins nothing itself and each variant's environment decides. A variant
 reproduces the AVX2 machine where its tables equal avx2_cpu's. Tables: every .csv, .md, .tex and selected.json
 under results/ (train logs without their wall-time column; not the provenance, logs, benchmarks or figures, which
 record times and paths); arrays: every
@@ -28,26 +29,16 @@ import sys
 import time
 from pathlib import Path
 
+from resmem.device import AVX2_CPU_EMULATION, CPU_KERNELS
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 DEFAULT_WORK = REPO / "bench" / "scale_cache" / "determinism"
-DEFAULT_OUT = REPO / "bench" / "scale_results" / "bench_cpu_determinism.json"
-AVX512 = "AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL,-AVX512_VNNI,-AVX512_BF16,-AVX512_FP16"
-# What each library reads to choose its kernels, set to what it picks on an AVX2-only CPU.
-PINNED = {
-    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorized kernels
-    "DNNL_MAX_CPU_ISA": "AVX2",  # oneDNN (torch's CPU convolutions)
-    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL (torch's CPU matrix products)
-    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: the AVX2 code path, run to run
-    "FAISS_OPT_LEVEL": "avx2",  # faiss loads its AVX2 build instead of the AVX-512 one
-    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # numpy's dispatched loops
-    "OPENBLAS_CORETYPE": "Haswell",  # numpy's OpenBLAS
-}
-# ... and glibc's libm and string functions, which a process cannot switch for itself once started
-AVX2_CPU = {**PINNED, "GLIBC_TUNABLES": f"glibc.cpu.hwcaps=-{AVX512}"}
-TORCH_FAISS = {k: PINNED[k] for k in ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR",
-                                      "FAISS_OPT_LEVEL")}  # fmt: skip
-VARIANTS = {"native": {}, "avx2_cpu": AVX2_CPU, "pinned": PINNED, "torch_faiss_pinned": TORCH_FAISS}
+DEFAULT_OUT = REPO / "bench" / "scale_results" / "bench_cpu_determinism.json"  # --out for another config
+# torch's and faiss's pins alone: without numpy's and OpenBLAS's
+TORCH_FAISS = {k: CPU_KERNELS[k] for k in ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                                           "MKL_CBWR", "FAISS_OPT_LEVEL")}  # fmt: skip
+VARIANTS = {"native": {}, "avx2_cpu": AVX2_CPU_EMULATION, "pinned": CPU_KERNELS, "torch_faiss_pinned": TORCH_FAISS}
 TABLES = (".csv", ".md", ".tex")
 
 
@@ -58,7 +49,7 @@ def run(variant: str, work: Path, config: Path) -> dict:
     env = {**os.environ, "PYTHONHASHSEED": "0", **VARIANTS[variant]}
     start = time.perf_counter()
     command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2",
-               "--configfile", str(config)]  # fmt: skip
+               "--configfile", str(config), "--config", "cpu_kernels=native"]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode:
@@ -97,41 +88,47 @@ def machine() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "smoke.yaml", help="the config run")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from " + ", ".join(VARIANTS))
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     runs = []
     for repeat in range(args.repeat):
-        for variant in VARIANTS:
-            runs.append(run(variant, args.work / f"{variant}_{repeat}", REPO / "config" / "smoke.yaml"))
+        for variant in args.variants.split(","):
+            runs.append(run(variant, args.work / f"{variant}_{repeat}", args.config))
             print(f"{variant} (run {repeat + 1}): {runs[-1]['seconds']:.0f} s", flush=True)
     first = {r["variant"]: r for r in reversed(runs)}  # each variant's first run
-    reference = first["avx2_cpu"]
+    reference = first.get("avx2_cpu", first["pinned"])  # without the emulation, the pinned run is the reference
+    print(f"reference: {reference['variant']}")
     rows = []
     for variant, result in first.items():
         seconds = min(r["seconds"] for r in runs if r["variant"] == variant)
         rows.append({"variant": variant, "seconds": seconds, "time_vs_native": None,
-                     "tables_differing_from_avx2_cpu": differing(result, reference, tables=True),
-                     "arrays_differing_from_avx2_cpu": differing(result, reference, tables=False),
+                     "tables_differing_from_reference": differing(result, reference, tables=True),
+                     "arrays_differing_from_reference": differing(result, reference, tables=False),
                      "tables_differing_between_repeats": unstable(runs, variant)})  # fmt: skip
     native = next(r["seconds"] for r in rows if r["variant"] == "native")
     for row in rows:
         row["time_vs_native"] = row["seconds"] / native
-    result = {"machine": machine(), "variants": {k: VARIANTS[k] for k in VARIANTS}, "rows": rows,
+    result = {"machine": machine(), "config": str(args.config.relative_to(REPO)), "reference": reference["variant"],
+              "variants": {k: VARIANTS[k] for k in VARIANTS}, "rows": rows,
               "tables": len([n for n in reference["files"] if not n.endswith(".npz")]),
               "arrays": len([n for n in reference["files"] if n.endswith(".npz")])}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{result['machine']}; {result['tables']} tables, {result['arrays']} arrays compared")
-    print("| variant | wall s (min) | × native | tables ≠ avx2_cpu | arrays ≠ avx2_cpu | tables ≠ own repeat |")
+    print("| variant | wall s (min) | × native | tables ≠ reference | arrays ≠ reference | tables ≠ own repeat |")
     print("|---|--:|--:|--:|--:|--:|")
     for row in rows:
         print(f"| {row['variant']} | {row['seconds']:.0f} | {row['time_vs_native']:.2f} | "
-              f"{len(row['tables_differing_from_avx2_cpu'])} | {len(row['arrays_differing_from_avx2_cpu'])} | "
+              f"{len(row['tables_differing_from_reference'])} | {len(row['arrays_differing_from_reference'])} | "
               f"{len(row['tables_differing_between_repeats'])} |")  # fmt: skip
     for row in rows:
-        if row["tables_differing_from_avx2_cpu"]:
-            print(f"{row['variant']}: tables differing from avx2_cpu: {row['tables_differing_from_avx2_cpu'][:8]}")
+        if row["tables_differing_from_reference"]:
+            print(
+                f"{row['variant']}: tables differing from the reference: {row['tables_differing_from_reference'][:8]}"
+            )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,52 @@ GPU_LOCK_TIMEOUT = "RESMEM_GPU_LOCK_TIMEOUT"  # seconds a job waits for a free G
 log = logging.getLogger("resmem")
 
 
+# The kernels of an AVX2 CPU (x86-64-v3) for every library that picks its own by the CPU it runs on: with these,
+# a run on the CPU writes the same bytes on an AVX-512 machine as on an AVX2-only one (bench/bench_cpu_determinism.py
+# measures it; glibc's choice, made when a process starts, changed no result there and is left alone).
+CPU_KERNELS = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorized kernels
+    "DNNL_MAX_CPU_ISA": "AVX2",  # oneDNN: torch's CPU convolutions
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL: torch's CPU matrix products
+    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: its AVX2 path, run to run
+    "FAISS_OPT_LEVEL": "avx2",  # faiss's AVX2 build instead of its AVX-512 one
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # numpy's dispatched loops
+    "OPENBLAS_CORETYPE": "Haswell",  # numpy's OpenBLAS
+}
+
+
+# This machine made to behave like an AVX2-only CPU: the pins and glibc's choice of libm and string functions too
+# (bench/bench_cpu_determinism.py and the tests compare a run under CPU_KERNELS with one under this)
+AVX2_CPU_EMULATION = {
+    **CPU_KERNELS,
+    "GLIBC_TUNABLES": "glibc.cpu.hwcaps="
+    + ",".join(f"-AVX512{f}" for f in ("F", "CD", "BW", "DQ", "VL", "_VNNI", "_BF16", "_FP16")),
+}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def pin_cpu_kernels(device: str, kernels: str = "avx2") -> dict[str, str]:
+    """With config `cpu_kernels: avx2`, for a run on the CPU (device: cpu, or auto where no GPU is visible) on a
+    CPU with AVX2 and FMA, set CPU_KERNELS in this process's environment, which every job inherits, before any
+    job loads torch, numpy or faiss; a variable already set (by the user) is left as it is. Returns the settings
+    in effect (provenance)."""
+    _check(device)
+    if kernels == "native" or device == "cuda" or (device == "auto" and visible_gpus()):
+        return {}
+    if not {"avx2", "fma"} <= cpu_flags():
+        return {}
+    for name, value in CPU_KERNELS.items():
+        os.environ.setdefault(name, value)
+    return {name: os.environ[name] for name in CPU_KERNELS}
+
+
 def _check(device: str) -> None:
     if device not in DEVICES:
         raise ValueError(f"config key 'device' must be one of {DEVICES}, got {device!r}")

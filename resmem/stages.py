@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ import pandas as pd
 from resmem import io
 from resmem.artifacts import NEIGHBOR_KEYS, QUERY_SPLITS
 from resmem.config import ConfigError
+from resmem.device import CPU_KERNELS
 from resmem.io import ArtifactError
 
 log = logging.getLogger("resmem")
@@ -253,7 +255,8 @@ def read_json(path) -> dict:
 
 def write_provenance(path, experiment: str, config: dict, runs: list[dict], devices, repo_dir, **extra) -> None:
     """What made an experiment's results: its config, the git commit and a hash of the package source (so a
-    dirty tree is identifiable), package versions, devices and the runs aggregated."""
+    dirty tree is identifiable), package versions, devices, the CPU kernels pinned (`resmem.device.CPU_KERNELS`)
+    and the runs aggregated."""
     record = {
         "experiment": experiment,
         "config": config,
@@ -261,6 +264,7 @@ def write_provenance(path, experiment: str, config: dict, runs: list[dict], devi
         "source_sha256": io.source_hash(),
         "versions": io.package_versions(),
         "devices": sorted(set(devices)),
+        "cpu_kernels": {name: os.environ[name] for name in CPU_KERNELS if name in os.environ},
         **extra,
         "runs": [{k: str(v) for k, v in run.items()} for run in runs],
     }

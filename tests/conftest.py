@@ -12,13 +12,14 @@ REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(workdir, *args, configfile=None, check=True):
-    """Run the repository's workflow in `workdir` (results land there), returning the CompletedProcess."""
+def snakemake(workdir, *args, configfile=None, check=True, env=None):
+    """Run the repository's workflow in `workdir` (results land there), with `env` added to the environment,
+    returning the CompletedProcess."""
     # Targets first: options such as --configfile and --forcerun take every word after them.
     cmd = [*SNAKEMAKE, *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

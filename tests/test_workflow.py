@@ -1,6 +1,7 @@
 """The workflow end to end on config/smoke.yaml: artifacts, caching, and what a config change reruns."""
 
 import json
+import os
 
 import faiss
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from resmem.artifacts import NEIGHBOR_KEYS, SWEEP_COLUMNS
 from resmem.core import METHODS
+from resmem.device import AVX2_CPU_EMULATION, CPU_KERNELS, cpu_flags
 from resmem.plan import planned_jobs
 from resmem.sweep import select_methods
 from resmem.vision.artifacts import EMBEDDING_KEYS, FIGURES, PREDICTION_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
@@ -146,6 +148,24 @@ def test_experiment_outputs(smoke_run):
     assert all(provenance["versions"][p] for p in ("torch", "faiss", "snakemake", "numpy"))
     assert provenance["devices"] == ["cpu"]
     assert "git_commit" in provenance
+    pinned = {name: os.environ.get(name, value) for name, value in CPU_KERNELS.items()}
+    assert provenance["cpu_kernels"] == (pinned if {"avx2", "fma"} <= cpu_flags() else {})
+
+
+def test_the_smoke_run_writes_the_bytes_of_an_avx2_only_cpu(smoke_run, tmp_path):
+    """The smoke run's tables and arrays, made under the kernels a CPU run pins by default, equal those of the
+    same run on this machine made to behave like an AVX2-only CPU (every library limited, glibc too): an AVX-512
+    machine writes what an AVX2 one does. (On an AVX2 machine the two runs are the same run.)"""
+    if not {"avx2", "fma"} <= cpu_flags():
+        pytest.skip("a CPU without AVX2 pins nothing")
+    snakemake(tmp_path, configfile=smoke_run["config"], env=AVX2_CPU_EMULATION)
+    for folder in (smoke_run["workdir"] / "results", tmp_path / "results"):
+        assert (folder / "smoke" / "summary.csv").exists()
+    compared = [p.relative_to(smoke_run["workdir"]) for p in (smoke_run["workdir"] / "results").rglob("*")
+                if p.suffix in (".csv", ".npz", ".md") and p.name != "train_log.csv"]  # fmt: skip
+    assert len(compared) > 40
+    differing = [str(p) for p in compared if (smoke_run["workdir"] / p).read_bytes() != (tmp_path / p).read_bytes()]
+    assert differing == []
 
 
 def test_rerun_is_a_no_op(smoke_run):

@@ -19,6 +19,7 @@ from resmem.config import (
     experiment_names,
     validate as validate_config,
 )
+from resmem.device import pin_cpu_kernels
 from resmem.lm import hf
 from resmem.lm import sizes as lm_sizes
 from resmem.lm.artifacts import LM_FIGURES, LM_METHODS
@@ -30,6 +31,8 @@ from resmem.vision import sizes as vision_sizes
 try:
     # against the schema shipped in the package: resmem/config.schema.yaml
     validate_config(config)
+    # a CPU run's kernels pinned to AVX2's, inherited by every job: the same bytes on any x86-64 CPU with AVX2
+    pin_cpu_kernels(config["device"], config["cpu_kernels"])
     pretrained.check_timm_names(config)
     if workflow.is_main_process:
         # the user's embeddings, array by array; pretrained weights and Hugging Face models, fetched here once
