@@ -54,6 +54,11 @@ def run(variant: str, work: Path, config: Path) -> dict:
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
+    return {"variant": variant, "seconds": seconds, "files": hashed_files(work)}
+
+
+def hashed_files(work: Path) -> dict[str, str]:
+    """sha256 of each compared file of a finished run in `work`."""
     files = {}
     for path in sorted((work / "results").rglob("*")):
         parts = path.relative_to(work).parts
@@ -63,7 +68,7 @@ def run(variant: str, work: Path, config: Path) -> dict:
                 if path.name == "train_log.csv":  # its last column is each epoch's wall time
                     data = b"\n".join(line.rsplit(b",", 1)[0] for line in data.splitlines())
                 files[str(path.relative_to(work))] = hashlib.sha256(data).hexdigest()
-    return {"variant": variant, "seconds": seconds, "files": files}
+    return files
 
 
 def differing(a: dict, b: dict, tables: bool) -> list[str]:
@@ -111,7 +116,8 @@ def main() -> None:
     native = next(r["seconds"] for r in rows if r["variant"] == "native")
     for row in rows:
         row["time_vs_native"] = row["seconds"] / native
-    result = {"machine": machine(), "config": str(args.config.relative_to(REPO)), "reference": reference["variant"],
+    config = str(args.config.resolve().relative_to(REPO))
+    result = {"machine": machine(), "config": config, "reference": reference["variant"],
               "variants": {k: VARIANTS[k] for k in VARIANTS}, "rows": rows,
               "tables": len([n for n in reference["files"] if not n.endswith(".npz")]),
               "arrays": len([n for n in reference["files"] if n.endswith(".npz")])}  # fmt: skip
