@@ -144,3 +144,19 @@ def test_installed_wheel_ships_the_schema_and_validates_configs(tmp_path):
     assert "experiments.x.train" in report["error"] and "'learning_rate' was unexpected" in report["error"]
     # Every source file of the checkout's package, subpackages and schema included, is in the wheel.
     assert report["hash"] == io.source_hash(REPO / "resmem")
+
+
+def test_license_and_citation_agree_with_the_package():
+    """LICENSE is the Apache-2.0 text pyproject declares; CITATION.cff cites this version and, as its preferred
+    citation, the paper."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    citation = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["version"] == project["version"]
+    assert citation["license"] == project["license"]
+    paper = citation["preferred-citation"]
+    assert paper["title"] == "ResMem: Learn what you can and memorize the rest" and paper["year"] == 2023
+    assert {"type": "other", "value": "arXiv:2302.01576"} in paper["identifiers"]
+    assert [a["family-names"] for a in paper["authors"]][:2] == ["Yang", "Lukasik"]
