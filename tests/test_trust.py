@@ -307,3 +307,16 @@ def test_keys_that_overflow_float16_fail_the_datastore_naming_the_array(tmp_path
     with pytest.raises(ArtifactError, match=r"datastore.npz: train_keys has 1 rows with inf or NaN .*65,504"):
         with np.errstate(over="ignore"):
             finite(states.astype(np.float16), "train_keys", tmp_path / "datastore.npz")
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_an_object_array_in_a_users_embeddings_file_is_a_config_error(tmp_path, compressed):
+    from resmem.vision.external import check_file
+
+    arrays = {f"{s}_{kind}": np.zeros((4, 3), np.float32) for s in ("train", "test") for kind in ("emb", "logits")}
+    arrays |= {"train_y": np.zeros(4, np.int64), "test_y": np.zeros(4, np.int64)}
+    arrays["test_emb"] = np.array([object()] * 4, dtype=object)
+    (np.savez_compressed if compressed else np.savez)(tmp_path / "emb.npz", **arrays)
+    with pytest.raises(ConfigError, match=r"invalid config at experiments.x.embeddings.m: .*emb.npz: array 'test_emb' "
+                                          r"has dtype object"):  # fmt: skip
+        check_file(tmp_path / "emb.npz", "experiments.x.embeddings.m")

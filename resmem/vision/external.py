@@ -5,6 +5,7 @@ a stratified val split carved from train where the file has none."""
 from __future__ import annotations
 
 import logging
+import zipfile
 
 import numpy as np
 
@@ -22,12 +23,11 @@ CHECK_ROWS = 65_536  # rows read at a time for the NaN/inf check: memory stays b
 
 
 def _array(path, key: str) -> np.ndarray:
-    """A memmap of an array of an uncompressed .npz; an array of a compressed one (np.savez_compressed) is read."""
-    try:
-        return io.npz_memmap(path, key)
-    except io.ArtifactError:
-        with np.load(path, allow_pickle=False) as data:
-            return data[key]
+    """A memmap of an array of an uncompressed .npz; an array of a compressed one (np.savez_compressed) is read.
+    Either is checked by `resmem.io.load_npz` (a plain, native dtype that fits its own member)."""
+    with zipfile.ZipFile(path) as archive:
+        stored = archive.getinfo(f"{key}.npy").compress_type == zipfile.ZIP_STORED
+    return io.load_npz(path, [key], mmap=stored)[key]
 
 
 def check_file(path, at: str) -> dict[str, np.ndarray]:
@@ -49,7 +49,10 @@ def check_file(path, at: str) -> dict[str, np.ndarray]:
     if missing:
         raise ConfigError(f"invalid config at {at}: {path} lacks the arrays {missing} (has {sorted(names)})")
     splits = ("train", "val", "test") if has_val else ("train", "test")
-    arrays = {f"{s}_{kind}": _array(path, f"{s}_{kind}") for s in splits for kind in ("emb", "logits", "y")}
+    try:
+        arrays = {f"{s}_{kind}": _array(path, f"{s}_{kind}") for s in splits for kind in ("emb", "logits", "y")}
+    except io.ArtifactError as exc:
+        raise ConfigError(f"invalid config at {at}: {exc}") from None
 
     def fail(name: str, problem: str):
         raise ConfigError(f"invalid config at {at}: {path}, array {name}: {problem}")
