@@ -62,8 +62,14 @@ def test_smoke_through_slurm_equals_the_local_run_in_fewer_submissions(smoke_run
 
 
 def test_a_failing_slurm_job_is_retried_with_more_memory_then_fails_the_run_naming_its_log(tmp_path):
-    def broken(config):  # a dataset folder that does not exist: the first job (split) fails on the cluster
-        config["experiments"]["smoke"]["dataset"] = {"name": "imagefolder", "root": str(tmp_path / "missing")}
+    # Class folders without an image file: they pass the checks made before any job, and the first job (split)
+    # fails on the cluster when it lists the images.
+    for split in ("train", "test"):
+        (tmp_path / "no_images" / split / "cat").mkdir(parents=True)
+        (tmp_path / "no_images" / split / "cat" / "notes.txt").write_text("not an image")
+
+    def broken(config):
+        config["experiments"]["smoke"]["dataset"] = {"name": "imagefolder", "root": str(tmp_path / "no_images")}
 
     config = write_config(tmp_path / "broken.yaml", broken)
     proc = snakemake(tmp_path, *SLURM, "--retries", "1", configfile=config, check=False)
@@ -73,4 +79,6 @@ def test_a_failing_slurm_job_is_retried_with_more_memory_then_fails_the_run_nami
     assert any("mem_mb=1000," in line for line in split_requests)  # first attempt
     assert any("mem_mb=2000," in line for line in split_requests)  # the retry asks for twice as much
     assert "Error in rule split" in output and "results/smoke/logs/split.log" in output
-    assert "dataset imagefolder:" in (tmp_path / "results" / "smoke" / "logs" / "split.log").read_text()
+    assert (
+        "Found no valid file for the classes cat" in (tmp_path / "results" / "smoke" / "logs" / "split.log").read_text()
+    )
