@@ -29,7 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from resmem.device import AVX2_CPU_EMULATION, CPU_KERNELS
+import bench_scale
+
+from resmem.device import AVX2_CPU_EMULATION, CPU_KERNELS, cpu_flags
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -84,10 +86,7 @@ def unstable(runs: list[dict], variant: str) -> list[str]:
 
 
 def machine() -> dict:
-    cpus = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")]  # fmt: skip
-    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    return {"cpu": cpus[0] if cpus else "unknown", "cores": os.cpu_count(), "avx512": " avx512f" in flags}
+    return {**bench_scale.machine(), "avx512": "avx512f" in cpu_flags()}
 
 
 def main() -> None:

@@ -299,16 +299,18 @@ def load_npz(path, keys, dtypes=None, mmap: bool = False, optional=()) -> dict[s
                     f"{path}: missing arrays {missing} (has {sorted(data.files)}); rerun the stage that writes it"
                 )
             present = [*keys, *(k for k in optional if k in data.files)]
+            arrays = {}
             for key in present:
-                found = _checked_header(archive, path, key)[3]
-                expected = (dtypes or {}).get(key)
-                if expected is not None and found != np.dtype(expected):
-                    raise ArtifactError(f"{path}: array {key!r} has dtype {found}, expected {np.dtype(expected)}")
-            arrays = {k: npz_memmap(path, k) if mmap else data[k] for k in present}
+                if not mmap:
+                    _checked_header(archive, path, key)  # (npz_memmap checks its own)
+                arrays[key] = npz_memmap(path, key) if mmap else data[key]
     except ArtifactError:
         raise
     except Exception as exc:  # zipfile/format/IO errors of a truncated or foreign file
         raise ArtifactError(f"{path}: cannot be read ({exc}); delete it and rerun the stage that writes it") from exc
+    for key, expected in (dtypes or {}).items():
+        if key in arrays and arrays[key].dtype != np.dtype(expected):
+            raise ArtifactError(f"{path}: array {key!r} has dtype {arrays[key].dtype}, expected {np.dtype(expected)}")
     return arrays
 
 

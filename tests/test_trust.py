@@ -96,8 +96,9 @@ def test_cached_pretrained_weights_holding_a_pickled_call_are_refused(tmp_path, 
 
 def datastore_with(tmp_path, **replaced):
     """A small datastore in the workflow's format, with some arrays replaced."""
-    arrays = {f"{s}_{kind}": np.zeros((4, 3), np.float16 if s == "train" else np.float32)
-              for s in ("train", "val", "test") for kind in ("keys",)}  # fmt: skip
+    arrays = {
+        f"{s}_keys": np.zeros((4, 3), np.float16 if s == "train" else np.float32) for s in ("train", "val", "test")
+    }
     arrays |= {f"{s}_{kind}": np.zeros(4, np.int64) for s in ("train", "val", "test") for kind in ("next", "pos")}
     arrays |= {"head_weight": np.zeros((5, 3), np.float32), "head_bias": np.zeros(5, np.float32)}
     np.savez(tmp_path / "datastore.npz", **(arrays | replaced))

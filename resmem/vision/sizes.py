@@ -37,19 +37,21 @@ def feature_width(spec: dict, classes: int, channels: int = 3) -> int:
         return max(1, round(64 * spec.get("width_multiplier", 1.0)))
     if arch in RESNET_WIDTHS:
         return RESNET_WIDTHS[arch]
-    return _timm_width(json.dumps(spec, sort_keys=True), classes, channels)
+    net = _meta_model(json.dumps(spec, sort_keys=True), classes, channels).net
+    # the width of forward_head(..., pre_logits=True): a pre-logits layer's where the model has one
+    return int(getattr(net, "head_hidden_size", None) or net.num_features)
 
 
 @lru_cache
-def _timm_width(spec_json: str, classes: int, channels: int) -> int:
+def _meta_model(spec_json: str, classes: int, channels: int):
+    """The model of a spec built on the meta device: no weights allocated, none downloaded."""
     import torch
 
     from resmem.vision.models import build_model
 
-    with torch.device("meta"):  # no weights allocated, none downloaded
-        net = build_model({**json.loads(spec_json), "pretrained": False}, classes, channels).net
-    # the width of forward_head(..., pre_logits=True): a pre-logits layer's where the model has one
-    return int(getattr(net, "head_hidden_size", None) or net.num_features)
+    spec = json.loads(spec_json)
+    with torch.device("meta"):
+        return build_model({**spec, "pretrained": False} if "pretrained" in spec else spec, classes, channels)
 
 
 @lru_cache
@@ -107,17 +109,15 @@ def model_footprint(spec: dict, classes: int, channels: int, size: int) -> tuple
 def _footprint(spec_json: str, classes: int, channels: int, size: int) -> tuple[int, int, int]:
     import torch
 
-    from resmem.vision.models import build_model
-
+    net = _meta_model(spec_json, classes, channels).eval()
     outputs = []
-    with torch.device("meta"):
-        spec = json.loads(spec_json)
-        net = build_model({**spec, "pretrained": False} if "pretrained" in spec else spec, classes, channels)
-        leaves = [m for m in net.modules() if not any(m.children())]
-        hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out.numel())) for m in leaves]
-        net.eval()(torch.zeros(1, channels, size, size))
-    for hook in hooks:
-        hook.remove()
+    leaves = [m for m in net.modules() if not any(m.children())]
+    hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out.numel())) for m in leaves]
+    try:
+        net(torch.zeros(1, channels, size, size, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
     return sum(p.numel() for p in net.parameters()), sum(outputs), max(outputs)
 
 
