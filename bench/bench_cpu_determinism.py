@@ -29,14 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-import bench_scale
+from bench_record import machine, machine_line, run_record
 
-from resmem.device import AVX2_CPU_EMULATION, CPU_KERNELS, cpu_flags
+from resmem.device import AVX2_CPU_EMULATION, CPU_KERNELS
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 DEFAULT_WORK = REPO / "bench" / "scale_cache" / "determinism"
-DEFAULT_OUT = REPO / "bench" / "scale_results" / "bench_cpu_determinism.json"  # --out for another config
+DEFAULT_OUT = REPO / "bench" / "results" / "bench_cpu_determinism.json"  # --out for another config
 # torch's and faiss's pins alone: without numpy's and OpenBLAS's
 TORCH_FAISS = {k: CPU_KERNELS[k] for k in ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
                                            "MKL_CBWR", "FAISS_OPT_LEVEL")}  # fmt: skip
@@ -85,8 +85,19 @@ def unstable(runs: list[dict], variant: str) -> list[str]:
     return sorted({name for r in runs if r["variant"] == variant for name in differing(first, r, tables=True)})
 
 
-def machine() -> dict:
-    return {**bench_scale.machine(), "avx512": "avx512f" in cpu_flags()}
+def table(report: dict) -> str:
+    """The Markdown table of a report: per variant its wall time and the files that differ from the reference's."""
+    tables, arrays = report["tables"], report["arrays"]
+    lines = [f"Reference: `{report['reference']}`; wall time: the minimum over the runs of each variant; "
+             "tables ≠ own repeat: tables that differed between runs of the same variant (0 where it ran once).",
+             "", "| variant | wall s | × native | tables ≠ reference | arrays ≠ reference | tables ≠ own repeat |",
+             "|---|--:|--:|--:|--:|--:|"]  # fmt: skip
+    for row in report["rows"]:
+        lines.append(f"| {row['variant']} | {row['seconds']:.0f} | {row['time_vs_native']:.2f} | "
+                     f"{len(row['tables_differing_from_reference'])} of {tables} | "
+                     f"{len(row['arrays_differing_from_reference'])} of {arrays} | "
+                     f"{len(row['tables_differing_between_repeats'])} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -116,19 +127,13 @@ def main() -> None:
     for row in rows:
         row["time_vs_native"] = row["seconds"] / native
     config = str(args.config.resolve().relative_to(REPO))
-    result = {"machine": machine(), "config": config, "reference": reference["variant"],
+    result = {**run_record(args), "machine": machine(), "config": config, "reference": reference["variant"],
               "variants": {k: VARIANTS[k] for k in VARIANTS}, "rows": rows,
               "tables": len([n for n in reference["files"] if not n.endswith(".npz")]),
               "arrays": len([n for n in reference["files"] if n.endswith(".npz")])}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{result['machine']}; {result['tables']} tables, {result['arrays']} arrays compared")
-    print("| variant | wall s (min) | × native | tables ≠ reference | arrays ≠ reference | tables ≠ own repeat |")
-    print("|---|--:|--:|--:|--:|--:|")
-    for row in rows:
-        print(f"| {row['variant']} | {row['seconds']:.0f} | {row['time_vs_native']:.2f} | "
-              f"{len(row['tables_differing_from_reference'])} | {len(row['arrays_differing_from_reference'])} | "
-              f"{len(row['tables_differing_between_repeats'])} |")  # fmt: skip
+    print(f"{machine_line(result)}\n{table(result)}")
     for row in rows:
         if row["tables_differing_from_reference"]:
             print(

@@ -17,6 +17,9 @@ peak memory is its own, and prints times, tokens/s, recall and peak RSS. Beside 
 arithmetic — each distinct neighbor row's logits (2·d·V flops) and the weighted sums (2·Q·S·k_max·V) — and the
 fraction of the machine's float32 matmul throughput that the sweep stage achieves on it.
 
+The figures and the machine record (`bench_record.py`) go to bench/results/bench_datastore.json for the default
+random datastore (--quick or --datastore: only with --out), which bench/render_tables.py renders into the docs.
+
 With --baseline PATH (another checkout of this project) the sweep stage of that checkout and of this one run
 alternately on the flat search, --repeats times each, each run in a fresh interpreter timed after its imports (a
 machine whose speed drifts between runs then drifts for both): it prints both times, the speed-up, and whether the
@@ -37,10 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_sweep import matmul_gflops
+from bench_record import RESULTS, machine, machine_line, write
 
 from resmem import io
-from resmem.device import torch_device
 from resmem.lm import stages as lm_stages
 
 K = 64
@@ -60,7 +62,7 @@ def make_datastore(path: Path, n: int, n_query: int, dim: int, seed: int = 0) ->
     for split in ("val", "test"):
         arrays.update({f"{split}_keys": draw(n_query), f"{split}_next": rng.integers(0, VOCAB, n_query)})
         arrays[f"{split}_pos"] = np.arange(n_query)
-    weight = rng.normal(size=(VOCAB, dim)).astype(np.float32) / np.sqrt(dim)
+    weight = (rng.normal(size=(VOCAB, dim)) / np.sqrt(dim)).astype(np.float32)
     io.save_npz(path, **arrays, head_weight=weight, head_bias=np.zeros(VOCAB, np.float32))
 
 
@@ -105,7 +107,7 @@ def sweep_of_tree(tree: Path, datastore, neighbors, out, knn, device) -> dict:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def compare_with(baseline: Path, repeats: int, datastore, neighbors, knn, device, tmp: Path) -> None:
+def compare_with(baseline: Path, repeats: int, datastore, neighbors, knn, device, tmp: Path) -> dict:
     """The sweep stage of `baseline` and of this checkout, alternately: times, speed-up, and the tables' agreement."""
     runs = {"baseline": [], "this tree": []}
     for _ in range(repeats):
@@ -125,18 +127,59 @@ def compare_with(baseline: Path, repeats: int, datastore, neighbors, knn, device
         f"  {ratio_min:.2f}× faster by the minima, {ratio_median:.2f}× by the medians ({repeats} runs each, "
         f"alternated); accuracies {'identical' if same_accuracy else 'DIFFER'}, losses within {loss:.0e} relative"
     )
+    return {"checkout": str(baseline), "repeats": repeats, "seconds": {k: v.tolist() for k, v in seconds.items()},
+            "speedup_of_minima": ratio_min, "speedup_of_medians": ratio_median, "identical_accuracies": same_accuracy,
+            "largest_relative_loss_difference": loss}  # fmt: skip
+
+
+def knn_of(kind: str, sweep_mb: float) -> dict:
+    return {"normalize": False, "index": kind, "nlist": None, "pq_m": 16, "pq_bits": 8, "k_max": K,
+            "query_chunk": 16384, "nprobe": 16, "recall_sample": 1000, "k": [1, 4, 16, 64], "sigma": [0.3, 1.0, 3.0],
+            "temperature": [1.0], "lam": [0.0, 0.25, 0.5], "knnlm_kernel": "squared_l2", "tau": [1.0, 10.0],
+            "resmem_k": None, "sweep_chunk_mb": sweep_mb}  # fmt: skip
+
+
+def table(report: dict) -> str:
+    """The docs' table of a report, as bench/render_tables.py writes it."""
+    r = report["results"]
+    d, knn = r["datastore"], r["kinds"][0]["knn"]
+    lines = [f"{d['keys']:,} keys of d = {d['dim']} ({d['source']}), 2 × {d['queries_per_split']:,} queries, one "
+             f"search at k = {d['k']}, V = {d['vocab']:,}; then the sweep of ResMem ({len(knn['k'])} k × "
+             f"{len(knn['sigma'])} σ) and kNN-LM ({len(knn['k'])} k × {len(knn['tau'])} τ × {len(knn['lam'])} λ) "
+             f"in a {knn['sweep_chunk_mb']:g} MiB budget. Each stage one run in its own process: seconds of wall "
+             "time after importing torch and faiss; peak RSS (ru_maxrss) in MiB, those imports included; recall@k "
+             "of the neighbours found against an exact search of a sample of test queries; the sweep's ResMem "
+             "arithmetic (each distinct neighbour row's logits, 2·d·V flops, and the weighted sums) in GFLOP/s "
+             "over the stage and as a share of the machine's float32 matmul.", "",
+             "| index | build s | build peak MiB | search s | queries/s | recall@k (sample) | search peak MiB | "
+             "sweep s | sweep peak MiB | sweep GFLOP/s (of matmul) | distinct rows the neighbours name |",
+             "|---|" + "---:|" * 10]  # fmt: skip
+    for row in r["kinds"]:
+        s = row["search_report"]
+        lists = f"IVF-PQ, {s['nlist']:,} lists, {s['nprobe']} probed" if s["nlist"] else "flat"
+        sample = f"{s['recall_sample']:,}" if s["recall_sample"] else "exact"
+        lines.append(f"| {lists} | {row['index']['seconds']:.1f} | {row['index']['peak_mib']:,.0f} | "
+                     f"{row['search']['seconds']:.1f} | {s['queries_per_second']:,.0f} | {s['recall_at_k_max']:.3f} "
+                     f"({sample}) | {row['search']['peak_mib']:,.0f} | {row['sweep']['seconds']:.2f} | "
+                     f"{row['sweep']['peak_mib']:,.0f} | {row['sweep_gflops']:.1f} ({row['sweep_of_matmul']:.0%}) | "
+                     f"{row['distinct_rows_per_split'][0]:,}–{row['distinct_rows_per_split'][1]:,} a split, "
+                     f"{row['distinct_rows_both']:,} both |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="100,000 keys (writes no JSON unless --out)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--datastore", type=Path, help="a datastore.npz of a workflow run instead of random data")
     parser.add_argument("--sweep-mb", type=float, default=256, help="knn.sweep_chunk_mb (MiB) of the sweep")
     parser.add_argument("--baseline", type=Path, help="another checkout whose sweep stage runs alternately with this")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each sweep stage with --baseline")
+    parser.add_argument("--out", type=Path, help="the JSON (default: bench/results/bench_datastore.json, written "
+                        "for the default random datastore only)")  # fmt: skip
     args = parser.parse_args()
     n, n_query, dim = (100_000, 2_000, 64) if args.quick else (1_000_000, 10_000, 64)
+    kinds = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.datastore is None:
@@ -147,29 +190,12 @@ def main() -> None:
         arrays = lm_stages.load_datastore(datastore)
         (n, dim), n_query = arrays["train_keys"].shape, len(arrays["val_next"])
         vocab = len(arrays["head_weight"])
-        matmul = matmul_gflops(torch_device(args.device))
+        host = machine(args.device)
+        matmul = host["matmul_gflops"]
         print(f"datastore: {n:,} keys of dim {dim}, 2 × {n_query:,} queries, k = {K}, V = {vocab:,}")
         del arrays
-        for kind, nlist in (("flat", None), ("ivfpq", None)):
-            knn = {
-                "normalize": False,
-                "index": kind,
-                "nlist": nlist,
-                "pq_m": 16,
-                "pq_bits": 8,
-                "k_max": K,
-                "query_chunk": 16384,
-                "nprobe": 16,
-                "recall_sample": 1000,
-                "k": [1, 4, 16, 64],
-                "sigma": [0.3, 1.0, 3.0],
-                "temperature": [1.0],
-                "lam": [0.0, 0.25, 0.5],
-                "knnlm_kernel": "squared_l2",
-                "tau": [1.0, 10.0],
-                "resmem_k": None,
-                "sweep_chunk_mb": args.sweep_mb,
-            }
+        for kind in ("flat", "ivfpq"):
+            knn = knn_of(kind, args.sweep_mb)
             built = {"index": tmp / f"{kind}.faiss", "rows": tmp / f"{kind}_rows.npz"}
             index = in_child("index", datastore, built, knn, args.device)
             found = {"neighbors": tmp / f"{kind}.npz", "report": tmp / f"{kind}.json"}
@@ -188,11 +214,25 @@ def main() -> None:
                 f"({sweep['peak_mib']:.0f} MiB)\n        a split's {n_query * K:,} neighbor slots name "
                 f"{min(distinct):,}–{max(distinct):,} distinct rows, both splits' {both:,}; ResMem's arithmetic on "
                 f"them {gflop:.1f} GFLOP = {gflop / sweep['seconds']:.1f} GFLOP/s over the sweep stage, "
-                f"{gflop / sweep['seconds'] / matmul:.0%} of the float32 matmul's {matmul:.0f} GFLOP/s"
+                f"{gflop / sweep['seconds'] / matmul:.0%} of the float32 matmul's {matmul:.0f} GFLOP/s",
+                flush=True,
             )
+            kinds.append({"kind": kind, "knn": knn, "index": index, "search": search, "search_report": report,
+                          "sweep": sweep, "distinct_rows_per_split": [min(distinct), max(distinct)],
+                          "distinct_rows_both": both, "resmem_gflop": gflop, "sweep_gflops": gflop / sweep["seconds"],
+                          "sweep_of_matmul": gflop / sweep["seconds"] / matmul, "baseline": None})  # fmt: skip
             if args.baseline is not None and kind == "flat":
                 baseline = args.baseline.resolve()
-                compare_with(baseline, args.repeats, datastore, found["neighbors"], knn, args.device, tmp)
+                kinds[-1]["baseline"] = compare_with(
+                    baseline, args.repeats, datastore, found["neighbors"], knn, args.device, tmp
+                )
+    source = "clustered random float16 keys" if args.datastore is None else str(args.datastore)
+    results = {"datastore": {"keys": n, "dim": dim, "queries_per_split": n_query, "k": K, "vocab": vocab,
+                             "source": source}, "kinds": kinds}  # fmt: skip
+    out = args.out or (None if args.quick or args.datastore else RESULTS / "bench_datastore.json")
+    report = write(out, args, host, results) if out else {"machine": host, "results": results}
+    print("\n" + table(report) + "\n\n" + machine_line(report))
+    print(f"wrote {out}" if out else "no JSON written (--quick or --datastore without --out)")
 
 
 if __name__ == "__main__":

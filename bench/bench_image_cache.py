@@ -9,21 +9,23 @@ The folder is generated once into bench/data/jpeg32_<n>/ (its name encodes its s
 one pass of SGD over every image; the streamed side decodes and augments with `--workers` DataLoader processes
 (torchvision transforms on each PIL image), the decoded side augments batches with tensor ops. The script prints
 the one-off decode time, the seconds per epoch of each side (the minimum over `--epochs`) and their ratio; with
-`--augment none` it checks that both sides feed the network the same pixels in the same order.
+`--augment none` it checks that both sides feed the network the same pixels in the same order. It writes them
+with the machine record (`bench_record.py`) to bench/results/bench_image_cache_<augment>.json (--quick: only with
+--out), which bench/render_tables.py renders into the docs.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_record import RESULTS, machine, machine_line, write
 
 DATA = Path(__file__).resolve().parent / "data"
 CLASSES = 10
+BATCH = 128
 
 
 def make_folder(n: int, size: int = 32, seed: int = 0) -> Path:
@@ -70,6 +72,34 @@ def epoch_seconds(loader, model, epochs: int) -> tuple[float, list]:
     return best, first
 
 
+def table(runs: list[tuple[str, dict | None]]) -> str:
+    """The docs' table of (augment, report) runs, as bench/render_tables.py writes it (a run without a report: a
+    row that says so)."""
+    setups = {}
+    for _, report in runs:
+        if report:
+            r = report["results"]
+            setups.setdefault(f"{r['images']:,} JPEGs of {r['side']} px in {r['classes']} class folders, small_cnn "
+                              f"width {r['width']}, batch {r['batch']}, {r['workers']} decoding processes on the "
+                              f"streamed side", r["epochs"])  # fmt: skip
+    lines = [f"{setup}. Seconds of wall time: decoding the folder once into memory (one run), and one SGD epoch over "
+             f"every image streamed from the files (each epoch decodes and augments every file) and served decoded "
+             f"from memory (tensor-op augmentation), each the fastest of {epochs} epochs."
+             for setup, epochs in setups.items()]  # fmt: skip
+    lines += ["", "| augment | decode once s | images/s | epoch, streamed s | epoch, decoded s | speed-up per epoch | "
+              "same pixels, same order |", "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for augment, report in runs:
+        if report is None:
+            lines.append(f"| `{augment}` | not run yet |" + " |" * 5)
+            continue
+        r = report["results"]
+        same = {True: "yes", False: "no"}.get(r["same_pixels"], "– (random augmentation)")
+        lines.append(f"| `{r['augment']}` | {r['decode_seconds']:.1f} | {r['images'] / r['decode_seconds']:,.0f} | "
+                     f"{r['streamed_epoch_seconds']:.2f} | {r['decoded_epoch_seconds']:.2f} | "
+                     f"{r['streamed_epoch_seconds'] / r['decoded_epoch_seconds']:.1f}× | {same} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2,000 images instead of 20,000")
@@ -77,6 +107,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader decoding processes (streamed side)")
     parser.add_argument("--width", type=int, default=4, help="small_cnn width")
     parser.add_argument("--augment", default="crop_flip", choices=["none", "flip", "crop_flip"])
+    parser.add_argument("--out", type=Path, help="the JSON (default: bench/results/bench_image_cache_<augment>.json; "
+                        "none written with --quick unless given)")  # fmt: skip
     args = parser.parse_args()
 
     import torch
@@ -86,7 +118,6 @@ def main() -> None:
     from resmem.vision.models import build_model
     from resmem.vision.stages import decode, with_decoded
 
-    threads = torch.get_num_threads()
     n = 2_000 if args.quick else 20_000
     root = make_folder(n)
     dataset = {"name": "imagefolder", "root": str(root), "image_size": 32, "cache": "memory", "cache_mb": 4096}
@@ -97,22 +128,22 @@ def main() -> None:
     cpu = torch.device("cpu")
     sides = {}
     for name, data in (("streamed", load_dataset(dataset)), ("decoded", with_decoded(load_dataset(dataset), cache))):
-        loader = Loader(data.train, np.arange(len(data.train)), 128, cpu, args.augment, num_workers=args.workers)
+        loader = Loader(data.train, np.arange(len(data.train)), BATCH, cpu, args.augment, num_workers=args.workers)
         torch.manual_seed(0)
         model = build_model({"arch": "small_cnn", "width": args.width}, CLASSES, 3)
         sides[name] = epoch_seconds(loader, model, args.epochs)
     same = torch.equal(sides["streamed"][1], sides["decoded"][1])
     assert same or args.augment != "none", "the two sides fed different pixels"
     streamed, decoded = sides["streamed"][0], sides["decoded"][0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}, "
-          f"{args.workers} decoding processes")  # fmt: skip
-    print(f"{n} JPEGs of 32 px, small_cnn width {args.width}, batch 128, augment {args.augment}; "
-          f"min of {args.epochs} epochs")  # fmt: skip
-    print(f"decode once:          {decode_seconds:7.2f} s ({n / decode_seconds:,.0f} images/s)")
-    print(f"epoch, streamed:      {streamed:7.2f} s")
-    print(f"epoch, decoded:       {decoded:7.2f} s")
-    check = {"none": "; same pixels in the same order: yes"}.get(args.augment, "")
-    print(f"speed-up per epoch:   {streamed / decoded:7.1f}x{check}")
+    results = {"images": n, "side": 32, "classes": CLASSES, "width": args.width, "batch": BATCH,
+               "workers": args.workers, "epochs": args.epochs, "augment": args.augment,
+               "decode_seconds": decode_seconds, "streamed_epoch_seconds": streamed, "decoded_epoch_seconds": decoded,
+               "same_pixels": same if args.augment == "none" else None}  # fmt: skip
+    out = args.out or (None if args.quick else RESULTS / f"bench_image_cache_{args.augment}.json")
+    host = machine("cpu")
+    report = write(out, args, host, results) if out else {"machine": host, "results": results}
+    print(table([(args.augment, report)]) + "\n\n" + machine_line(report))
+    print(f"wrote {out}" if out else "no JSON written (--quick without --out)")
 
 
 if __name__ == "__main__":

@@ -21,14 +21,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_scale import DEFAULT_CACHE, machine, measure, status_mb
+from bench_record import machine, machine_line, run_record
+from bench_scale import DEFAULT_CACHE, measure, status_mb
 
 from resmem import bounds
 from resmem.config import validate
 from resmem.vision import sizes
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "bench" / "scale_results" / "bench_model_memory.json"
+DEFAULT_OUT = REPO / "bench" / "results" / "bench_model_memory.json"
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 48, 12  # 480 training images: several steps at every batch
 THREADS = os.cpu_count()
 # (name, model spec, image side, train batch, embed batch): widths, depths and batches that move each term
@@ -44,6 +45,9 @@ CASES = [
     ("vit_tiny_b64", {"arch": "timm", "name": "vit_tiny_patch16_224", "img_size": 64, "patch_size": 8}, 64, 64, 256),
 ]
 QUICK = ["small_cnn_w32", "cifar_resnet20"]
+# what `sizes.model_memory_bytes` charges an image more a batch: train twice its activation values, embed
+# EVAL_LIVE of its largest activation
+STATED = {"train": (2, "activation values"), "embed": (sizes.EVAL_LIVE, "largest activations")}
 
 
 def write_folder(root: Path, side: int) -> None:
@@ -157,6 +161,15 @@ def table(cases: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def slopes_table(growth: list[dict]) -> str:
+    rows = ["| model | stage | float32 values an image | measured | stated |", "|---|---|---:|---|---:|"]
+    for g in growth:
+        stated, unit = STATED[g["stage"]]
+        rows.append(f"| {g['model']} | {g['stage']} | {g['values_per_image']:,.0f} | {g['per_unit']:.2f} {unit} | "
+                    f"{stated} |")  # fmt: skip
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only " + ", ".join(QUICK))
@@ -170,18 +183,14 @@ def main() -> None:
     worst = max(c["extra_ratio"] for c in cases)
     over = [c["case"] + "/" + c["stage"] for c in cases if c["over_request"]]
     growth = slopes(cases)
-    result = {"machine": machine(), "cases": cases, "slopes": growth, "worst_ratio": worst, "over_request": over}
+    result = {**run_record(args), "machine": machine(), "cases": cases, "slopes": growth, "worst_ratio": worst,
+              "over_request": over}  # fmt: skip
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(table(cases))
-    for g in growth:
-        unit = "activation values" if g["stage"] == "train" else "largest activations"
-        print(
-            f"{g['model']} {g['stage']}: {g['values_per_image']:,.0f} values an image more a batch = "
-            f"{g['per_unit']:.2f} {unit}"
-        )
+    print(table(cases) + "\n\n" + slopes_table(growth))
     print(f"worst (peak - baseline) / stated: {worst:.2f}; over the request: {over or 'none'}")
+    print(machine_line(result))
 
 
 if __name__ == "__main__":

@@ -34,14 +34,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+from bench_record import RUN_KEYS, machine, machine_line, run_record
 
 from resmem import bounds
 from resmem.artifacts import QUERY_SPLITS
-from resmem.io import package_versions, save_npz_streaming
+from resmem.io import save_npz_streaming
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO / "bench" / "scale_cache"  # datastores of up to 1.8 GB each: never committed
-DEFAULT_OUT = REPO / "bench" / "scale_results" / "bench_scale.json"
+DEFAULT_OUT = REPO / "bench" / "results" / "bench_scale.json"
 # (N, d). Each N lies well past 2^j chunks of the 16,384 rows that the index adds at a time (18.3, 73.2, 146.5):
 # faiss's arrays double their capacity, old and new both resident while copied, so the flat index peaks at ~1.75×
 # its size there, as at ImageNet's 1,268,355 rows (77.4 chunks), and at ~1.05× just below 2^j chunks.
@@ -309,13 +310,6 @@ def extrapolate(fits: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def machine() -> dict:
-    cpus = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")]  # fmt: skip
-    return {"cpu": cpus[0] if cpus else "unknown", "cores": os.cpu_count(), "threads": THREADS,
-            "versions": package_versions()}  # fmt: skip
-
-
 def over(row: dict) -> str:
     return "OVER REQUEST" if row["over_request"] else ""
 
@@ -370,20 +364,20 @@ def main() -> None:
         earlier = json.loads(args.rejudge.read_text())
         sizes, qk_size, cases = earlier["sizes"], earlier["qk_size"], [judge(c) for c in earlier["cases"]]
         host, start = earlier["machine"], start - earlier["seconds"]  # where and how long they were measured
+        record = {k: v for k, v in earlier.items() if k in RUN_KEYS}
     else:
-        host = machine()
+        host, record = machine(), run_record(args)
         sizes = sorted(args.sizes, key=lambda size: size[0] * size[1])[:2] if args.quick else args.sizes
         qk_size = None if args.quick else QK_SIZE if QK_SIZE in sizes else sizes[0]  # the Q·k points: where they run
         cases = [case for n, d in sizes for case in run_size(args.cache, n, d, (n, d) == qk_size)]
     fits = fit(cases)
     rows = extrapolate(fits)
     seconds = time.perf_counter() - start
-    report = {"machine": host, "sizes": sizes, "qk_size": qk_size, "seconds": seconds, "cases": cases,
+    report = {**record, "machine": host, "sizes": sizes, "qk_size": qk_size, "seconds": seconds, "cases": cases,
               "fits": fits, "extrapolation": rows}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    m = report["machine"]
-    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; {m['versions']}\n")
+    print(f"\n{machine_line(report)}\n")
     print(tables(cases, fits, rows))
     print(f"\ntotal {seconds / 60:.1f} min; {args.out}")
 

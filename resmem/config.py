@@ -46,6 +46,12 @@ def explain(error, schema: dict) -> str:
     """One readable line for a jsonschema ValidationError: the key, the problem, the key's description."""
     key = key_path(error.absolute_path)
     hint = _description(schema, error.absolute_schema_path)
+    missing = (
+        [name for name in error.validator_value if name not in error.instance] if error.validator == "required" else []
+    )
+    if missing:  # named as the key it is, with its own description
+        key = key_path([*error.absolute_path, missing[0]])
+        hint = _description(schema, [*list(error.absolute_schema_path)[:-1], "properties", missing[0]]) or hint
     if error.validator == "type" and isinstance(error.instance, str) and error.validator_value in ("number", "integer"):
         hint = f"{hint} YAML reads 1e-3 as a string: write 1.0e-3." if "e" in error.instance.lower() else hint
     message = f"invalid config at {key}: {error.message}"
@@ -58,6 +64,7 @@ def validate(config: dict, schema_path=SCHEMA) -> dict:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as snakemake_validate
 
+    given = split_path_fractions(config)  # before the schema fills in the defaults
     try:
         snakemake_validate(config, str(schema_path))
     except WorkflowError as exc:
@@ -67,8 +74,38 @@ def validate(config: dict, schema_path=SCHEMA) -> dict:
         schema = yaml.safe_load(Path(schema_path).read_text())
         raise ConfigError(explain(_deepest(error), schema)) from None
     fill_kind_defaults(config)
+    drop_split_path_fractions(config, given)
     check_semantics(config)
     return config
+
+
+CORPUS_FRACTIONS = ("val_fraction", "test_fraction")
+
+
+def split_path_fractions(config) -> dict[str, list[str]]:
+    """{language-model experiment: the corpus fractions its config sets} for each corpus with per-split paths
+    (corpus.path = {train, val, test}), read from the config as written (not yet validated)."""
+    experiments = config.get("lm_experiments") if isinstance(config, dict) else None
+    out = {}
+    for name, experiment in experiments.items() if isinstance(experiments, dict) else ():
+        corpus = experiment.get("corpus") if isinstance(experiment, dict) else None
+        if isinstance(corpus, dict) and isinstance(corpus.get("path"), dict):
+            out[name] = [key for key in CORPUS_FRACTIONS if key in corpus]
+    return out
+
+
+def drop_split_path_fractions(config: dict, given: dict[str, list[str]]) -> None:
+    """A corpus with per-split paths has nothing to split by fraction: a fraction set beside them is an error, and
+    the defaults the schema filled in are removed (so that no corpus.json claims a split it did not make)."""
+    for name, keys in given.items():
+        if keys:
+            raise ConfigError(
+                f"invalid config at lm_experiments.{name}.corpus.{keys[0]}: corpus.path gives the train, val and "
+                f"test splits their own files, so there is nothing to split by {keys[0]}; remove it (or give path "
+                "as one file or folder to split)"
+            )
+        for key in CORPUS_FRACTIONS:
+            config["lm_experiments"][name]["corpus"].pop(key, None)
 
 
 # knn.lam's default differs by kind: images' knn_interp needs λ > 0 (λ = 0 is the base model); kNN-LM's grid
@@ -180,7 +217,14 @@ def check_input_paths(config: dict) -> None:
                               "or set dataset.download: true")  # fmt: skip
     for name, experiment in (config.get("lm_experiments") or {}).items():
         corpus = experiment["corpus"]
-        for key in ("path", "tokenizer_file"):
+        paths = corpus["path"] if isinstance(corpus.get("path"), dict) else {}
+        for split, path in paths.items():
+            if not Path(path).expanduser().exists():
+                raise ConfigError(
+                    f"invalid config at lm_experiments.{name}.corpus.path.{split}: {path} does not exist; point it "
+                    f"at the {split} split's UTF-8 file or folder"
+                )
+        for key in ("tokenizer_file",) if paths else ("path", "tokenizer_file"):
             if corpus.get(key) and not Path(corpus[key]).exists():
                 raise ConfigError(f"invalid config at lm_experiments.{name}.corpus.{key}: {corpus[key]} does not exist")
 
@@ -200,6 +244,11 @@ def _check_lm(at: str, experiment: dict) -> None:
     corpus, knn = experiment["corpus"], experiment["knn"]
     if corpus["name"] == "text" and not corpus["path"]:
         raise ConfigError(f"invalid config at {at}.corpus.path: the text corpus needs a file or folder; set path")
+    if corpus["name"] != "text" and corpus["path"]:
+        raise ConfigError(
+            f"invalid config at {at}.corpus.path: only the text corpus reads a path (name is {corpus['name']}); "
+            "remove path or set name: text"
+        )
     if corpus["tokenizer"] == "bpe" and not corpus["tokenizer_file"]:
         raise ConfigError(
             f"invalid config at {at}.corpus.tokenizer_file: the bpe tokenizer needs a tokenizers JSON file; set it "

@@ -11,6 +11,11 @@ from resmem.knn import build_index, search
 class ResMem:
     """Fit on the training split's embeddings, logits and labels; predict from a query's embedding and logits.
 
+    Args:
+        temperature: T of the residuals onehot(y) − softmax(z/T) and of the query's softmax(z′/T).
+        normalize: L2-normalize the embeddings before the search (cosine neighbours).
+        device: where faiss searches: "auto" (a GPU when one is visible), "cpu" or "cuda".
+
     >>> model = ResMem(temperature=1.0).fit(train_emb, train_logits, train_y)
     >>> pred = model.predict(test_emb, test_logits, k=16, sigma=0.5)
     """
@@ -19,6 +24,7 @@ class ResMem:
         self.temperature, self.normalize, self.device = temperature, normalize, device
 
     def fit(self, embeddings: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> ResMem:
+        """Index the training embeddings (N×d, exact L2 search) and keep their logits (N×C) and labels (N,)."""
         if not len(embeddings) == len(logits) == len(labels):
             raise ValueError(
                 f"embeddings, logits and labels differ in length: {len(embeddings)}, {len(logits)}, {len(labels)}"
@@ -28,6 +34,8 @@ class ResMem:
         return self
 
     def scores(self, embeddings: np.ndarray, logits: np.ndarray, k: int, sigma: float) -> np.ndarray:
+        """Q×C float64 scores softmax(z′/T) + Σ_j w_j r_j over each query's k nearest training examples, with
+        w_j = softmax(−d_j/σ) over their Euclidean distances."""
         dist, idx = search(self.index_, embeddings, k, normalize=self.normalize, device=self.device)
         return resmem_scores(logits, dist, idx, self.logits_, self.labels_, sigma, self.temperature)
 

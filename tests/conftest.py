@@ -10,6 +10,59 @@ from resmem.plan import job_listing
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+NETWORK_GUARD = Path(__file__).resolve().parent / "network_guard"  # its sitecustomize.py guards child processes
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network():
+    """No test reaches another machine (tests/network_guard/sitecustomize.py): connections and name lookups of
+    anything but loopback raise NetworkBlocked in this process, and, with the guard's folder first on PYTHONPATH,
+    in every process the tests start (snakemake() and plain subprocesses take os.environ)."""
+    from tests.network_guard.sitecustomize import install
+
+    uninstall, before = install(), os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(NETWORK_GUARD), *([before] if before else [])])
+    yield
+    uninstall()
+    if before is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slurm_tools_without_a_controller(tmp_path_factory):
+    """Where SLURM's client tools are installed but no controller answers, every snakemake process waits about 10 s
+    at start: Snakemake imports its SLURM executor plugin, which asks `scontrol show config` (timeout 10 s) for a
+    help text and takes the failure as "unknown". The answer does not change within a session, so once one real
+    try (in the background, while the first tests run) has failed, an `scontrol` that fails at once, as the real
+    one did, goes first on PATH for every process the tests start after it. Where scontrol is not installed, or a
+    controller answers (.ci/run starts one), nothing changes."""
+    import shutil
+    import threading
+
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        yield
+        return
+    folder = tmp_path_factory.mktemp("no_slurm_controller")
+    (folder / "scontrol").write_text("#!/bin/sh\necho 'scontrol: no SLURM controller answered' >&2\nexit 1\n")
+    (folder / "scontrol").chmod(0o755)
+    before, lock, session = os.environ["PATH"], threading.Lock(), {"running": True}
+
+    def probe():
+        try:
+            subprocess.run([scontrol, "show", "config"], capture_output=True, timeout=10, check=True)
+        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            with lock:
+                if session["running"]:
+                    os.environ["PATH"] = os.pathsep.join([str(folder), before])
+
+    threading.Thread(target=probe, name="scontrol probe", daemon=True).start()
+    yield
+    with lock:
+        session["running"] = False
+        os.environ["PATH"] = before
 
 
 def snakemake(workdir, *args, configfile=None, check=True, env=None):
@@ -49,12 +102,96 @@ def gpu_requests(output: str) -> dict[str, set[bool]]:
 
 
 @pytest.fixture(scope="session")
+def gpu_dry_runs(tmp_path_factory):
+    """{device switch: gpu_requests} of two dry runs, device auto and device cpu, of one config holding the image
+    and regression experiments of config/smoke.yaml and the language-model experiment lm_smoke (tests/runs.py),
+    in an empty folder: every job planned."""
+    from tests.runs import LM_SMOKE
+
+    workdir = tmp_path_factory.mktemp("gpu_requests")
+    config = write_config(workdir / "both.yaml", lambda c: c.update(lm_experiments={"lm_smoke": LM_SMOKE}))
+    return {device: gpu_requests(snakemake(workdir, "-n", "--config", f"device={device}", configfile=config).stdout)
+            for device in ("auto", "cpu")}  # fmt: skip
+
+
+PAPER_CONFIGS = ("cifar100", "imagenet", "lm", "wikitext103_gpt2")
+
+
+@pytest.fixture(scope="session")
+def paper_dry_run(tmp_path_factory):
+    """{paper config: {rule: planned jobs}} from one dry run of config/paper/*.yaml named together (--configfile
+    with four files: Snakemake merges them; every experiment keeps its own results folder, so a config's jobs are
+    those with its experiments' wildcard, plus its own `all`)."""
+    from collections import Counter
+
+    from resmem.plan import planned_jobs
+
+    files = {name: REPO / "config" / "paper" / f"{name}.yaml" for name in PAPER_CONFIGS}
+    workdir = tmp_path_factory.mktemp("paper")
+    proc = snakemake(workdir, "-n", "--configfile", *map(str, files.values()))
+    jobs = job_listing(proc.stdout)
+    planned = {}
+    for name, path in files.items():
+        config = yaml.safe_load(path.read_text())
+        experiments = {*config.get("experiments", {}), *config.get("lm_experiments", {})}
+        counts = Counter(job["rule"] for job in jobs if job["wildcards"].get("experiment") in experiments)
+        planned[name] = {**counts, "all": 1}
+    # Every planned job is one config's, but the one `all` they share.
+    assert len(jobs) == sum(sum(p.values()) for p in planned.values()) - len(files) + 1
+    assert sum(planned_jobs(proc.stdout).values()) == len(jobs)
+    return planned
+
+
+@pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """The workflow on config/smoke.yaml, run once for the whole session."""
+    """The workflow on config/smoke.yaml, run once for the whole session, on the CPU (device: cpu, where the
+    config says auto) on any machine: its tests compare it byte for byte with other CPU runs."""
     workdir = tmp_path_factory.mktemp("smoke")
-    config = write_config(workdir / "smoke.yaml")
+    config = write_config(workdir / "smoke.yaml", lambda c: c.update(device="cpu"))
     proc = snakemake(workdir, configfile=config)
     return {"workdir": workdir, "config": config, "results": workdir / "results" / "smoke", "proc": proc}
+
+
+@pytest.fixture(scope="session")
+def folder_run(tmp_path_factory):
+    """The image experiments on files and the statistics over seeds (tests/runs.py), run once for the session."""
+    import pandas as pd
+
+    from tests.runs import folder_config
+
+    workdir = tmp_path_factory.mktemp("folders")
+    config = folder_config(workdir)
+    proc = snakemake(workdir, configfile=config)
+    names = yaml.safe_load(config.read_text())["experiments"]
+    summaries = {name: pd.read_csv(workdir / "results" / name / "summary.csv") for name in names}
+    return {"workdir": workdir, "config": config, "summaries": summaries, "proc": proc}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """{kind: folder} of tiny Hugging Face models (tests/hf_tiny.py), built once for the session."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from tests.hf_tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("hf"))
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory, request):
+    """The language-model experiments (tests/runs.py) run once for the session: lm_smoke, and hf_tiny on the tiny
+    Hugging Face models where transformers is installed (`hf` says whether)."""
+    from tests.runs import lm_config
+
+    try:
+        hf_models = request.getfixturevalue("tiny_models")
+    except pytest.skip.Exception:
+        hf_models = None
+    workdir = tmp_path_factory.mktemp("lm")
+    config = lm_config(workdir / "lm.yaml", hf_models)
+    proc = snakemake(workdir, configfile=config)
+    return {"workdir": workdir, "config": config, "results": workdir / "results" / "lm_smoke", "proc": proc,
+            "hf": workdir / "results" / "hf_tiny" if hf_models is not None else None}  # fmt: skip
 
 
 def exact_mcnemar(b: int, c: int) -> float:
@@ -65,3 +202,73 @@ def exact_mcnemar(b: int, c: int) -> float:
 
     n = b + c
     return float(min(Fraction(1), 2 * sum(Fraction(comb(n, i), 2**n) for i in range(min(b, c) + 1))))
+
+
+# How the selection breaks a tie on val, parameter by parameter: toward less memory, a smoother kernel, a sharper
+# base distribution, less interpolation (docs/method.md, docs/workflow.md).
+TIE_GOES_TO = {"k": "smaller", "sigma": "larger", "tau": "larger", "temperature": "smaller", "lam": "smaller"}
+TIE_SYMBOL = {"k": "k", "sigma": "σ", "tau": "τ", "temperature": "T", "lam": "λ"}
+
+
+def selected_by_hand(sweep, method: str, parameters, metric: str = "accuracy", higher_is_better: bool = True):
+    """A method's selected point written out in plain Python on a sweep table's rows, for comparing with
+    selected.json: the val row of the best `metric` (highest accuracy, lowest perplexity), a tie going to the
+    smaller k, then the larger σ (or τ), then the smaller T, then the smaller λ (in the order of `parameters`);
+    the test value at that point, the best test value anywhere on the method's grid, the base model's values (its
+    k = 0 rows) and the gain (test value − the base model's)."""
+    rows = [row for row in sweep.to_dict("records") if row["method"] == method]
+    val = [row for row in rows if row["split"] == "val"]
+    best_value = (max if higher_is_better else min)(row[metric] for row in val)
+    tied = [row for row in val if row[metric] == best_value]
+    best = min(tied, key=lambda row: tuple(row[p] if TIE_GOES_TO[p] == "smaller" else -row[p] for p in parameters))
+    at_best = [row for row in rows if row["split"] == "test" and all(row[p] == best[p] for p in parameters)]
+    assert len(at_best) == 1, (method, best)
+    base = {row["split"]: row[metric] for row in sweep.to_dict("records") if row["method"] == "base"}
+    test_values = [row[metric] for row in rows if row["split"] == "test"]
+    ties = ", then ".join(f"{TIE_GOES_TO[p]} {TIE_SYMBOL[p]}" for p in parameters)
+    return {
+        **{p: int(best[p]) if p == "k" else float(best[p]) for p in parameters},
+        f"val_{metric}": best_value,
+        f"test_{metric}": at_best[0][metric],
+        f"best_test_{metric}": (max if higher_is_better else min)(test_values),
+        f"base_val_{metric}": base["val"],
+        f"base_test_{metric}": base["test"],
+        "gain": at_best[0][metric] - base["test"],
+        "rule": f"{'best' if higher_is_better else 'lowest'} val {metric}; ties: {ties}",
+    }
+
+
+def confidence_bins_by_hand(logits, labels, resmem, bins: int = 10) -> dict[str, list[int]]:
+    """Per equal-width bin of the base model's confidence (its largest softmax probability, in float64; a bin
+    holds [lo, hi), the last one 1 too): how many test examples, how many the base model (argmax of the logits)
+    and ResMem (`resmem`, its predicted classes) get right."""
+    import numpy as np
+
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    confidence = (p / p.sum(axis=1, keepdims=True)).max(axis=1)
+    base = np.asarray(logits).argmax(axis=1)
+    table = {"count": [0] * bins, "base_correct": [0] * bins, "resmem_correct": [0] * bins}
+    for c, y, b, r in zip(confidence, labels, base, resmem, strict=True):
+        i = min(sum(c >= j / bins for j in range(1, bins)), bins - 1)
+        table["count"][i] += 1
+        table["base_correct"][i] += int(b == y)
+        table["resmem_correct"][i] += int(r == y)
+    return table
+
+
+# Student's t quantile t_{0.975, 1}: with one degree of freedom the t distribution is Cauchy's, whose quantile is
+# tan(π (p − 1/2)); scipy.stats.t.ppf(0.975, 1) = 12.706204736174704.
+T_975_ONE_DF = 12.706204736174704
+
+
+def two_seed_statistics(a: float, b: float) -> dict[str, float]:
+    """Mean, standard deviation (ddof 1, as resmem.stats.t_interval documents) and Student's 95 % t-interval of
+    the mean of two values, by hand: std = |a − b| / √2, half-width = t_{0.975, 1} · std / √2."""
+    import math
+
+    assert math.isclose(math.tan(math.pi * 0.475), T_975_ONE_DF, rel_tol=1e-13)
+    mean = (a + b) / 2
+    std = math.sqrt((a - mean) ** 2 + (b - mean) ** 2)  # / (n − 1) = 1
+    half = T_975_ONE_DF * std / math.sqrt(2)
+    return {"mean": mean, "std": std, "low": mean - half, "high": mean + half}

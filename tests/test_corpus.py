@@ -1,8 +1,10 @@
 """Corpora and tokenizers: the real stdlib, generated text folders and files, and a fake `datasets` module
 standing in for the network."""
 
+import hashlib
 import importlib.util
 import json
+import os
 import platform
 import sys
 import sysconfig
@@ -13,8 +15,9 @@ import numpy as np
 import pytest
 
 from resmem.config import ConfigError
-from resmem.lm import corpus
-from resmem.lm.corpus import SPLITS, build_corpus
+from resmem.lm import sizes as lm_sizes
+from resmem.lm import text_files
+from resmem.lm.corpus import SPLITS, build_corpus, write_corpus
 from resmem.lm.tokenizers import make_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -96,7 +99,7 @@ def test_stdlib_metadata(stdlib_full):
     assert len({meta["splits"][s]["sha256"] for s in SPLITS} | {meta["sha256"]}) == 4
 
 
-def test_stdlib_budgets_and_round_trip():
+def test_stdlib_budgets_and_round_trip(stdlib_full):
     tokens, meta = build_corpus(config(max_bytes=BUDGET))
     for split in SPLITS:
         # Exactly the budget, give or take a multi-byte character at the cut (the stdlib is far larger).
@@ -108,7 +111,7 @@ def test_stdlib_budgets_and_round_trip():
         assert meta["splits"][split]["truncated"] == files[-1]["path"]
         assert files[-1]["bytes"] < (STDLIB / files[-1]["path"]).stat().st_size
     # A budget picks the first files of each split's order: a prefix of the unbudgeted split.
-    full = build_corpus(config())[1]
+    full = stdlib_full[1]
     for split in SPLITS:
         budgeted = [f["path"] for f in meta["files"][split]]
         assert [f["path"] for f in full["files"][split][: len(budgeted)]] == budgeted
@@ -133,14 +136,14 @@ def test_empty_split_names_the_fractions():
 
 def test_split_assignment_is_stable_when_files_are_added():
     files = [f"f{i}.txt" for i in range(200)]
-    before = corpus.split_files(files, 0.1, 0.2, seed=3)
-    after = corpus.split_files(files + [f"new{i}.txt" for i in range(50)], 0.1, 0.2, seed=3)
+    before = text_files.split_files(files, 0.1, 0.2, seed=3)
+    after = text_files.split_files(files + [f"new{i}.txt" for i in range(50)], 0.1, 0.2, seed=3)
     for split in SPLITS:
         assert [f for f in after[split] if not f.startswith("new")] == before[split]
 
 
 def test_glob_semantics():
-    match = {p: corpus.glob_regex(p) for p in ("**/*.py", "*.py", "a/**", "a/?.t[!x]t")}
+    match = {p: text_files.glob_regex(p) for p in ("**/*.py", "*.py", "a/**", "a/?.t[!x]t")}
     assert match["**/*.py"].fullmatch("x.py") and match["**/*.py"].fullmatch("a/b/x.py")
     assert match["*.py"].fullmatch("x.py") and not match["*.py"].fullmatch("a/x.py")
     assert match["a/**"].fullmatch("a/b/c") and not match["a/**"].fullmatch("b/a/c")
@@ -150,7 +153,7 @@ def test_glob_semantics():
 def test_utf8_prefix_never_cuts_a_character():
     data = "aé€😀b".encode()
     for limit in range(len(data) + 2):
-        prefix = corpus.utf8_prefix(data, limit)
+        prefix = text_files.utf8_prefix(data, limit)
         assert len(prefix) <= limit and data.startswith(prefix)
         prefix.decode("utf-8")  # strict
 
@@ -243,6 +246,203 @@ def test_text_path_errors(tmp_path):
     bad.write_bytes(b"fine\nthen \xff\n")
     with pytest.raises(ConfigError, match=r"bad\.txt is not UTF-8 \(byte 10"):
         build_corpus(config(name="text", path=str(bad)))
+
+
+# --- text with per-split paths (corpus.path = {train, val, test}) ------------------------------------------------
+
+
+WIKI = {  # WikiText-style: a file per split, non-ASCII UTF-8 in each, 2- 3- and 4-byte characters
+    "train": " = Valkyria Chronicles III = \n\n Senjō no Valkyria 3 : 戦場のヴァルキュリア3 .\n" * 40,
+    "val": " = Homarus gammarus = \n\n Le homard européen — 🦞 , « grand » .\n" * 12,
+    "test": " = Robert Boulter = \n\n Boulter starred in Ünïcode — ✓ 😀 .\n" * 10,
+}
+WIKI_NAMES = {"train": "wiki.train.tokens", "val": "wiki.valid.tokens", "test": "wiki.test.tokens"}
+
+
+def split_config(paths, **overrides) -> dict:
+    """A text corpus with per-split paths as the caller hands it over: the fractions, which the validated config
+    drops, left out."""
+    cfg = config(**{"name": "text", "path": {split: str(p) for split, p in paths.items()}, **overrides})
+    for key in {"val_fraction", "test_fraction"} - set(overrides):
+        del cfg[key]
+    return cfg
+
+
+@pytest.fixture
+def wikitext(tmp_path) -> dict[str, Path]:
+    root = tmp_path / "wikitext-103"
+    root.mkdir()
+    for split, text in WIKI.items():
+        (root / WIKI_NAMES[split]).write_text(text, encoding="utf-8")
+    return {split: root / WIKI_NAMES[split] for split in SPLITS}
+
+
+def split_digest(docs: list[tuple[str, bytes]]) -> str:
+    """The split's sha256 as the corpus documents it: over each document's name, NUL, length (8 bytes, little
+    endian) and bytes."""
+    digest = hashlib.sha256()
+    for name, data in docs:
+        digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
+
+
+def test_text_split_files_are_the_published_splits(tmp_path, wikitext):
+    """Each split is its own file, whole: the byte tokens are its bytes and one separator, and corpus.json names
+    the file with its size and the sha256 that hashlib computes of it."""
+    meta = write_corpus(tmp_path / "corpus.npz", split_config(wikitext))
+    with np.load(tmp_path / "corpus.npz") as npz:
+        tokens = {split: npz[f"{split}_tokens"] for split in SPLITS}
+    json.dumps(meta)
+    assert "root" not in meta and meta["config"]["path"] == {s: str(p) for s, p in wikitext.items()}
+    for split, path in wikitext.items():
+        data = path.read_bytes()
+        assert any(b > 0x7F for b in data)  # the non-ASCII text is there
+        assert tokens[split].dtype == np.int32
+        assert np.array_equal(tokens[split], np.frombuffer(data + b"\n\n", dtype=np.uint8))
+        assert meta["files"][split] == [{"path": path.name, "bytes": os.path.getsize(path)}]
+        assert meta["paths"][split] == {
+            "path": str(path.resolve()),
+            "bytes": os.path.getsize(path),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        info = meta["splits"][split]
+        assert info["documents"] == 1 and info["bytes"] == len(data) and info["tokens"] == len(data) + 2
+        assert info["sha256"] == split_digest([(path.name, data)]) and info["truncated"] is None
+    # A budget still caps a split, at a character boundary: 37 bytes end inside "ō" (the train file's bytes 36, 37).
+    budget = {"train": 37, "val": None, "test": 7}
+    tokens, meta = build_corpus(split_config(wikitext, max_bytes=budget))
+    for split in ("train", "test"):
+        expected = wikitext[split].read_bytes()[: budget[split]].decode("utf-8", errors="ignore").encode()
+        assert np.array_equal(tokens[split], np.frombuffer(expected + b"\n\n", dtype=np.uint8))
+        assert meta["splits"][split]["truncated"] == WIKI_NAMES[split]
+    assert meta["splits"]["train"]["bytes"] == 36 and len(tokens["val"]) == len(WIKI["val"].encode()) + 2
+
+
+def test_text_split_folders_read_like_a_folder_corpus(tmp_path, wikitext):
+    """A split's folder is listed as a folder corpus is (include, exclude, .git pruned), its files in the order of
+    sha256(f"{split_seed}\\0{path}") and each followed by "\\n\\n"; an empty file is skipped."""
+    folders = {split: tmp_path / split for split in ("train", "val")}
+    contents = {
+        "train": {"a.txt": "première page ✓\n", "nested/b.txt": "zweite Seite — 😀\n", "nested/deep/c.txt": "3\n",
+                  "empty.txt": "", "notes.log": "excluded\n", ".git/HEAD": "ref: pruned\n"},
+        "val": {f"doc{i}.txt": f"val {i} é\n" * (i + 1) for i in range(5)},
+    }  # fmt: skip
+    for split, files in contents.items():
+        for rel, text in files.items():
+            (folders[split] / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folders[split] / rel).write_text(text, encoding="utf-8")
+    paths = {**folders, "test": wikitext["test"]}
+    read = {"train": ["a.txt", "nested/b.txt", "nested/deep/c.txt"], "val": [f"doc{i}.txt" for i in range(5)]}
+    orders = {}
+    for seed in (0, 7):
+        tokens, meta = build_corpus(split_config(paths, exclude=["*.log"], split_seed=seed))
+        for split, rels in read.items():
+            order = sorted(rels, key=lambda rel: hashlib.sha256(f"{seed}\0{rel}".encode()).digest()[:8])
+            docs = [(rel, (folders[split] / rel).read_bytes()) for rel in order]
+            expected = b"".join(data + b"\n\n" for _, data in docs)
+            assert np.array_equal(tokens[split], np.frombuffer(expected, dtype=np.uint8)), (seed, split)
+            assert meta["files"][split] == [{"path": rel, "bytes": len(data)} for rel, data in docs]
+            assert meta["splits"][split]["sha256"] == split_digest(docs)
+            listed = len(rels) + (split == "train")  # the empty file is listed, then skipped
+            assert meta["paths"][split] == {"path": str(folders[split].resolve()), "files_listed": listed}
+        assert meta["paths"]["test"]["sha256"] == hashlib.sha256(wikitext["test"].read_bytes()).hexdigest()
+        orders[seed] = [f["path"] for f in meta["files"]["val"]]
+    assert orders[0] != orders[7]  # the seed orders a folder's files
+
+
+def test_text_split_path_errors(tmp_path, wikitext):
+    """Each mistake names its key: a split missing, a path not there, a key that is not a split, a fraction beside
+    the splits, a file in two splits, a folder without files, an empty split, a file that is not UTF-8."""
+
+    def error(paths, **overrides) -> str:
+        with pytest.raises(ConfigError) as caught:
+            build_corpus(split_config(paths, **overrides))
+        return str(caught.value)
+
+    train, val, test = (wikitext[s] for s in SPLITS)
+    assert error({"train": train, "test": test}).startswith("corpus.path.val: missing; per-split paths need all of")
+    message = error({"train": train, "val": val, "test": tmp_path / "nowhere.tokens"})
+    assert message == f"corpus.path.test: {tmp_path}/nowhere.tokens does not exist; point it at the test split's " \
+                      "UTF-8 file or folder"  # fmt: skip
+    assert error({"train": train, "valid": val, "test": test}).startswith(
+        "corpus.path.valid: not a split; per-split paths take exactly the keys train, val and test"
+    )
+    for key in ("val_fraction", "test_fraction"):
+        assert error(wikitext, **{key: 0.1}).startswith(f"corpus.{key}: corpus.path gives the train, val and test")
+    assert error({"train": train.parent, "val": val, "test": test}).startswith(
+        f"corpus.path.val: {val} is also in corpus.path.train"
+    )
+    (tmp_path / "only.log").mkdir()
+    (tmp_path / "only.log" / "x.log").write_text("x")
+    assert error({**wikitext, "train": tmp_path / "only.log"}, exclude=["*.log"]).startswith(
+        f"corpus.path.train: no file under {tmp_path}/only.log matches corpus.include ['**/*']"
+    )
+    (tmp_path / "empty.tokens").write_text("")
+    assert error({**wikitext, "val": tmp_path / "empty.tokens"}).startswith(
+        f"corpus: the val split is empty: corpus.path.val ({tmp_path}/empty.tokens) holds no text"
+    )
+    (tmp_path / "latin1.tokens").write_bytes("caf\xe9\n".encode("latin-1"))
+    assert error({**wikitext, "test": tmp_path / "latin1.tokens"}).startswith(
+        f"corpus: {tmp_path}/latin1.tokens is not UTF-8 (byte 3"
+    )
+    assert error(wikitext, name="stdlib").startswith("corpus.path ({'train'")
+
+
+def test_config_takes_per_split_paths(tmp_path, wikitext):
+    """The schema accepts {train, val, test} and drops the fractions it cannot use; a wrong key, a split missing,
+    a fraction beside the splits and a path not there each stop the run naming the key."""
+    from resmem.config import check_input_paths, validate
+
+    def experiment(corpus):
+        return {"lm_experiments": {"wt": {"corpus": corpus, "models": {"m": {}}}}}
+
+    paths = {split: str(path) for split, path in wikitext.items()}
+    valid = validate(experiment({"name": "text", "path": paths}))
+    corpus_cfg = valid["lm_experiments"]["wt"]["corpus"]
+    assert corpus_cfg["path"] == paths and "val_fraction" not in corpus_cfg and "test_fraction" not in corpus_cfg
+    assert validate(valid)["lm_experiments"]["wt"]["corpus"] == corpus_cfg  # validating again changes nothing
+    check_input_paths(valid)
+    tokens, _ = build_corpus(corpus_cfg)  # the validated section builds as it is
+    assert np.array_equal(tokens["val"], np.frombuffer(wikitext["val"].read_bytes() + b"\n\n", dtype=np.uint8))
+    wrong = [
+        ({"train": "a", "valid": "b", "test": "c"}, {}, "lm_experiments.wt.corpus.path: Additional properties are "
+         "not allowed ('valid' was unexpected)"),
+        ({"train": "a", "test": "c"}, {}, "lm_experiments.wt.corpus.path.val: 'val' is a required property"),
+        ({"train": "a", "val": "", "test": "c"}, {}, "lm_experiments.wt.corpus.path.val: '' should be non-empty"),
+        (paths, {"test_fraction": 0.1}, "lm_experiments.wt.corpus.test_fraction: corpus.path gives the train, val "
+         "and test splits their own files"),
+    ]  # fmt: skip
+    for path, extra, message in wrong:
+        with pytest.raises(ConfigError) as caught:
+            validate(experiment({"name": "text", "path": path, **extra}))
+        assert str(caught.value).startswith(f"invalid config at {message}"), caught.value
+    with pytest.raises(ConfigError, match=r"at lm_experiments\.wt\.corpus\.path: only the text corpus reads a path"):
+        validate(experiment({"name": "stdlib", "path": paths}))
+    gone = validate(experiment({"name": "text", "path": {**paths, "test": str(tmp_path / "gone")}}))
+    with pytest.raises(ConfigError) as caught:
+        check_input_paths(gone)
+    assert str(caught.value) == (
+        f"invalid config at lm_experiments.wt.corpus.path.test: {tmp_path}/gone does not exist; point it at the "
+        "test split's UTF-8 file or folder"
+    )
+
+
+def test_planned_bytes_follow_the_split_paths(tmp_path, wikitext):
+    """The planner's bytes per split (memory and disk requests) are the sizes of each split's own files: a file's,
+    or the files a folder's listing reads; budgets cap them."""
+    folder = tmp_path / "val_folder"
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "objects").write_bytes(b"x" * 5000)
+    for name, text in (("a.txt", "é" * 300), ("b.txt", "b" * 77), ("skip.log", "c" * 900)):
+        (folder / name).write_text(text, encoding="utf-8")
+    cfg = split_config({**wikitext, "val": folder}, exclude=["*.log"])
+    sizes = {"train": os.path.getsize(wikitext["train"]), "test": os.path.getsize(wikitext["test"])}
+    sizes["val"] = os.path.getsize(folder / "a.txt") + os.path.getsize(folder / "b.txt")
+    assert lm_sizes.corpus_bytes(cfg) == sizes and lm_sizes.source_bytes(cfg) == sum(sizes.values())
+    capped = lm_sizes.corpus_bytes({**cfg, "max_bytes": {"train": 100, "val": None, "test": 10**9}})
+    assert capped == {**sizes, "train": 100}
+    meta = build_corpus(cfg)[1]
+    assert {split: meta["splits"][split]["bytes"] for split in SPLITS} == sizes  # what the corpus stage reads
 
 
 # --- c4 and wikitext103 through a fake `datasets` ----------------------------------------------------------------

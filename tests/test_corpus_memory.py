@@ -50,13 +50,21 @@ def texts(tmp_path):
         for i in range(24):
             (folder / ("sub" if i % 3 else "") / f"doc{i:02d}.txt").write_text(make(i, i * 7 % 40), encoding="utf-8")
         (tmp_path / kind / "book.txt").write_text(make(99, 600), encoding="utf-8")
-        out[kind] = {"folder": folder, "file": tmp_path / kind / "book.txt"}
+        (tmp_path / kind / "extra.txt").write_text(make(98, 90), encoding="utf-8")
+        out[kind] = {"folder": folder, "file": tmp_path / kind / "book.txt", "extra": tmp_path / kind / "extra.txt"}
     return out
 
 
 def taken_documents(meta: dict, split: str) -> list[bytes]:
     """The bytes of each document of a split as its metadata describes them, read straight from the files."""
-    root = meta["root"]
+    if "paths" in meta:  # per-split paths: a file is one document, a folder's files are read like a folder's
+        root = meta["paths"][split]["path"]
+        if "sha256" in meta["paths"][split]:
+            (entry,) = meta["files"][split]
+            with open(root, "rb") as f:
+                return [f.read()[: entry["bytes"]]]
+    else:
+        root = meta["root"]
     if "byte_ranges" in meta:  # one document: the split's line range of the file, less any budget
         start = meta["byte_ranges"][split][0]
         (entry,) = meta["files"][split]
@@ -105,12 +113,28 @@ LAYOUTS = {
     "folder, budgeted": {**FOLDER, "max_bytes": {"train": 5001, "val": 997, "test": None}},
     "file": FILE,
     "file, budgeted": {**FILE, "max_bytes": {"train": 9001, "val": None, "test": 333}},
+    "split paths": {},  # corpus.path = {train: the folder, val: the file, test: another file}
+    "split paths, budgeted": {"max_bytes": {"train": 4001, "val": None, "test": 555}},
 }
+SPLIT_PATHS = {"train": "folder", "val": "file", "test": "extra"}
+
+
+def layout_config(paths: dict, layout: str, **overrides) -> dict:
+    """The text corpus of a layout on the texts fixture's `paths` (per-split paths: without the fractions, as the
+    validated config leaves them)."""
+    form = layout.split(",")[0]
+    if form == "split paths":
+        cfg = config(name="text", path={split: str(paths[key]) for split, key in SPLIT_PATHS.items()})
+        del cfg["val_fraction"], cfg["test_fraction"]
+    else:
+        cfg = config(name="text", path=str(paths[form]))
+    cfg.update(overrides, **LAYOUTS[layout])
+    return cfg
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_byte_tokens_and_metadata_equal_tokenizing_all_at_once(tmp_path, texts, layout):
-    cfg = config(name="text", path=str(texts["awkward"][layout.split(",")[0]]), **LAYOUTS[layout])
+    cfg = layout_config(texts["awkward"], layout)
     check_against_all_at_once(tmp_path, cfg, make_tokenizer(cfg))
 
 
@@ -122,8 +146,7 @@ def test_bpe_tokens_and_metadata_equal_tokenizing_all_at_once(tmp_path, texts, l
     strings = [bpe_safe_text(seed, 200) for seed in range(5)]
     strings += [line for text in strings for line in text.splitlines(keepends=True)]
     path = train_bpe(tmp_path / "bpe.json", eos, strings, vocab_size=400)
-    cfg = config(name="text", path=str(texts["bpe_safe"][layout.split(",")[0]]), tokenizer="bpe")
-    cfg.update(tokenizer_file=str(path), **LAYOUTS[layout])
+    cfg = layout_config(texts["bpe_safe"], layout, tokenizer="bpe", tokenizer_file=str(path))
     check_against_all_at_once(tmp_path, cfg, make_tokenizer(cfg))
 
 

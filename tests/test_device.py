@@ -1,4 +1,5 @@
-"""The one device switch: CPU here, a clear error when CUDA is demanded but absent."""
+"""The one device switch: `auto` takes CUDA where torch sees it and the CPU elsewhere, a clear error when CUDA is
+demanded but absent."""
 
 import os
 import subprocess
@@ -11,17 +12,33 @@ import torch
 from resmem.device import CPU_KERNELS, faiss_gpu_count, pin_cpu_kernels, torch_device
 
 
-def test_auto_and_cpu_run_on_the_cpu_here():
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA GPU is visible")
-    assert torch_device("auto").type == "cpu" and torch_device("cpu").type == "cpu"
-    assert faiss_gpu_count("auto") == faiss.get_num_gpus() == 0
-    assert faiss_gpu_count("cpu") == 0
+def test_auto_takes_cuda_where_there_is_one_and_cpu_stays_on_the_cpu():
+    assert torch_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert torch_device("cpu").type == "cpu"
+    assert faiss_gpu_count("auto") == faiss.get_num_gpus() and faiss_gpu_count("cpu") == 0
 
 
-def test_demanding_cuda_without_a_gpu_says_what_to_do():
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA GPU is visible")
+def without_gpus(monkeypatch):
+    """This process made to see no GPU, as torch and faiss report it (on a machine with CUDA too)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+
+
+def test_auto_without_a_gpu_runs_on_the_cpu(monkeypatch):
+    without_gpus(monkeypatch)
+    assert torch_device("auto").type == "cpu" and faiss_gpu_count("auto") == 0
+
+
+def test_auto_with_a_gpu_takes_it(monkeypatch):
+    """As torch and faiss report a GPU (on a machine without one too): auto and cuda take it, cpu does not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    assert torch_device("auto").type == torch_device("cuda").type == "cuda" and torch_device("cpu").type == "cpu"
+    assert faiss_gpu_count("auto") == faiss_gpu_count("cuda") == 1 and faiss_gpu_count("cpu") == 0
+
+
+def test_demanding_cuda_without_a_gpu_says_what_to_do(monkeypatch):
+    without_gpus(monkeypatch)
     with pytest.raises(RuntimeError, match="'device: cuda' but torch sees no CUDA GPU; set 'device: auto'"):
         torch_device("cuda")
     with pytest.raises(RuntimeError, match="'device: cuda' but faiss sees no GPU"):

@@ -56,7 +56,8 @@ def test_a_compressed_file_is_read_too(tmp_path):
 
 
 def run_config(workdir, embeddings: dict) -> dict:
-    config = {"experiments": {"mine": {"embeddings": embeddings, "knn": SMOKE_KNN}}}
+    # device cpu, as the session's smoke run (conftest.smoke_run): their sweeps are compared exactly
+    config = {"device": "cpu", "experiments": {"mine": {"embeddings": embeddings, "knn": SMOKE_KNN}}}
     (workdir / "mine.yaml").write_text(yaml.safe_dump(config))
     return config
 

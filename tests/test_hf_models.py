@@ -5,8 +5,6 @@ perplexity against transformers' own loss, memorization at k = 1."""
 
 import json
 import sys
-import sysconfig
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -23,66 +21,10 @@ from resmem.lm.model import sliding_windows
 from resmem.lm.sizes import hf_shape
 from resmem.lm.tokens import KeyLogits, base_predict, final_hidden
 from tests.conftest import snakemake
+from tests.hf_tiny import CLASSES, CONTEXT, WIDTH, experiment
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
-
-CONTEXT = 24
-WIDTH = 32
-TEXT = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"  # real text with real structure, offline
-EOS = "<|endoftext|>"
-
-
-def tokenizer_on_text(folder: Path):
-    """A byte-level BPE tokenizer (GPT-2's kind) trained on the corpus text, saved as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(TEXT.read_text().splitlines(keepends=True), trainer)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
-    fast.save_pretrained(folder)
-    return fast
-
-
-def tiny_config(kind: str, vocab: int):
-    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0)
-    if kind == "gpt2":
-        return transformers.GPT2Config(n_layer=2, n_embd=WIDTH, n_head=2, n_positions=64, **common)
-    if kind == "neox":
-        return transformers.GPTNeoXConfig(num_hidden_layers=2, hidden_size=WIDTH, num_attention_heads=2,
-                                          intermediate_size=64, max_position_embeddings=64, **common)  # fmt: skip
-    return transformers.LlamaConfig(num_hidden_layers=2, hidden_size=WIDTH, num_attention_heads=2,
-                                    num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
-                                    **common)  # fmt: skip
-
-
-CLASSES = {"gpt2": "GPT2LMHeadModel", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM"}
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """{kind: folder} of tiny models (random weights, seed 0), each saved with its tokenizer."""
-    root = tmp_path_factory.mktemp("hf")
-    folders = {}
-    for kind, cls in CLASSES.items():
-        folder = root / f"tiny_{kind}"
-        tokenizer = tokenizer_on_text(folder)
-        torch.manual_seed(0)
-        getattr(transformers, cls)(tiny_config(kind, len(tokenizer))).save_pretrained(folder)
-        folders[kind] = folder
-    return folders
-
-
-def experiment(models: dict, **extra) -> dict:
-    """A validated lm experiment over argparse's source (split by line ranges) with the Hugging Face `models`."""
-    corpus = {"name": "text", "path": str(TEXT), "tokenizer": "model", "val_fraction": 0.1, "test_fraction": 0.1}
-    cfg = {"corpus": corpus, "models": models, "context": CONTEXT, **extra}
-    return validate({"lm_experiments": {"x": cfg}})["lm_experiments"]["x"]
 
 
 def stage_run(tmp_path, folder, key="final_hidden", eval_stride=None, eval_tokens=100_000):
@@ -199,20 +141,10 @@ def test_resmem_memorizes_training_positions_at_k1(tiny_models, tmp_path):
     assert correct[0, 0, 0] == same_label.sum()
 
 
-def test_hf_models_run_through_the_workflow(tiny_models, tmp_path):
-    models = {
-        "gpt2": {"hf": str(tiny_models["gpt2"])},
-        # NeoX reads GPT-2's tokenizer folder (the same vocabulary), so the two share one tokenized corpus.
-        "neox": {"hf": str(tiny_models["neox"]), "tokenizer": str(tiny_models["gpt2"])},
-        "llama": {"hf": str(tiny_models["llama"])},
-    }
-    cfg = experiment(models, eval_stride=12, eval_tokens=400)
-    cfg["datastore"].update(key="last_ffn_input", fractions=[0.5, 1.0])
-    cfg["knn"].update(k=[1, 4], sigma=[1.0], temperature=[1.0], lam=[0.0, 0.25], tau=[1.0])
-    config = tmp_path / "hf.yaml"
-    config.write_text(yaml.safe_dump({"device": "cpu", "lm_experiments": {"hf_tiny": cfg}}, sort_keys=False))
-    snakemake(tmp_path, configfile=config)
-    results = tmp_path / "results" / "hf_tiny"
+def test_hf_models_run_through_the_workflow(tiny_models, lm_run):
+    """Experiment hf_tiny of the session's LM run (tests/hf_tiny.py): the three models, NeoX reading GPT-2's
+    tokenizer folder, kNN-LM's key and strided evaluation."""
+    results = lm_run["hf"]
     corpora = sorted(p.name for p in (results / "corpus").glob("*.npz"))
     assert corpora == sorted(f"{hf.source_label(str(tiny_models[k]))}.npz" for k in ("gpt2", "llama"))
     summary = pd.read_csv(results / "summary.csv")

@@ -21,42 +21,9 @@ from resmem.lm.artifacts import (
 )
 from resmem.lm.tokens import final_hidden, select
 from resmem.plan import planned_jobs
-from tests.conftest import REPO, exact_mcnemar, gpu_requests, snakemake
+from tests.conftest import REPO, exact_mcnemar, selected_by_hand, snakemake
 
-MODELS = ("gpt_l1_d16", "gpt_l1_d32")
-LM_SMOKE = {
-    "device": "cpu",
-    "lm_experiments": {
-        "lm_smoke": {
-            "corpus": {"name": "stdlib", "max_bytes": {"train": 40_000, "val": 6_000, "test": 6_000}},
-            "models": {
-                "gpt_l1_d16": {"n_layer": 1, "n_head": 2, "n_embd": 16},
-                "gpt_l1_d32": {"n_layer": 1, "n_head": 2, "n_embd": 32},
-            },
-            "context": 32,
-            "train": {"epochs": 1, "batch_size": 16, "lr": 0.003},
-            "datastore": {"fractions": [0.5, 1.0], "max_tokens": 20_000},
-            "eval_tokens": 1_000,
-            "stats": {"block_tokens": 32},  # 32 blocks of the 1,000 test positions
-            "knn": {
-                "k": [1, 4, 8],
-                "sigma": [0.3, 3.0],
-                "temperature": [1.0, 2.0],
-                "lam": [0.0, 0.5],
-                "tau": [1.0, 10.0],
-            },
-        }
-    },
-}
-
-
-@pytest.fixture(scope="module")
-def lm_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("lm")
-    config = workdir / "lm.yaml"
-    config.write_text(yaml.safe_dump(LM_SMOKE, sort_keys=False))
-    proc = snakemake(workdir, configfile=config)
-    return {"workdir": workdir, "config": config, "results": workdir / "results" / "lm_smoke", "proc": proc}
+MODELS = ("gpt_l1_d16", "gpt_l1_d32")  # experiment lm_smoke of the session's LM run (tests/runs.py)
 
 
 def test_corpus_and_datastore(lm_run):
@@ -99,6 +66,15 @@ def test_store_artifacts(lm_run, fraction):
     assert len(sweep) == 2 * per_split
     chosen = json.loads((run / "selected.json").read_text())
     assert chosen == select(sweep)
+    # The selection rule, written out independently of resmem on the sweep's rows: ResMem over (k, σ, T), kNN-LM
+    # over (k, τ, λ) with the published kernel, by val accuracy and by val perplexity.
+    assert set(sweep[sweep.method == "knnlm"].kernel) == {"squared_l2"}
+    by_perplexity = selected_by_hand(sweep, "knnlm", ("k", "tau", "lam"), "perplexity", higher_is_better=False)
+    assert chosen == {
+        "resmem": selected_by_hand(sweep, "resmem", ("k", "sigma", "temperature")),
+        "knnlm": {**selected_by_hand(sweep, "knnlm", ("k", "tau", "lam")), "kernel": "squared_l2"},
+        "knnlm_perplexity": {**by_perplexity, "kernel": "squared_l2"},
+    }
     # Per test position, each method's prediction at its selected point: what the sweep counted there.
     with np.load(run / "predictions.npz") as predicted:
         every_key = [*LM_PREDICTION_KEYS, *(key for keys in LM_METHOD_PREDICTION_KEYS.values() for key in keys)]
@@ -158,37 +134,33 @@ def test_rerun_is_a_no_op_and_a_lambda_change_reruns_only_the_sweep(lm_run):
     assert planned == {"lm_sweep": 4, "lm_select": 4, "lm_predict": 4, "lm_aggregate": 1, "all": 1}
 
 
-def test_token_sweeps_ask_for_a_gpu_unless_the_device_switch_says_cpu(lm_run):
+def test_token_sweeps_ask_for_a_gpu_unless_the_device_switch_says_cpu(gpu_dry_runs):
     """The token sweep runs the sweep engine and its V-wide logits on the device (`KeyLogits`), so it asks for a
-    GPU like the datastore and the search (as the image sweep does, tests/test_workflow.py)."""
-
-    def requests(device):
-        proc = snakemake(lm_run["workdir"], "-n", "--forcerun", "lm_datastore", "--config", f"device={device}",
-                         configfile=lm_run["config"])  # fmt: skip
-        return gpu_requests(proc.stdout)
-
-    auto = requests("auto")
+    GPU like the datastore and the search (as the image sweep does, tests/test_workflow.py; the session's dry runs
+    of lm_smoke beside the image experiments, device auto and device cpu, tests/conftest.py)."""
+    auto = gpu_dry_runs["auto"]
     assert auto["lm_datastore"] == auto["lm_sweep"] == auto["lm_neighbors"] == auto["lm_predict"] == {True}
     assert auto["lm_select"] == {False}
-    assert requests("cpu")["lm_sweep"] == {False}
+    assert gpu_dry_runs["cpu"]["lm_sweep"] == {False}
 
 
 @pytest.mark.parametrize("name,models,corpora", [("lm", 4, 1), ("wikitext103_gpt2", 3, 1)])
-def test_lm_paper_configs_dry_run_offline(tmp_path, name, models, corpora):
-    """Every job is planned offline (no dataset, no Hugging Face model fetched), the three GPT-2 models share
-    one tokenized corpus, and README states the job count."""
+def test_lm_paper_configs_dry_run_offline(paper_dry_run, name, models, corpora):
+    """Every job is planned offline (no dataset, no Hugging Face model fetched; the session's one dry run of the
+    paper configs, tests/conftest.py), the three GPT-2 models share one tokenized corpus, and README states the
+    job count."""
     import re
 
-    proc = snakemake(tmp_path, "-n", configfile=REPO / "config" / "paper" / f"{name}.yaml")
-    planned = planned_jobs(proc.stdout)
+    planned = paper_dry_run[name]
     stores = models * 4  # models × datastore fractions
     assert planned == {
         "lm_corpus": corpora, "lm_train": models, "lm_datastore": models, "lm_index": stores,
         "lm_neighbors": stores, "lm_sweep": stores, "lm_select": stores, "lm_predict": stores, "lm_aggregate": 1,
         "all": 1,
     }  # fmt: skip
-    readme = (REPO / "README.md").read_text()
-    assert re.search(rf"\| `config/paper/{name}.yaml` \| {sum(planned.values())} \|", readme)
+    for page in (REPO / "README.md", REPO / "docs" / "paper.md"):  # a row `config`, (its study,) its jobs
+        row = rf"\| `config/paper/{name}.yaml` \|( [^|\n]+ \|)? {sum(planned.values())} \|"
+        assert re.search(row, page.read_text()), page.name
 
 
 def test_report_holds_the_lm_figures_with_captions(lm_run):

@@ -2,6 +2,7 @@
 and its two workflow rules."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -12,8 +13,9 @@ from sklearn.neighbors import KNeighborsRegressor
 
 from resmem.config import ConfigError, validate
 from resmem.knn import exact_search
-from resmem.regression.study import RISK_COLUMNS, best_linear_risk, fit_linear, knn_means, risk_table, simulate
-from tests.conftest import snakemake
+from resmem.plan import planned_jobs
+from resmem.regression.study import METHODS, RISK_COLUMNS, best_linear_risk, fit_linear, knn_means, risk_table, simulate
+from tests.conftest import snakemake, two_seed_statistics
 
 
 def study(**overrides):
@@ -107,22 +109,36 @@ def test_bad_regression_config_names_the_key(case):
     assert f"invalid config at {key}" in str(info.value) and problem in str(info.value)
 
 
-def test_workflow_runs_a_regression_study_alone(tmp_path):
-    config = tmp_path / "regression.yaml"
-    tiny = {"dim": 2, "n_train": [50, 200], "n_test": 500, "seeds": [0, 1], "k": [1, 4, 16]}
-    config.write_text(yaml.safe_dump({"experiments": {}, "regression": {"tiny": tiny}}))
-    snakemake(tmp_path, configfile=config)
-    results = tmp_path / "results" / "tiny"
+def test_workflow_runs_a_regression_study(smoke_run, tmp_path):
+    """The session's smoke run holds a regression study (config/smoke.yaml's smoke_regression, seeds 0 and 1): its
+    risk table is the one risk_table computes here, its summary's mean ± std over the seeds the one computed by hand
+    from that table; and a config of a regression study alone (no image experiment) plans just the study's jobs."""
+    cfg = yaml.safe_load(smoke_run["config"].read_text())["regression"]["smoke_regression"]
+    assert cfg["seeds"] == [0, 1] and cfg["n_train"] == [50, 200, 800]
+    results = smoke_run["workdir"] / "results" / "smoke_regression"
     risk = pd.read_csv(results / "risk.csv")
-    assert list(risk.columns) == list(RISK_COLUMNS) and len(risk) == 2 * 2 * 3
-    pd.testing.assert_frame_equal(risk, risk_table(study(**tiny)), check_exact=False, rtol=1e-12)
+    assert list(risk.columns) == list(RISK_COLUMNS) and len(risk) == 3 * 2 * 3  # n × seeds × methods
+    pd.testing.assert_frame_equal(risk, risk_table(study(**cfg)), check_exact=False, rtol=1e-12)
     assert (results / "figures" / "risk_vs_n.png").stat().st_size > 10_000
     assert (results / "figures" / "risk_vs_n.pdf").exists()
     summary = (results / "summary.md").read_text()
     assert "| 200 |" in summary and "ResMem" in summary and "Noise floor 0.01" in summary
+    assert "mean ± std over seeds 0, 1" in summary
+    for n in cfg["n_train"]:
+        [row] = [line for line in summary.splitlines() if line.startswith(f"| {n:,} |")]
+        cells = re.findall(r"(\d+\.\d{4}) ± (\d+\.\d{4})", row)
+        assert len(cells) == len(METHODS)
+        for method, (mean, std) in zip(METHODS, cells, strict=True):
+            by_hand = two_seed_statistics(*risk[(risk.n == n) & (risk.method == method)].sort_values("seed").test_mse)
+            assert float(mean) == pytest.approx(by_hand["mean"], abs=5e-5 + 1e-12), (n, method)
+            assert float(std) == pytest.approx(by_hand["std"], abs=5e-5 + 1e-12), (n, method)
     provenance = json.loads((results / "provenance.json").read_text())
-    assert provenance["config"]["regression"]["tiny"]["n_train"] == [50, 200] and provenance[
+    assert provenance["config"]["regression"]["smoke_regression"]["n_train"] == [50, 200, 800] and provenance[
         "noise_floor"
     ] == pytest.approx(0.01)
+    # A study alone: the workflow plans its risk table and its report, nothing else.
+    config = tmp_path / "regression.yaml"
+    tiny = {"dim": 2, "n_train": [50, 200], "n_test": 500, "seeds": [0, 1], "k": [1, 4, 16]}
+    config.write_text(yaml.safe_dump({"experiments": {}, "regression": {"tiny": tiny}}))
     proc = snakemake(tmp_path, "-n", configfile=config)
-    assert "Nothing to be done" in proc.stdout + proc.stderr
+    assert planned_jobs(proc.stdout) == {"regression_risk": 1, "regression_report": 1, "all": 1}

@@ -1,6 +1,8 @@
 """Jobs ask for the memory their data needs: the requests of index, neighbors and sweep follow the datastore's
-size (dry runs of two configs that differ only in it), and the planning-time sizes they are computed from match
+size (a dry run of two experiments that differ only in it), and the planning-time sizes they are computed from match
 the models and files they describe."""
+
+import copy
 
 import numpy as np
 import pytest
@@ -16,26 +18,37 @@ from resmem.plan import job_listing, plan
 from resmem.vision.models import build_model
 from resmem.vision.sizes import feature_width, model_footprint
 from resmem.vision.sizes import run_sizes as vision_run_sizes
-from tests.conftest import REPO, job_resources, snakemake, write_config
+from tests.conftest import REPO, snakemake, write_config
 from tests.test_data import make_image_folders
 
 
-def lm_only(train_bytes):
+def lm_only(*train_bytes):
+    """The default's stdlib_lm as one experiment lm<bytes> per training-text budget, one model, no token budget."""
+
     def edit(config):
-        experiment = config["lm_experiments"]["stdlib_lm"]
-        experiment["corpus"]["max_bytes"]["train"] = train_bytes
-        experiment["datastore"]["max_tokens"] = None
-        experiment["models"] = {"gpt_l1_d96": {"n_layer": 1, "n_head": 2, "n_embd": 96}}
-        experiment["datastore"]["fractions"] = [1.0]
+        default = config["lm_experiments"].pop("stdlib_lm")
+        for size in train_bytes:
+            experiment = copy.deepcopy(default)
+            experiment["corpus"]["max_bytes"]["train"] = size
+            experiment["datastore"]["max_tokens"] = None
+            experiment["models"] = {"gpt_l1_d96": {"n_layer": 1, "n_head": 2, "n_embd": 96}}
+            experiment["datastore"]["fractions"] = [1.0]
+            config["lm_experiments"][f"lm{size}"] = experiment
         config["experiments"], config["regression"] = {}, {}
 
     return edit
 
 
-def requested_mb(workdir, train_bytes):
-    config = write_config(workdir / f"lm{train_bytes}.yaml", lm_only(train_bytes), base="config.yaml")
-    jobs = job_resources(snakemake(workdir, "-n", configfile=config).stdout)
-    return {rule: int(jobs[rule][0]["mem_mb"]) for rule in ("lm_index", "lm_neighbors", "lm_sweep", "lm_predict")}
+def requested_mb(workdir, *train_bytes):
+    """{budget: {rule: its job's mem_mb}} from one dry run of the experiments of `lm_only`."""
+    config = write_config(workdir / "lm.yaml", lm_only(*train_bytes), base="config.yaml")
+    jobs = job_listing(snakemake(workdir, "-n", configfile=config).stdout)
+    rules = ("lm_index", "lm_neighbors", "lm_sweep", "lm_predict")
+    found = {size: {job["rule"]: int(job["resources"]["mem_mb"]) for job in jobs
+                    if job["rule"] in rules and job["wildcards"].get("experiment") == f"lm{size}"}
+             for size in train_bytes}  # fmt: skip
+    assert all(sorted(requests) == sorted(rules) for requests in found.values()), found
+    return found
 
 
 def test_requests_follow_the_datastore_size_in_a_dry_run(tmp_path):
@@ -45,7 +58,7 @@ def test_requests_follow_the_datastore_size_in_a_dry_run(tmp_path):
     sweep holds the Q × k neighbours and its chunk budgets, none of which depend on N. So 8 MB more text asks the
     index for 1.25 × 8e6 × 776 bytes = 7,760 MB more (1.25: the allocator's slack), the search for 3,920 MB, the
     sweep for 0."""
-    small, large = requested_mb(tmp_path, 2_000_000), requested_mb(tmp_path, 10_000_000)
+    small, large = requested_mb(tmp_path, 2_000_000, 10_000_000).values()
     assert abs(large["lm_index"] - small["lm_index"] - 1.25 * 8e6 * 776 / 1e6) <= 100
     assert abs(large["lm_neighbors"] - small["lm_neighbors"] - 1.25 * 8e6 * 392 / 1e6) <= 100
     assert large["lm_sweep"] == small["lm_sweep"] and large["lm_predict"] == small["lm_predict"]
@@ -146,30 +159,9 @@ def digits_batches(config):
     config["regression"] = {}
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_train_and_embed_requests_follow_the_batch_in_a_dry_run(tmp_path, device):
-    """SmallCNN of width 4 on 8×8 digits (by hand above: 1,242 activation values an image, the largest 256; an
-    input of 64 values): 100,000 images more a batch add, for train, twice the activations and four float32 copies
-    of the input, 100,000 × (2·1,242·4 + 4·64·4) bytes = 1,096 MB, and for embed six of the largest activations
-    and the input copies, 100,000 × (6·256·4 + 1,024) = 717 MB; ×1.25 for the allocator's slack. With device: cuda
-    the activations are on the GPU: only the input copies, 102.4 MB, stay on the host."""
-    path = write_config(tmp_path / "batches.yaml", digits_batches)
-    config = yaml.safe_load(path.read_text())
-    config["device"] = device
-    path.write_text(yaml.safe_dump(config))
-    jobs = job_resources(snakemake(tmp_path, "-n", configfile=path).stdout)
-    per_image = {"train": 2 * 1242 * 4 + 1024, "embed": 6 * 256 * 4 + 1024} if device == "cpu" else {}
-    for rule in ("train", "embed"):
-        small, large = sorted(int(job["mem_mb"]) for job in jobs[rule])
-        expected = 1.25 * 100_000 * per_image.get(rule, 1024) / 1e6
-        assert abs(large - small - expected) <= 100, (rule, small, large, expected)
-
-
-def test_train_and_embed_ask_for_the_images_they_hold(tmp_path):
-    """Folder datasets at 2,048 px (3 × 2,048² bytes an image): decoded into memory, 42 images more (3 classes ×
-    (10 train + 4 test)) ask train and embed for 42 × 12.58 MB = 528 MB more (660 MB with the slack); streamed
-    from the files, two DataLoader workers more ask for their two prefetched float32 batches of 64 and 200 MB
-    each, 2 × (2 × 64 × 50.3 MB + 200 MB) = 13.28 GB (16.6 GB with the slack)."""
+def folder_experiments(root) -> dict:
+    """Four folder experiments at 2,048 px (images written under `root`): decoded into memory with 10 + 4 and
+    20 + 8 images a class, streamed from the files by 2 and by 4 DataLoader workers."""
     experiments = {}
     for name, per_class, cache, workers in (
         ("memory_small", (10, 4), "memory", 2),
@@ -177,13 +169,57 @@ def test_train_and_embed_ask_for_the_images_they_hold(tmp_path):
         ("streamed_2", (10, 4), "none", 2),
         ("streamed_4", (10, 4), "none", 4),
     ):
-        make_image_folders(tmp_path / name, per_class=per_class)
-        dataset = {"name": "imagefolder", "root": str(tmp_path / name), "image_size": 2048, "cache": cache}
+        make_image_folders(root / name, per_class=per_class)
+        dataset = {"name": "imagefolder", "root": str(root / name), "image_size": 2048, "cache": cache}
         experiments[name] = {"dataset": dataset, "models": {"cnn": {"arch": "small_cnn", "width": 2}},
                              "train": {"augment": "flip", "num_workers": workers}, "knn": {"k": [1, 2]}}  # fmt: skip
-    path = tmp_path / "folders.yaml"
-    path.write_text(yaml.safe_dump({"device": "cpu", "experiments": experiments}))
-    jobs = job_listing(snakemake(tmp_path, "-n", configfile=path).stdout)
+    return experiments
+
+
+@pytest.fixture(scope="module")
+def cpu_jobs(tmp_path_factory):
+    """The job listing of one dry run, device cpu, of the experiments of `digits_batches` and of
+    `folder_experiments` together."""
+    workdir = tmp_path_factory.mktemp("cpu_requests")
+
+    def edit(config):
+        digits_batches(config)
+        config["device"] = "cpu"
+        config["experiments"].update(folder_experiments(workdir))
+
+    return job_listing(snakemake(workdir, "-n", configfile=write_config(workdir / "cpu.yaml", edit)).stdout)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_train_and_embed_requests_follow_the_batch_in_a_dry_run(request, tmp_path, device):
+    """SmallCNN of width 4 on 8×8 digits (by hand above: 1,242 activation values an image, the largest 256; an
+    input of 64 values): 100,000 images more a batch add, for train, twice the activations and four float32 copies
+    of the input, 100,000 × (2·1,242·4 + 4·64·4) bytes = 1,096 MB, and for embed six of the largest activations
+    and the input copies, 100,000 × (6·256·4 + 1,024) = 717 MB; ×1.25 for the allocator's slack. With device: cuda
+    the activations are on the GPU: only the input copies, 102.4 MB, stay on the host."""
+    if device == "cpu":
+        jobs = request.getfixturevalue("cpu_jobs")  # shared with the folder experiments' test below
+    else:
+        path = write_config(tmp_path / "batches.yaml", digits_batches)
+        config = yaml.safe_load(path.read_text())
+        config["device"] = device
+        path.write_text(yaml.safe_dump(config))
+        jobs = job_listing(snakemake(tmp_path, "-n", configfile=path).stdout)
+    per_image = {"train": 2 * 1242 * 4 + 1024, "embed": 6 * 256 * 4 + 1024} if device == "cpu" else {}
+    for rule in ("train", "embed"):
+        batches = [job for job in jobs if job["rule"] == rule and job["wildcards"]["experiment"] in ("small", "large")]
+        small, large = sorted(int(job["resources"]["mem_mb"]) for job in batches)
+        expected = 1.25 * 100_000 * per_image.get(rule, 1024) / 1e6
+        assert abs(large - small - expected) <= 100, (rule, small, large, expected)
+
+
+def test_train_and_embed_ask_for_the_images_they_hold(cpu_jobs):
+    """Folder datasets at 2,048 px (3 × 2,048² bytes an image): decoded into memory, 42 images more (3 classes ×
+    (10 train + 4 test)) ask train and embed for 42 × 12.58 MB = 528 MB more (660 MB with the slack); streamed
+    from the files, two DataLoader workers more ask for their two prefetched float32 batches of 64 and 200 MB
+    each, 2 × (2 × 64 × 50.3 MB + 200 MB) = 13.28 GB (16.6 GB with the slack). (`folder_experiments`, planned
+    with the digits experiments: `cpu_jobs`.)"""
+    jobs = cpu_jobs
     for rule in ("train", "embed"):
         mb = {job["wildcards"]["experiment"]: int(job["resources"]["mem_mb"]) for job in jobs if job["rule"] == rule}
         assert abs(mb["memory_large"] - mb["memory_small"] - 1.25 * 42 * 3 * 2048**2 / 1e6) <= 100

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import faiss
 import numpy as np
@@ -15,9 +16,22 @@ from resmem.device import AVX2_CPU_EMULATION, CPU_KERNELS, cpu_flags
 from resmem.plan import planned_jobs
 from resmem.sweep import select_methods
 from resmem.vision.artifacts import EMBEDDING_KEYS, FIGURES, PREDICTION_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
-from tests.conftest import REPO, exact_mcnemar, gpu_requests, snakemake, write_config
+from tests.conftest import (
+    REPO,
+    confidence_bins_by_hand,
+    exact_mcnemar,
+    selected_by_hand,
+    snakemake,
+    two_seed_statistics,
+    write_config,
+)
 
 MODELS = ("cnn_w1", "cnn_w4")
+GRIDS = {
+    "resmem": ("k", "sigma", "temperature"),
+    "knn": ("k", "sigma"),
+    "knn_interp": ("k", "sigma", "temperature", "lam"),
+}
 
 
 def run_dir(smoke_run, model, fraction="1"):
@@ -58,9 +72,14 @@ def test_run_artifacts(smoke_run, model):
     with np.load(run / "neighbors.npz") as nb:
         assert sorted(nb.files) == sorted(NEIGHBOR_KEYS)
         assert nb["val_idx"].shape == (len(val_emb), 4)  # k_max of the smoke grid
-        # Euclidean, not squared: the first distance equals the direct norm.
-        direct = np.linalg.norm(val_emb[:20] - train_emb[nb["val_idx"][:20, 0]], axis=1)
-        np.testing.assert_allclose(nb["val_dist"][:20, 0], direct, rtol=1e-4, atol=1e-5)
+        # Euclidean, not squared: the first distance equals the direct norm (here in float64). faiss forms
+        # d² = |x|² + |y|² − 2·x·y in float32, sums of D terms that cancel where neighbours are close: within
+        # (D + 4)·u·(|x| + |y|)² of the exact d² (u = 2⁻²⁴; its square root's rounding included), in whatever
+        # order the CPU's kernels sum.
+        x, y = val_emb[:20].astype(np.float64), train_emb[nb["val_idx"][:20, 0]].astype(np.float64)
+        direct = np.linalg.norm(x - y, axis=1)
+        bound = (x.shape[1] + 4) * 2.0**-24 * (np.linalg.norm(x, axis=1) + np.linalg.norm(y, axis=1)) ** 2
+        assert (np.abs(nb["val_dist"][:20, 0].astype(np.float64) ** 2 - direct**2) <= bound).all()
 
     report = json.loads((run / "search.json").read_text())
     assert report["index"] == "IndexFlatL2" and report["ntotal"] == len(train_emb) and report["k_max"] == 4
@@ -76,6 +95,9 @@ def test_run_artifacts(smoke_run, model):
 
     everything = json.loads((run / "selected.json").read_text())
     assert everything == select_methods(sweep) and set(everything) == set(METHODS)
+    # The selection rule, written out independently of resmem on the sweep's rows.
+    for method, parameters in GRIDS.items():
+        assert everything[method] == selected_by_hand(sweep, method, parameters), method
     for method, chosen in everything.items():
         best_val = sweep[(sweep.split == "val") & (sweep.method == method)].accuracy.max()
         assert chosen["val_accuracy"] == pytest.approx(best_val)
@@ -106,6 +128,14 @@ def test_run_artifacts(smoke_run, model):
     ].accuracy.iloc[0]
     assert table.resmem_correct.sum() / test_rows == pytest.approx(test_acc)  # agrees with the sweep
     assert table.base_correct.sum() / test_rows == pytest.approx(chosen["base_test_accuracy"])
+    # Each bin recomputed from the base model's test logits and ResMem's test predictions.
+    np.testing.assert_allclose(table.bin_lo, np.arange(10) / 10, atol=1e-12)
+    np.testing.assert_allclose(table.bin_hi, np.arange(1, 11) / 10, atol=1e-12)
+    with np.load(run / "embeddings.npz") as emb, np.load(run / "predictions.npz") as predictions:
+        assert np.array_equal(predictions["labels"], emb["test_y"])
+        assert np.array_equal(predictions["base"], emb["test_logits"].argmax(axis=1))
+        by_hand = confidence_bins_by_hand(emb["test_logits"], emb["test_y"], predictions["resmem"])
+    assert {column: table[column].tolist() for column in by_hand} == by_hand  # (test_confidence_bins_… below)
 
 
 def test_experiment_outputs(smoke_run):
@@ -146,10 +176,97 @@ def test_experiment_outputs(smoke_run):
     assert provenance["config"]["experiments"]["smoke"]["knn"]["k"] == [1, 2, 4]
     assert set(provenance["versions"]) >= {"torch", "torchvision", "faiss", "snakemake", "numpy"}
     assert all(provenance["versions"][p] for p in ("torch", "faiss", "snakemake", "numpy"))
-    assert provenance["devices"] == ["cpu"]
+    assert provenance["devices"] == ["cpu"]  # the session's run pins device: cpu (conftest.smoke_run)
     assert "git_commit" in provenance
     pinned = {name: os.environ.get(name, value) for name, value in CPU_KERNELS.items()}
     assert provenance["cpu_kernels"] == (pinned if {"avx2", "fma"} <= cpu_flags() else {})
+
+
+def test_confidence_bins_equal_those_computed_by_hand(folder_run):
+    """Every run of the folder run: confidence.csv's count and the base model's and ResMem's correct test examples
+    per bin of the base model's confidence, recomputed from the run's test logits and ResMem's test predictions.
+    (The smoke run's networks, two epochs on 8-px digits, put every test example into one bin; these spread.)"""
+    tables = sorted((folder_run["workdir"] / "results").glob("*/*/frac*/seed*/confidence.csv"))
+    assert len(tables) == sum(len(summary) for summary in folder_run["summaries"].values())
+    filled = []
+    for path in tables:
+        table = pd.read_csv(path)
+        with np.load(path.parent / "embeddings.npz") as emb, np.load(path.parent / "predictions.npz") as predictions:
+            assert np.array_equal(predictions["labels"], emb["test_y"])
+            assert np.array_equal(predictions["base"], emb["test_logits"].argmax(axis=1))
+            by_hand = confidence_bins_by_hand(emb["test_logits"], emb["test_y"], predictions["resmem"])
+        assert {column: table[column].tolist() for column in by_hand} == by_hand, path
+        filled.append(sum(count > 0 for count in by_hand["count"]))
+    assert max(filled) >= 5, filled  # the trained networks' confidences span the bins
+
+
+NUMBER = r"[+-]?\d+\.\d\d"  # a cell's value in % or points, two decimals
+PRINTED = 0.005 + 1e-9  # what rounding to two decimals may move a value by
+LABELS = {"resmem": "ResMem", "knn": "kNN", "knn_interp": "kNN-interp"}
+
+
+def test_a_two_seed_summary_equals_the_statistics_computed_by_hand(folder_run):
+    """Experiment two_seeds of the folder run (one model, seeds 0 and 1): summary.md's mean ± std of every test
+    accuracy, every gain's 95 % t-interval over the seeds, the runs whose own interval excludes 0, McNemar's p per
+    run and the selection cost equal what is computed here by hand from each run's test predictions and sweep."""
+    results = folder_run["workdir"] / "results" / "two_seeds"
+    summary = folder_run["summaries"]["two_seeds"].sort_values("seed")
+    assert summary.seed.tolist() == [0, 1] and set(summary.model) == {"cnn"}
+    accuracy, best, logits, p_values = {m: [] for m in ("base", *METHODS)}, {m: [] for m in METHODS}, [], {}
+    for seed in (0, 1):
+        run = results / "cnn" / "frac1" / f"seed{seed}"
+        with np.load(run / "predictions.npz") as predictions:
+            right = {m: predictions[m] == predictions["labels"] for m in accuracy}
+        for m in accuracy:
+            accuracy[m].append(float(right[m].mean()))
+        for m in METHODS:
+            b, c = int((right[m] & ~right["base"]).sum()), int((right["base"] & ~right[m]).sum())
+            p_values.setdefault(m, {})[seed] = exact_mcnemar(b, c)
+        with np.load(run / "embeddings.npz") as emb:
+            logits.append(emb["test_logits"])
+        sweep = pd.read_csv(run / "sweep.csv")
+        for m in METHODS:
+            best[m].append(float(sweep[(sweep.split == "test") & (sweep.method == m)].accuracy.max()))
+        row = summary[summary.seed == seed].iloc[0]
+        assert row.base_test_acc == pytest.approx(accuracy["base"][-1])
+        assert all(row[f"{m}_test_acc"] == pytest.approx(accuracy[m][-1]) for m in METHODS)
+    assert not np.array_equal(*logits)  # two seeds, two networks
+    assert any(seed0 != seed1 for seed0, seed1 in accuracy.values())  # and a spread to compute
+
+    def mean_std(cell, values):
+        printed = re.fullmatch(rf"({NUMBER}) ± ({NUMBER})", cell)
+        by_hand = two_seed_statistics(*values)
+        assert float(printed[1]) == pytest.approx(100 * by_hand["mean"], abs=PRINTED), cell
+        assert float(printed[2]) == pytest.approx(100 * by_hand["std"], abs=PRINTED), cell
+
+    markdown = (results / "summary.md").read_text()
+    lines = markdown.splitlines()
+    assert "mean ± std over seeds 0, 1" in markdown
+    [table_row] = [line for line in lines if line.startswith("| cnn |") and line.count("±") == 1 + len(METHODS)]
+    cells = [cell.strip() for cell in table_row.strip("|").split("|")]
+    assert cells[2:4] == ["1", f"{summary.train_examples.iloc[0]:,}"]
+    mean_std(cells[4], accuracy["base"])
+    for i, m in enumerate(METHODS):
+        mean_std(cells[5 + 2 * i], accuracy[m])
+        gains = two_seed_statistics(*(a - b for a, b in zip(accuracy[m], accuracy["base"], strict=True)))
+        printed = re.fullmatch(rf"({NUMBER}) \[({NUMBER}), ({NUMBER})\](\*?)", cells[6 + 2 * i])
+        for value, statistic in zip(printed.groups()[:3], ("mean", "low", "high"), strict=True):
+            assert float(value) == pytest.approx(100 * gains[statistic], abs=PRINTED), (m, statistic)
+        excludes_zero = gains["low"] > 0 or gains["high"] < 0
+        assert printed[4] == ("*" if excludes_zero else ""), m
+        # The verdict table: the same gain cell, the runs whose bootstrap interval excludes 0, p per run, the cost.
+        [verdict] = [line for line in lines if line.startswith(f"| cnn | 1 | {LABELS[m]} |")]
+        verdict = [cell.strip() for cell in verdict.strip("|").split("|")]
+        intervals = zip(summary[f"{m}_gain_ci_low"], summary[f"{m}_gain_ci_high"], strict=True)
+        distinct = sum(low > 0 or high < 0 for low, high in intervals)
+        assert verdict[3] == cells[6 + 2 * i] and verdict[4] == f"{distinct} of 2"
+        listed = folder_run["summaries"]["two_seeds"].seed  # the runs in summary.csv's order
+        assert verdict[5] == ", ".join(f"{p_values[m][seed]:.2g}" for seed in listed)
+        cost = 100 * (sum(best[m]) / 2 - sum(accuracy[m]) / 2)
+        assert float(verdict[6]) == pytest.approx(cost, abs=PRINTED), m
+        excluding = "cnn (train fraction 1)" if excludes_zero else "no model"
+        sentence = f"- {LABELS[m]}: its 95 % interval over seeds excludes 0 for {excluding}; elsewhere the gain is"
+        assert sentence in markdown
 
 
 def test_the_smoke_run_writes_the_bytes_of_an_avx2_only_cpu(smoke_run, tmp_path):
@@ -200,31 +317,10 @@ def test_a_truncated_artifact_fails_naming_the_file(smoke_run, tmp_path):
     assert "embeddings.npz: cannot be read" in proc.stdout + proc.stderr
 
 
-def test_imagefolder_study_end_to_end(tmp_path):
-    """A generated ImageFolder dataset through the whole workflow, with the training-fraction study."""
-    from tests.test_data import make_image_folders
-
-    make_image_folders(tmp_path / "images", per_class=(10, 4))
-    config = {
-        "device": "cpu",
-        "experiments": {
-            "folders": {
-                "dataset": {"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 8},
-                "models": {
-                    "cnn": {"arch": "small_cnn", "width": 2},
-                    "resnet8": {"arch": "cifar_resnet", "depth": 8, "width_multiplier": 0.25},
-                },
-                "train_fractions": [0.5, 1.0],
-                "train": {"epochs": 2, "batch_size": 8, "num_workers": 0},
-                "embed": {"batch_size": 16},
-                "knn": {"k": [1, 2, 4], "sigma": [1.0], "temperature": [1.0]},
-            }
-        },
-    }
-    path = tmp_path / "folders.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
-    snakemake(tmp_path, configfile=path)
-    results = tmp_path / "results" / "folders"
+def test_imagefolder_study_end_to_end(folder_run):
+    """A generated ImageFolder dataset through the whole workflow, with the training-fraction study (experiment
+    folders of the session's folder run, tests/runs.py)."""
+    results = folder_run["workdir"] / "results" / "folders"
     summary = pd.read_csv(results / "summary.csv")
     assert sorted(zip(summary.model, summary.train_fraction, strict=True)) == [
         ("cnn", 0.5),
@@ -241,21 +337,20 @@ def test_imagefolder_study_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["cifar100", "imagenet"])
-def test_paper_configs_dry_run_offline(name, tmp_path):
-    """Every job of a paper config is planned without data, network or GPU, and README says how many."""
-    import re
-
+def test_paper_configs_dry_run_offline(name, paper_dry_run):
+    """Every job of a paper config is planned without data, network or GPU (the session's one dry run of the paper
+    configs, tests/conftest.py), and README and docs/paper.md say how many."""
     import yaml
 
     config = yaml.safe_load((REPO / "config" / "paper" / f"{name}.yaml").read_text())
     experiment = config["experiments"][name]
     runs = len(experiment["models"]) * len(experiment["train_fractions"]) * len(experiment["seeds"])
-    proc = snakemake(tmp_path, "-n", configfile=REPO / "config" / "paper" / f"{name}.yaml")
     per_run = {rule: runs for rule in ("train", "embed", "index", "neighbors", "sweep", "select", "predict")}
-    planned = planned_jobs(proc.stdout)
+    planned = paper_dry_run[name]
     assert planned == {"split": 1, **per_run, "aggregate": 1, "all": 1}
-    readme = (REPO / "README.md").read_text()
-    assert re.search(rf"\| `config/paper/{name}.yaml` \| {sum(planned.values())} \|", readme)
+    for page in (REPO / "README.md", REPO / "docs" / "paper.md"):  # a row `config`, (its study,) its jobs
+        row = rf"\| `config/paper/{name}.yaml` \|( [^|\n]+ \|)? {sum(planned.values())} \|"
+        assert re.search(row, page.read_text()), page.name
 
 
 def test_report_holds_every_figure_with_its_caption(smoke_run):
@@ -270,13 +365,11 @@ def test_report_holds_every_figure_with_its_caption(smoke_run):
     assert "the best validation accuracy" in html
 
 
-def test_gpu_rules_request_a_gpu_unless_the_device_switch_says_cpu(smoke_run):
-    def requests(*extra):
-        proc = snakemake(smoke_run["workdir"], "-n", "--forcerun", "train", *extra, configfile=smoke_run["config"])
-        return gpu_requests(proc.stdout)
-
-    auto = requests()
+def test_gpu_rules_request_a_gpu_unless_the_device_switch_says_cpu(gpu_dry_runs):
+    """The session's dry runs of config/smoke.yaml's experiments (with an LM one) under device auto, config/
+    smoke.yaml's switch, and device cpu (tests/conftest.py)."""
+    auto = gpu_dry_runs["auto"]
     assert auto["train"] == auto["embed"] == auto["index"] == auto["neighbors"] == auto["sweep"] == {True}
     assert auto["select"] == auto["aggregate"] == {False}
-    on_cpu = requests("--config", "device=cpu")
+    on_cpu = gpu_dry_runs["cpu"]
     assert on_cpu["train"] == on_cpu["sweep"] == {False}

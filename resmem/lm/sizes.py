@@ -14,7 +14,7 @@ from pathlib import Path
 from resmem import io
 from resmem.artifacts import SPLITS
 from resmem.bounds import RunSizes, model_bytes, streamed_disk_bytes
-from resmem.lm.corpus import DEFAULT_INCLUDE, PRUNE_DIRS, list_files
+from resmem.lm.text_files import corpus_files
 from resmem.lm.tokenizers import TOKENIZE_CHUNK_BYTES
 
 # Bytes of the corpora whose size is fixed (the raw text, before tokenizing); c4 always has byte budgets.
@@ -27,25 +27,39 @@ LONGEST_DOCUMENT = 64 * 2**20  # a file or an article is held whole while it is 
 ASSUMED_HF = {"hidden": 1024, "vocab": 50_257, "parameters": 355_000_000}  # a model not yet in the cache
 
 
-def source_bytes(corpus: dict) -> int:
-    """The bytes of a stdlib or text corpus's files: those the corpus stage reads (its include, exclude and
-    pruned folders; `resmem.lm.corpus.list_files`), or the one file."""
-    kind = corpus["name"]
-    root = Path(sysconfig.get_paths()["stdlib"]) if kind == "stdlib" else Path(str(corpus["path"])).expanduser()
+def path_bytes(corpus: dict, root: Path, kind: str = "text") -> int:
+    """The bytes of a file, or of the files of a folder that the corpus stage reads (its include, exclude and
+    pruned folders; `resmem.lm.text_files.corpus_files`); 0 for a path not there (yet)."""
     if root.is_file():
         return root.stat().st_size
     if not root.is_dir():
         return 0
-    include = corpus.get("include") or DEFAULT_INCLUDE[kind]
-    files = list_files(root, include, corpus.get("exclude") or (), PRUNE_DIRS[kind])
-    return sum((root / rel).stat().st_size for rel in files)
+    return sum((root / rel).stat().st_size for rel in corpus_files(corpus, root, kind))
+
+
+def split_path_bytes(corpus: dict) -> dict[str, int]:
+    """Bytes per split of a text corpus with per-split paths (corpus.path = {train, val, test})."""
+    paths = corpus["path"]
+    return {s: path_bytes(corpus, Path(str(paths[s])).expanduser()) if paths.get(s) else 0 for s in SPLITS}
+
+
+def source_bytes(corpus: dict) -> int:
+    """The bytes of a stdlib or text corpus's files (all splits together)."""
+    kind = corpus["name"]
+    if isinstance(corpus.get("path"), dict):
+        return sum(split_path_bytes(corpus).values())
+    root = Path(sysconfig.get_paths()["stdlib"]) if kind == "stdlib" else Path(str(corpus["path"])).expanduser()
+    return path_bytes(corpus, root, kind)
 
 
 def corpus_bytes(corpus: dict) -> dict[str, int]:
-    """Bytes of text per split: the budget where set, else the source's size split by the config's fractions."""
+    """Bytes of text per split: the budget where set, else the source's size split by the config's fractions
+    (per-split paths: each split's own files, capped by its budget)."""
     budgets = corpus.get("max_bytes") or {}
     if corpus["name"] in CORPUS_BYTES:
         known = CORPUS_BYTES[corpus["name"]]
+    elif isinstance(corpus.get("path"), dict):
+        known = split_path_bytes(corpus)
     elif corpus["name"] == "c4" or all(budgets.get(s) for s in SPLITS):  # c4 always has a budget for every split
         known = {s: budgets.get(s) or 0 for s in SPLITS}
     else:
