@@ -42,7 +42,10 @@ def run_suite(checkout: Path, pytest_args: list[str]) -> dict:
 
 def table(report: dict) -> str:
     """The Markdown table of a bench_suite.json report."""
-    rows = ["| suite | commit | tests passed | skipped | failed | wall time |", "|---|---|---:|---:|---:|---:|"]
+    rows = ["Wall time of `python -m pytest` for each commit, one after the other on the same machine, without a SLURM "
+            "controller (the SLURM tests skip).", "",
+            "| suite | commit | tests passed | skipped | failed | wall time |",
+            "|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for run in report["results"]["runs"]:
         counts = run["counts"]
         rows.append(f"| {run['label']} | `{run['commit'][:10]}` | {counts.get('passed', 0)} | "
