@@ -96,7 +96,7 @@ def check_command(words: list[str], where: str) -> None:
             script, args = args[0], args[1:]
             assert (REPO / script).is_file(), f"{where}: no script {script}"
             command = (sys.executable, str(REPO / script))
-        if module_takes_help(command):
+        if command[-1].startswith("resmem.") or command[-1].endswith(".py"):  # ours answer --help (not venv, pip)
             for option in (a.split("=")[0] for a in args if a.startswith("--")):
                 assert option in help_text(*command), f"{where}: {' '.join(command[1:])} has no option {option}"
     elif program == "snakemake":
@@ -112,11 +112,6 @@ def check_command(words: list[str], where: str) -> None:
     for arg in args:
         if arg.startswith(TOP_FOLDERS) and not USER_FILES.match(arg):
             assert list(REPO.glob(arg)), f"{where}: {arg} does not exist"
-
-
-def module_takes_help(command) -> bool:
-    """python -m venv / pip are not ours to check; our modules and scripts answer --help."""
-    return command[-1] not in ("venv", "pip") and "resmem" in " ".join(command) or command[-1].endswith(".py")
 
 
 def shell_commands(text: str):
