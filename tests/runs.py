@@ -58,10 +58,7 @@ def folder_config(workdir):
             # A generated ImageFolder dataset with the training-fraction study (tests/test_workflow.py).
             "folders": {
                 "dataset": {"name": "imagefolder", "root": str(workdir / "images"), "image_size": 8},
-                "models": {
-                    "cnn": {"arch": "small_cnn", "width": 2},
-                    "resnet8": {"arch": "cifar_resnet", "depth": 8, "width_multiplier": 0.25},
-                },
+                "models": {"resnet8": {"arch": "cifar_resnet", "depth": 8, "width_multiplier": 0.25}},
                 "train_fractions": [0.5, 1.0],
                 "train": {"epochs": 2, "batch_size": 8, "num_workers": 0},
                 "embed": {"batch_size": 16},

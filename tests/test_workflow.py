@@ -322,12 +322,7 @@ def test_imagefolder_study_end_to_end(folder_run):
     folders of the session's folder run, tests/runs.py)."""
     results = folder_run["workdir"] / "results" / "folders"
     summary = pd.read_csv(results / "summary.csv")
-    assert sorted(zip(summary.model, summary.train_fraction, strict=True)) == [
-        ("cnn", 0.5),
-        ("cnn", 1.0),
-        ("resnet8", 0.5),
-        ("resnet8", 1.0),
-    ]
+    assert sorted(zip(summary.model, summary.train_fraction, strict=True)) == [("resnet8", 0.5), ("resnet8", 1.0)]
     # val carves 20 % of the 30 training images, stratified: 24 remain, 12 at half
     assert sorted(summary.train_examples.unique()) == [12, 24]
     with np.load(results / "resnet8" / "frac0.5" / "seed0" / "embeddings.npz") as emb:
