@@ -41,6 +41,14 @@ def fetch_or_explain(at: str, missing: str, folder, fetch, advice: str) -> None:
         ) from None
 
 
+def hub_files(repo_id: str, revision: str | None = None) -> list[str]:
+    """A Hugging Face hub repo's file names from one request without retries, asked before a download: without
+    network it fails at once, where huggingface_hub's downloads retry with backoff for 20-50 s first."""
+    from huggingface_hub import model_info
+
+    return [sibling.rfilename for sibling in model_info(repo_id, revision=revision).siblings or []]
+
+
 class ArtifactError(ValueError):
     """An input file is missing, truncated or does not match what the stage expects."""
 

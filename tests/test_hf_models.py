@@ -4,6 +4,7 @@ through the stages and the whole workflow; keys checked against the models' own 
 perplexity against transformers' own loss, memorization at k = 1."""
 
 import json
+import logging
 import sys
 
 import faiss
@@ -198,6 +199,19 @@ def test_a_missing_hub_model_offline_stops_before_any_job(tmp_path, monkeypatch)
     assert "lm_experiments.x.models.m.hf" in message and "resmem-test/no-such-model" in message
     assert str(tmp_path / "hf_home") in message and "python -m resmem.lm.hf" in message
     assert not (tmp_path / "results").exists()
+
+
+def test_an_unreachable_hub_fails_at_once_without_retries(monkeypatch, caplog):
+    """Without network and without HF_HUB_OFFLINE, the fetch gives up on its first request (the session's guard
+    refuses the connection) instead of retrying with backoff, and says which key and how to fetch elsewhere."""
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    config = {"lm_experiments": {"x": experiment({"m": {"hf": "resmem-test/no-such-model"}})}}
+    with caplog.at_level(logging.WARNING), pytest.raises(ConfigError) as error:
+        hf.fetch_missing(config)
+    assert "lm_experiments.x.models.m.hf" in str(error.value) and "python -m resmem.lm.hf" in str(error.value)
+    assert "NetworkBlocked" in str(error.value) or "network blocked" in str(error.value)
+    assert not [record for record in caplog.records if "Retrying" in record.getMessage()]
 
 
 @pytest.mark.parametrize("kind", list(CLASSES))

@@ -64,21 +64,26 @@ def test_pretrained_weights_offline_say_where_to_put_the_file(monkeypatch, tmp_p
         build_model({"arch": "resnet18", "pretrained": True}, 1000, 3)
 
 
-def test_missing_pretrained_timm_weights_name_the_weights_and_the_cache(tmp_path):
+@pytest.mark.parametrize("declared_offline", [True, False], ids=["HF_HUB_OFFLINE", "no network"])
+def test_missing_pretrained_timm_weights_name_the_weights_and_the_cache(tmp_path, declared_offline):
     """`python -m resmem.vision.pretrained CONFIG` where the Hugging Face cache (HF_HOME) is empty and the hub is
     declared offline (HF_HUB_OFFLINE=1, as a user of an offline machine sets it; huggingface_hub reads both when it
-    is imported, hence a fresh process) stops with a message that names the weights and the cache folder."""
+    is imported, hence a fresh process), or is not declared so but cannot be reached (the session's network guard),
+    stops with a message that names the weights and the cache folder, at once: without retries."""
     model = {"arch": "timm", "name": "vit_tiny_patch16_224", "pretrained": True}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"experiments": {"x": {"models": {"vit": model}}}}))
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "torch")}
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        env.pop(name, None)  # else it, not HF_HOME, names the cache
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE"):
+        env.pop(name, None)  # else HF_HUB_CACHE, not HF_HOME, names the cache
+    if declared_offline:
+        env["HF_HUB_OFFLINE"] = "1"
     proc = subprocess.run([sys.executable, "-m", "resmem.vision.pretrained", str(tmp_path / "c.yaml")],
                           capture_output=True, text=True, env=env)  # fmt: skip
     message = proc.stderr
     assert proc.returncode != 0, message[-2000:]
     assert "invalid config at experiments.x.models.vit.pretrained: the weights Hugging Face hub " in message
     assert f"timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k are not in {tmp_path / 'hf' / 'hub'}" in message
+    assert "Retrying" not in message
 
 
 def test_offline_workflow_without_pretrained_weights_stops_before_any_job(monkeypatch, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from resmem.config import ConfigError
-from resmem.io import fetch_or_explain
+from resmem.io import fetch_or_explain, hub_files
 from resmem.lm.tokenizers import join_documents
 
 # The files a model needs, by what they are; a folder or cached snapshot missing one kind is incomplete.
@@ -89,11 +89,11 @@ def locate(source: str, revision: str | None, needs=(WEIGHT_FILES, TOKENIZER_FIL
 
 def download(source: str, revision: str | None, weights: bool = True) -> None:
     """A hub repo's config and tokenizer files into the Hugging Face cache, and its weights unless not wanted."""
-    from huggingface_hub import list_repo_files, snapshot_download
+    from huggingface_hub import snapshot_download
 
+    files = hub_files(source, revision)  # fails at once where the hub cannot be reached
     patterns = list(TOKENIZER_PATTERNS)
     if weights:
-        files = list_repo_files(source, revision=revision)
         patterns.append("*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin")
     snapshot_download(source, revision=revision, allow_patterns=patterns)
 

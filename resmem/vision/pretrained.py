@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from resmem.config import ConfigError
-from resmem.io import fetch_or_explain
+from resmem.io import fetch_or_explain, hub_files
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
 
@@ -58,8 +58,11 @@ def download(spec: dict) -> None:
     if spec["arch"] in TORCHVISION_ARCHS:
         _torchvision_weights(spec["arch"]).get_state_dict(progress=True, check_hash=True, weights_only=True)
     else:
-        import timm
+        import timm.models
 
+        cfg = timm.models.get_pretrained_cfg(spec["name"])
+        if cfg is not None and cfg.hf_hub_id:
+            hub_files(cfg.hf_hub_id)  # fails at once where the hub cannot be reached
         timm.create_model(spec["name"], pretrained=True)
 
 
