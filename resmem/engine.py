@@ -35,6 +35,7 @@ cuBLAS), and the reference recomputes those of the queries it re-decides.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 
@@ -315,7 +316,9 @@ def sweep_correct(
         table_rows = min(max(chunk_bytes // (4 * n_classes), grid.k_max), len(distinct))
     table = torch.empty((table_rows, n_classes), dtype=torch.float32, device=device)  # reused
     train_labels_np = np.asarray(train_labels, dtype=np.int64)
-    train_labels_t = torch.from_numpy(train_labels_np).to(device)
+    with warnings.catch_warnings():  # a memory-mapped (read-only) datastore's labels: only ever read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        train_labels_t = torch.from_numpy(train_labels_np).to(device)
     query_labels_t = torch.from_numpy(np.array(query_labels, dtype=np.int64)).to(device)
     n_groups = int(group_of.max()) + 1 if len(group_of) else 1
     group_t = torch.from_numpy(group_of).to(device)

@@ -69,7 +69,7 @@ def experiment(models: dict, **extra) -> dict:
 
 def workflow_experiment(tiny_models: dict) -> dict:
     """The three tiny models as one lm experiment of the workflow (tests/test_hf_models.py checks its results):
-    kNN-LM's key, strided evaluation, two datastore fractions, a small grid."""
+    kNN-LM's key, strided evaluation, the whole datastore (lm_smoke has two fractions), a small grid."""
     models = {
         "gpt2": {"hf": str(tiny_models["gpt2"])},
         # NeoX reads GPT-2's tokenizer folder (the same vocabulary), so the two share one tokenized corpus.
@@ -77,6 +77,6 @@ def workflow_experiment(tiny_models: dict) -> dict:
         "llama": {"hf": str(tiny_models["llama"])},
     }
     cfg = experiment(models, eval_stride=12, eval_tokens=400)
-    cfg["datastore"].update(key="last_ffn_input", fractions=[0.5, 1.0])
+    cfg["datastore"].update(key="last_ffn_input", fractions=[1.0])
     cfg["knn"].update(k=[1, 4], sigma=[1.0], temperature=[1.0], lam=[0.0, 0.25], tau=[1.0])
     return cfg

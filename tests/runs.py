@@ -8,7 +8,7 @@ from tests.conftest import write_config
 # The folder run (tests/test_image_folders.py, tests/test_workflow.py): a ResNet-8 on the digits rendered as JPEGs,
 # decoded once and streamed, beside the same recipe on the in-memory digits; timm models trained and as built;
 # a generated ImageFolder study with training fractions; a digits study over two seeds.
-RECIPE = {"epochs": 12, "augment": "none", "lr": 0.01}
+RECIPE = {"epochs": 6, "augment": "none", "lr": 0.01}  # 97 % test accuracy (the tests ask > 85 %)
 TWO_SEEDS = {
     "dataset": {"name": "digits"},
     "models": {"cnn": {"arch": "small_cnn", "width": 2}},
