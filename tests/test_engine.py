@@ -213,10 +213,14 @@ def test_near_ties_are_rare_on_continuous_data(monkeypatch):
 
 def test_memmapped_logits_and_progress(tmp_path):
     """An ImageNet-size datastore is a memmap that does not fit the table budget: each block's rows are read from
-    it (here a budget below the 9.6 kB table), and progress counts every query at every temperature."""
+    it (here a budget below the 9.6 kB table), and progress counts every query at every temperature. Its labels,
+    a read-only memmap too, are read without a warning (torch warns on tensors over non-writable arrays)."""
+    import warnings
+
     train_logits, train_y, query_logits, query_y, dist, idx = tie_heavy_images()
     np.save(tmp_path / "logits.npy", train_logits)
-    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r")
+    np.save(tmp_path / "labels.npy", train_y.astype(np.int64))
+    mapped, mapped_y = (np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in ("logits", "labels"))
 
     class Progress:
         done = 0
@@ -225,8 +229,10 @@ def test_memmapped_logits_and_progress(tmp_path):
             self.done += n
 
     progress = Progress()
-    got = engine.sweep_correct(mapped, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES,
-                               chunk_bytes=5_000, progress=progress, **ALL)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = engine.sweep_correct(mapped, mapped_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES,
+                                   chunk_bytes=5_000, progress=progress, **ALL)  # fmt: skip
     expected = sweep_correct_float64(train_logits, train_y, query_logits, query_y, dist, idx, KS, SIGMAS, TEMPERATURES,
                                      **ALL)  # fmt: skip
     assert_same_counts(got, expected)
