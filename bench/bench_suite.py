@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from bench_record import REPO, RESULTS, git, machine, matmul_gflops, write
 
 COUNTS = re.compile(r"(\d+) (passed|skipped|failed|errors?|deselected)")
@@ -35,6 +34,8 @@ def run_suite(checkout: Path, pytest_args: list[str]) -> dict:
     """Time the suite of `checkout` (its own tests and package, first on the path) in a fresh process."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15", *pytest_args]
     env = {**os.environ, "PYTHONPATH": str(checkout)}  # its package before the installed one
+    import torch  # here, not at the top: render_tables.py imports this module for its table alone
+
     gflops = matmul_gflops(torch.device("cpu"))
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=checkout, capture_output=True, text=True, env=env)
