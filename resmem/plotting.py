@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from resmem.io import atomic_path  # noqa: E402
 
@@ -18,11 +19,25 @@ KNN_INTERP_COLOR = "#8172B3"  # kNN interpolated with the base model
 
 
 def save(fig, png, pdf) -> None:
-    """Write the figure as PNG and PDF, each atomically, and close it."""
+    """Write the figure as PNG and PDF, each atomically, and close it. Its layout (constrained, where it has one)
+    is computed once for both: left on, each savefig would lay the figure out again, twice over the time of
+    drawing it."""
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+        fig.set_layout_engine("none")
     for path in (png, pdf):
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=200, bbox_inches="tight")  # the temporary name keeps the suffix
     plt.close(fig)
+
+
+def log_axis_at(ax, values, base: int = 10) -> None:
+    """A log x axis with a tick at each of `values` (the swept ones), labelled as they are written in a config
+    (0.3, 64), not as powers of the base."""
+    ax.set_xscale("log", base=base)
+    ax.set_xticks(list(values), [f"{value:g}" for value in values])
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def panels(n: int, width: float = 3.6, height: float = 3.2):
@@ -102,7 +117,7 @@ def plot_sensitivity(models, panel_specs, chosen: dict, grids: dict, base: pd.Se
                 ax.plot(line.index, 100 * line.values, style, marker=".", color=color, label=split)
                 ax.axhline(100 * base[(model, split)], linestyle=style, color=BASE_COLOR, linewidth=1)
             if swept in ("k", "sigma", "tau"):
-                ax.set_xscale("log", base=2 if swept == "k" else 10)
+                log_axis_at(ax, line.index, base=2 if swept == "k" else 10)
             ax.set_xlabel(xlabel)
             ax.grid(True, which="both", alpha=0.3)
         row[0].set_ylabel(f"{model}\naccuracy (%)")

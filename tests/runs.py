@@ -6,7 +6,7 @@ import yaml
 from tests.conftest import write_config
 
 # The folder run (tests/test_image_folders.py, tests/test_workflow.py): a ResNet-8 on the digits rendered as JPEGs,
-# decoded once and streamed, beside the same recipe on the in-memory digits; timm models trained and as built;
+# decoded once and streamed, beside the same recipe on the in-memory digits; timm models trained, and a ViT as built;
 # a generated ImageFolder study with training fractions; a digits study over two seeds.
 RECIPE = {"epochs": 6, "augment": "none", "lr": 0.01}  # 97 % test accuracy (the tests ask > 85 %)
 TWO_SEEDS = {
@@ -51,7 +51,12 @@ def folder_config(workdir):
         timm_common = {**common, "models": timm_models, "dataset": folder}
         config["experiments"] = {
             "timm": {**timm_common, "train": {"epochs": 12, "lr": 0.003, "augment": "none"}},
-            "timm_frozen": {**timm_common, "train": {"epochs": 0}, "knn": {"k": [1, 4], "sigma": [1.0]}},
+            "timm_frozen": {
+                **timm_common,
+                "models": {"vit": timm_models["vit"]},
+                "train": {"epochs": 0},
+                "knn": {"k": [1, 4], "sigma": [1.0]},
+            },
             "folder": {**common, "dataset": folder},
             "folder_streamed": {**common, "dataset": {**folder, "cache": "none"}},
             "memory": {**common, "dataset": {"name": "digits", "test_fraction": 0.25, "split_seed": 0}},

@@ -180,6 +180,34 @@ def test_imagefolder_maps_classes_and_splits(tmp_path):
     np.testing.assert_array_equal(make_split(data, 0.25, 1 / 3, seed=0)["val_idx"], split["val_idx"])
 
 
+def test_class_folders_list_what_torchvisions_image_folder_lists(tmp_path):
+    """The folder listing every folder dataset uses, against torchvision's ImageFolder on one tree: classes in
+    name order (capitals first), images in subfolders and behind a linked folder, extensions in any case,
+    other files and loose files skipped; a folder without classes and a class without images are named."""
+    from torchvision.datasets import ImageFolder
+
+    from resmem.vision.data import class_folders
+
+    files = ["b/1.png", "b/0.JPG", "a/sub/deep/2.webp", "a/sub/1.jpeg", "a/0.Png", "a/notes.txt", "a/.x.tiff",
+             "Zeta/0.bmp", "Zeta/0.bmpx", "loose.png", "other/0.pgm"]  # fmt: skip
+    for name in files:
+        (tmp_path / "pool" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pool" / name).write_bytes(b"")
+    (tmp_path / "pool" / "b" / "linked").symlink_to(tmp_path / "pool" / "other", target_is_directory=True)
+    reference = ImageFolder(str(tmp_path / "pool"), loader=lambda path: path)
+    classes, samples = class_folders("imagefolder", tmp_path / "pool")
+    assert (classes, samples) == (reference.classes, reference.samples)
+    assert classes == ["Zeta", "a", "b", "other"] and len(samples) == 9
+    assert samples[-2] == (str(tmp_path / "pool" / "b" / "linked" / "0.pgm"), 2)
+
+    (tmp_path / "pool" / "c").mkdir()
+    with pytest.raises(ConfigError, match=r"dataset imagefolder: no image file \(\.jpg, .*\) in the class folders c "):
+        class_folders("imagefolder", tmp_path / "pool")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"dataset imagefolder: .*empty holds no class folders; put each class"):
+        class_folders("imagefolder", tmp_path / "empty")
+
+
 def test_imagefolder_subsampling_is_per_class_and_deterministic(tmp_path):
     make_image_folders(tmp_path)
     cfg = {"name": "imagefolder", "root": str(tmp_path), "subsample": {"train": 4}, "split_seed": 3}

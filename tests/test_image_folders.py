@@ -86,10 +86,11 @@ def test_epochs_zero_evaluates_the_network_as_built(folder_run):
     summary = folder_run["summaries"]["timm_frozen"]
     assert (summary.epochs == 0).all() and not summary.pretrained.any()
     assert (summary.base_test_acc < 0.3).all()  # a random network: about chance (10 classes)
-    train_log = pd.read_csv(results / "test_resnet" / "frac1" / "seed0" / "train_log.csv")
+    assert summary.model.tolist() == ["vit"]
+    train_log = pd.read_csv(results / "vit" / "frac1" / "seed0" / "train_log.csv")
     assert train_log.epoch.tolist() == [0] and np.isnan(train_log.loss[0])
     provenance = json.loads((results / "provenance.json").read_text())
     assert provenance["views"]["vit"] == "augment crop_flip at 32 px, evaluated on the whole image"
     text = (results / "summary.md").read_text()
     view = "augment crop_flip at 32 px, evaluated on the whole image"
-    assert f"- test_resnet: {view}; random initialization, not trained here (evaluated as loaded)" in text
+    assert f"- vit: {view}; random initialization, not trained here (evaluated as loaded)" in text

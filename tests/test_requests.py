@@ -111,6 +111,18 @@ def test_image_sizes_follow_the_split(tmp_path):
     )
 
 
+def test_decode_takes_one_process_per_ten_thousand_images(monkeypatch):
+    """The decode job's threads (its processes): ⌈images / 10,000⌉ from 1 to 8, by hand; one for a folder not
+    there yet (a dry run without data) and for the digits rendered as JPEGs (1,797 images)."""
+    from resmem.vision import sizes
+
+    dataset = {"name": "imagefolder", "root": "nowhere", "image_size": 32, "test_fraction": 0.25, "val_fraction": 0.2}
+    assert sizes.decode_processes(dataset) == 1
+    for images, processes in ((1_797, 1), (10_000, 1), (10_001, 2), (45_000, 5), (80_001, 8), (1_331_167, 8)):
+        monkeypatch.setattr(sizes, "split_sizes", lambda dataset, n=images: (n - 700, 500, 200, 10))
+        assert sizes.decode_processes(dataset) == processes, images
+
+
 def test_planner_lists_every_rule_with_its_requests_and_the_submissions():
     """The planner's table comes from the workflow's own dry run: the smoke config's 4 runs give 4 index jobs of
     the request the rule computes, and 30 cluster jobs one a step become 14 submissions with each run's 5-step

@@ -13,6 +13,7 @@ from resmem.plotting import (
     RESMEM_COLOR,
     errorbar_methods,
     interval_over_seeds,
+    log_axis_at,
     over_seeds,
     per_model,
     plot_sensitivity,
@@ -173,7 +174,7 @@ def plot_gain_vs_datastore(summary: pd.DataFrame, experiment: str, png, pdf) -> 
                 label=f"{model}, {'ResMem' if col == 'resmem' else 'kNN-LM'}",
             )
     ax.axhline(0, color="k", linewidth=0.8)
-    ax.set_xscale("log", base=2)
+    log_axis_at(ax, sorted(stats.datastore_fraction.unique()), base=2)
     ax.set_xlabel("datastore size (fraction of the training positions, log scale)")
     ax.set_ylabel("test accuracy gain over the base model (points)")
     ax.set_title(

@@ -14,6 +14,7 @@ from resmem.plotting import (
     RESMEM_COLOR,
     errorbar_methods,
     interval_over_seeds,
+    log_axis_at,
     panels,
     per_model,
     plot_sensitivity,
@@ -183,7 +184,7 @@ def plot_accuracy_vs_k(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: 
             line = part[np.isclose(part.sigma, sigma)].sort_values("k")
             ax.plot(line.k, 100 * line.accuracy, marker=".", color=color, label=f"σ = {sigma:g}")
         ax.axhline(100 * part.base.iloc[0], color="k", linestyle="--", linewidth=1, label="DeepNet")
-        ax.set_xscale("log", base=2)
+        log_axis_at(ax, sorted(part.k.unique()), base=2)
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("k (neighbors)")
         ax.set_ylabel("test accuracy (%)")

@@ -35,8 +35,8 @@ def split(out_path, dataset: dict) -> None:
 
 
 def decode(out_path, dataset: dict, augment: str, threads: int, at: str = "experiments.<name>") -> None:
-    """A folder dataset's train and test pools decoded once, by `threads` processes, into uint8 arrays at
-    image_size (`resmem.vision.loader.decode`), which train and embed then serve from memory with tensor-op
+    """A folder dataset's train and test pools decoded once, by `threads` processes (one: this one), into uint8
+    arrays at image_size (`resmem.vision.loader.decode`), which train and embed then serve from memory with tensor-op
     augmentation. dataset.cache = memory always decodes; auto decodes when the arrays fit dataset.cache_mb and
     training needs no random-resized crops of the full images, else writes no images (training streams the
     files). Either way the file records a digest of each pool's file list, which its readers check. `at` is the
@@ -67,7 +67,7 @@ def decode(out_path, dataset: dict, augment: str, threads: int, at: str = "exper
         yield from digests.items()
         for s, pool in pools.items():
             with tqdm(total=len(pool), desc=f"decode {s}", unit="img", file=sys.stderr) as bar:
-                for block in decode_pool(pool, threads):
+                for block in decode_pool(pool, threads if threads > 1 else 0):  # 0: in this process
                     yield f"{s}_images", block
                     bar.update(len(block))
 

@@ -243,6 +243,13 @@ def decoded_images(wildcards):
     return {"images": DECODED_IMAGES.format(experiment=wildcards.experiment)}
 
 
+def decode_threads(wildcards):
+    """decode's processes, from the size of the folder (resmem.vision.sizes.decode_processes)."""
+    return vision_sizes.decode_processes(
+        config["experiments"][wildcards.experiment]["dataset"]
+    )
+
+
 def memory_mb(base):
     """A rule's memory request, growing with each retry after a failure (profiles set `retries`)."""
     return lambda wildcards, attempt: base * attempt

@@ -35,7 +35,7 @@ rule decode:
         experiment=names_regex("experiments", imported=False),
     conda:
         "../../envs/resmem.yaml"
-    threads: 8  # decoding processes
+    threads: decode_threads  # decoding processes: one per 10,000 images, at most 8
     resources:
         mem_mb=memory_mb(2000),
         runtime=120,
