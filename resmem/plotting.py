@@ -40,6 +40,12 @@ def log_axis_at(ax, values, base: int = 10) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def accuracy_axis(ax) -> None:
+    """An accuracy axis (%) that stops just above 100: matplotlib pads a flat line by ±5, past what can be."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, min(high, 100.5))
+
+
 def panels(n: int, width: float = 3.6, height: float = 3.2):
     """A figure with `n` axes in rows of at most three, and the axes as a list."""
     cols = min(n, 3)
@@ -120,6 +126,7 @@ def plot_sensitivity(models, panel_specs, chosen: dict, grids: dict, base: pd.Se
                 log_axis_at(ax, line.index, base=2 if swept == "k" else 10)
             ax.set_xlabel(xlabel)
             ax.grid(True, which="both", alpha=0.3)
+            accuracy_axis(ax)
         row[0].set_ylabel(f"{model}\naccuracy (%)")
     axes[0][0].legend(fontsize=7, title="split (blue: base)", title_fontsize=7)
     fig.suptitle(title, fontsize=10)

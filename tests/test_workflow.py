@@ -348,6 +348,24 @@ def test_paper_configs_dry_run_offline(name, paper_dry_run):
         assert re.search(row, page.read_text()), page.name
 
 
+def test_swept_axes_are_ticked_at_their_values_and_accuracy_stops_at_100():
+    """A log axis of swept values is labelled with those values as a config writes them (not 2^k or 3×10^-1, with
+    no minor labels), and a flat accuracy line at 99.55 % does not pad the axis past 100.5 %."""
+    from resmem.plotting import accuracy_axis, log_axis_at, plt
+
+    fig, (by_k, by_sigma) = plt.subplots(1, 2)
+    for ax, values, base in ((by_k, [1, 4, 16, 64], 2), (by_sigma, [0.3, 1.0, 3.0], 10)):
+        ax.plot(values, [99.55] * len(values))
+        log_axis_at(ax, values, base)
+        accuracy_axis(ax)
+    fig.canvas.draw()
+    assert [t.get_text() for t in by_k.get_xticklabels()] == ["1", "4", "16", "64"]
+    assert [t.get_text() for t in by_sigma.get_xticklabels()] == ["0.3", "1", "3"]
+    assert all(t.get_text() == "" for ax in (by_k, by_sigma) for t in ax.get_xticklabels(minor=True))
+    assert by_k.get_ylim()[1] == 100.5 and by_k.get_ylim()[0] < 99.55
+    plt.close(fig)
+
+
 def test_report_holds_every_figure_with_its_caption(smoke_run):
     proc = snakemake(smoke_run["workdir"], "--report", "results/report.html", configfile=smoke_run["config"])
     assert "Report created" in proc.stdout + proc.stderr

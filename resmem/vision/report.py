@@ -12,6 +12,7 @@ from resmem.plotting import (
     KNN_COLOR,
     KNN_INTERP_COLOR,
     RESMEM_COLOR,
+    accuracy_axis,
     errorbar_methods,
     interval_over_seeds,
     log_axis_at,
@@ -189,6 +190,7 @@ def plot_accuracy_vs_k(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: 
         ax.set_xlabel("k (neighbors)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
+        accuracy_axis(ax)
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(
         f"{experiment}: ResMem test accuracy vs k, one line per σ (mean over "
