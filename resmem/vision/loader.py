@@ -197,12 +197,13 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int) -> torc
 
 
 def decode(pool: Pool, workers: int, batch_size: int = 256):
-    """The pool's images decoded in order by `workers` processes, as uint8 N×3×S×S blocks of the evaluation view
+    """The pool's images decoded in order by `workers` processes (one: this process, which a single worker
+    would only add a copy of every batch to), as uint8 N×3×S×S blocks of the evaluation view
     of none, flip and crop_flip (resized to the pool's image_size and center-cropped): what the in-memory path
     then augments with tensor ops, pixel for pixel what the streamed path would feed."""
     from torch.utils.data import DataLoader
     from torchvision import transforms as T
 
     view = T.Compose([*folder_view("none", pool.image_size, train=False), T.PILToTensor()])
-    for x, _ in DataLoader(_Files(pool, view), batch_size, num_workers=workers):
+    for x, _ in DataLoader(_Files(pool, view), batch_size, num_workers=workers if workers > 1 else 0):
         yield x.numpy()

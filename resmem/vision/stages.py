@@ -67,7 +67,7 @@ def decode(out_path, dataset: dict, augment: str, threads: int, at: str = "exper
         yield from digests.items()
         for s, pool in pools.items():
             with tqdm(total=len(pool), desc=f"decode {s}", unit="img", file=sys.stderr) as bar:
-                for block in decode_pool(pool, threads if threads > 1 else 0):  # 0: in this process
+                for block in decode_pool(pool, threads):
                     yield f"{s}_images", block
                     bar.update(len(block))
 
