@@ -1,16 +1,25 @@
 import os
+
+# Threads that wait on an OpenMP barrier sleep rather than spin (torch, faiss): the shared runs (tests/shared_runs.py)
+# share the cores with the tests, and a spinning thread burns the core the thread it waits for needs. Set before
+# torch is imported, so it holds here too; the processes the tests start inherit it. It changes no result.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
 
 from resmem.plan import job_listing
+from tests.shared_runs import Plan
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 NETWORK_GUARD = Path(__file__).resolve().parent / "network_guard"  # its sitecustomize.py guards child processes
+RUNNING: set[subprocess.Popen] = set()  # the snakemake processes now running
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,43 +46,57 @@ def slurm_tools_without_a_controller(tmp_path_factory):
     help text and takes the failure as "unknown". The answer does not change within a session, so once one real
     try (in the background, while the first tests run) has failed, an `scontrol` that fails at once, as the real
     one did, goes first on PATH for every process the tests start after it. Where scontrol is not installed, or a
-    controller answers (.ci/run starts one), nothing changes."""
+    controller answers (.ci/run starts one), nothing changes. Yields what waits for the try and returns the PATH
+    it leads to (for the shared runs' processes, tests/shared_runs.py)."""
     import shutil
     import threading
 
-    scontrol = shutil.which("scontrol")
+    before, scontrol = os.environ["PATH"], shutil.which("scontrol")
     if scontrol is None:
-        yield
+        yield lambda: before
         return
     folder = tmp_path_factory.mktemp("no_slurm_controller")
     (folder / "scontrol").write_text("#!/bin/sh\necho 'scontrol: no SLURM controller answered' >&2\nexit 1\n")
     (folder / "scontrol").chmod(0o755)
-    before, lock, session = os.environ["PATH"], threading.Lock(), {"running": True}
+    lock, session, failing = threading.Lock(), {"running": True}, os.pathsep.join([str(folder), before])
 
     def probe():
         try:
             subprocess.run([scontrol, "show", "config"], capture_output=True, timeout=10, check=True)
         except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
             with lock:
+                session["path"] = failing
                 if session["running"]:
-                    os.environ["PATH"] = os.pathsep.join([str(folder), before])
+                    os.environ["PATH"] = failing
 
-    threading.Thread(target=probe, name="scontrol probe", daemon=True).start()
-    yield
+    thread = threading.Thread(target=probe, name="scontrol probe", daemon=True)
+    thread.start()
+
+    def path_after_the_probe():
+        thread.join()
+        return session.get("path", before)
+
+    yield path_after_the_probe
     with lock:
         session["running"] = False
         os.environ["PATH"] = before
 
 
-def snakemake(workdir, *args, configfile=None, check=True, env=None):
-    """Run the repository's workflow in `workdir` (results land there), with `env` added to the environment,
-    returning the CompletedProcess."""
+def snakemake(workdir, *args, configfile=None, check=True, env=None, environ=None):
+    """Run the repository's workflow in `workdir` (results land there), with `env` added to the environment
+    (`environ`, or this process's), returning the CompletedProcess."""
     # Targets first: options such as --configfile and --forcerun take every word after them.
     cmd = [*SNAKEMAKE, *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]
-    env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    env = {**(os.environ if environ is None else environ), "PYTHONHASHSEED": "0", **(env or {})}
+    with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as job:
+        RUNNING.add(job)  # a session that ends early (-x, a failed fixture) stops the runs still going
+        try:
+            stdout, stderr = job.communicate()
+        finally:
+            RUNNING.discard(job)
+    proc = subprocess.CompletedProcess(cmd, job.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -101,70 +124,68 @@ def gpu_requests(output: str) -> dict[str, set[bool]]:
     return {rule: {job.get("gpu") == "1" for job in jobs} for rule, jobs in job_resources(output).items()}
 
 
-@pytest.fixture(scope="session")
-def gpu_dry_runs(tmp_path_factory):
-    """{device switch: gpu_requests} of two dry runs, device auto and device cpu, of one config holding the image
-    and regression experiments of config/smoke.yaml and the language-model experiment lm_smoke (tests/runs.py),
-    in an empty folder: every job planned."""
-    from tests.runs import LM_SMOKE
-
-    workdir = tmp_path_factory.mktemp("gpu_requests")
-    config = write_config(workdir / "both.yaml", lambda c: c.update(lm_experiments={"lm_smoke": LM_SMOKE}))
-    return {device: gpu_requests(snakemake(workdir, "-n", "--config", f"device={device}", configfile=config).stdout)
-            for device in ("auto", "cpu")}  # fmt: skip
+# The session's shared runs (tests/shared_runs.py): each plan(workdir, request) writes a run's inputs and returns
+# its Snakemake calls and what makes the fixture's value of their CompletedProcesses. Each name is a session
+# fixture; its runs start in the background as soon as the tests are collected, in the order defined below.
+SHARED_RUNS = {}
 
 
-PAPER_CONFIGS = ("cifar100", "imagenet", "lm", "wikitext103_gpt2")
+def shared_run(plan):
+    """Registers `plan` and returns the session fixture of its name, which waits for the run and returns its value."""
+    SHARED_RUNS[plan.__name__] = plan
+
+    def fixture(shared_runs):
+        return shared_runs.result(plan.__name__)
+
+    fixture.__doc__ = plan.__doc__
+    return pytest.fixture(fixture, scope="session", name=plan.__name__)
 
 
-@pytest.fixture(scope="session")
-def paper_dry_run(tmp_path_factory):
-    """{paper config: {rule: planned jobs}} from one dry run of config/paper/*.yaml named together (--configfile
-    with four files: Snakemake merges them; every experiment keeps its own results folder, so a config's jobs are
-    those with its experiments' wildcard, plus its own `all`)."""
-    from collections import Counter
-
-    from resmem.plan import planned_jobs
-
-    files = {name: REPO / "config" / "paper" / f"{name}.yaml" for name in PAPER_CONFIGS}
-    workdir = tmp_path_factory.mktemp("paper")
-    proc = snakemake(workdir, "-n", "--configfile", *map(str, files.values()))
-    jobs = job_listing(proc.stdout)
-    planned = {}
-    for name, path in files.items():
-        config = yaml.safe_load(path.read_text())
-        experiments = {*config.get("experiments", {}), *config.get("lm_experiments", {})}
-        counts = Counter(job["rule"] for job in jobs if job["wildcards"].get("experiment") in experiments)
-        planned[name] = {**counts, "all": 1}
-    # Every planned job is one config's, but the one `all` they share.
-    assert len(jobs) == sum(sum(p.values()) for p in planned.values()) - len(files) + 1
-    assert sum(planned_jobs(proc.stdout).values()) == len(jobs)
-    return planned
+SHARED_RUN_ORDER = pytest.StashKey[list]()
 
 
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    """The workflow on config/smoke.yaml, run once for the whole session, on the CPU (device: cpu, where the
-    config says auto) on any machine: its tests compare it byte for byte with other CPU runs."""
-    workdir = tmp_path_factory.mktemp("smoke")
-    config = write_config(workdir / "smoke.yaml", lambda c: c.update(device="cpu"))
-    proc = snakemake(workdir, configfile=config)
-    return {"workdir": workdir, "config": config, "results": workdir / "results" / "smoke", "proc": proc}
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected theirs
+def pytest_collection_modifyitems(config, items):
+    """The shared runs the tests read are queued in the order they are defined here (the longest first); the tests
+    that read one go after the others, ordered by the last run they wait for (in their order otherwise), so each
+    runs as soon as its runs are made, while the next run is being made."""
+    reads = {item: [name for name in getattr(item, "fixturenames", ()) if name in SHARED_RUNS] for item in items}
+    order = [name for name in SHARED_RUNS if any(name in names for names in reads.values())]
+    config.stash[SHARED_RUN_ORDER] = order
+    items.sort(key=lambda item: max((order.index(name) + 1 for name in reads[item]), default=0))  # stable
 
 
-@pytest.fixture(scope="session")
-def folder_run(tmp_path_factory):
+@pytest.fixture(scope="session", autouse=True)
+def shared_runs(request, no_network, slurm_tools_without_a_controller):
+    """Starts the shared runs the collected tests read, in the background, before the first test; stops them at
+    the end of the session."""
+    from tests.shared_runs import SharedRuns
+
+    environ = dict(os.environ)  # with the network guard on PYTHONPATH; no test has run yet
+    runs = SharedRuns(SHARED_RUNS, request, lambda: {**environ, "PATH": slurm_tools_without_a_controller()})
+    for name in request.config.stash.get(SHARED_RUN_ORDER, []):
+        runs.start(name)
+    yield runs
+    runs.close()
+    for job in list(RUNNING):  # a session ended early (-x, an interrupt): Snakemake stops its jobs on SIGTERM
+        job.terminate()
+
+
+@shared_run
+def folder_run(workdir, request):
     """The image experiments on files and the statistics over seeds (tests/runs.py), run once for the session."""
-    import pandas as pd
-
     from tests.runs import folder_config
 
-    workdir = tmp_path_factory.mktemp("folders")
     config = folder_config(workdir)
-    proc = snakemake(workdir, configfile=config)
-    names = yaml.safe_load(config.read_text())["experiments"]
-    summaries = {name: pd.read_csv(workdir / "results" / name / "summary.csv") for name in names}
-    return {"workdir": workdir, "config": config, "summaries": summaries, "proc": proc}
+
+    def read(procs):
+        import pandas as pd
+
+        names = yaml.safe_load(config.read_text())["experiments"]
+        summaries = {name: pd.read_csv(workdir / "results" / name / "summary.csv") for name in names}
+        return {"workdir": workdir, "config": config, "summaries": summaries, "proc": procs[0]}
+
+    return Plan([partial(snakemake, workdir, configfile=config)], read)
 
 
 @pytest.fixture(scope="session")
@@ -177,8 +198,8 @@ def tiny_models(tmp_path_factory):
     return build_tiny_models(tmp_path_factory.mktemp("hf"))
 
 
-@pytest.fixture(scope="session")
-def lm_run(tmp_path_factory, request):
+@shared_run
+def lm_run(workdir, request):
     """The language-model experiments (tests/runs.py) run once for the session: lm_smoke, and hf_tiny on the tiny
     Hugging Face models where transformers is installed (`hf` says whether)."""
     from tests.runs import lm_config
@@ -187,11 +208,79 @@ def lm_run(tmp_path_factory, request):
         hf_models = request.getfixturevalue("tiny_models")
     except pytest.skip.Exception:
         hf_models = None
-    workdir = tmp_path_factory.mktemp("lm")
     config = lm_config(workdir / "lm.yaml", hf_models)
-    proc = snakemake(workdir, configfile=config)
-    return {"workdir": workdir, "config": config, "results": workdir / "results" / "lm_smoke", "proc": proc,
-            "hf": workdir / "results" / "hf_tiny" if hf_models is not None else None}  # fmt: skip
+    return Plan([partial(snakemake, workdir, configfile=config)], lambda procs: {
+        "workdir": workdir, "config": config, "results": workdir / "results" / "lm_smoke", "proc": procs[0],
+        "hf": workdir / "results" / "hf_tiny" if hf_models is not None else None})  # fmt: skip
+
+
+def smoke_config(workdir):
+    """config/smoke.yaml on the CPU (device: cpu, where the config says auto) on any machine: its tests compare
+    the runs byte for byte with other CPU runs."""
+    return write_config(workdir / "smoke.yaml", lambda c: c.update(device="cpu"))
+
+
+@shared_run
+def smoke_run(workdir, request):
+    """The workflow on config/smoke.yaml (smoke_config), run once for the whole session."""
+    config = smoke_config(workdir)
+    return Plan([partial(snakemake, workdir, configfile=config)], lambda procs: {
+        "workdir": workdir, "config": config, "results": workdir / "results" / "smoke", "proc": procs[0]})  # fmt: skip
+
+
+@shared_run
+def avx2_smoke_run(workdir, request):
+    """The smoke run again (smoke_config), on this machine made to behave like an AVX2-only CPU: every library
+    limited, glibc too (resmem.device.AVX2_CPU_EMULATION). The workdir (its results under results/)."""
+    from resmem.device import AVX2_CPU_EMULATION, cpu_flags
+
+    config = smoke_config(workdir)
+    pinned = {"avx2", "fma"} <= cpu_flags()  # elsewhere the test skips: a CPU without AVX2 pins nothing
+    calls = [partial(snakemake, workdir, configfile=config, env=AVX2_CPU_EMULATION)] if pinned else []
+    return Plan(calls, lambda procs: workdir)
+
+
+@shared_run
+def gpu_dry_runs(workdir, request):
+    """{device switch: gpu_requests} of two dry runs, device auto and device cpu, of one config holding the image
+    and regression experiments of config/smoke.yaml and the language-model experiment lm_smoke (tests/runs.py),
+    in an empty folder: every job planned."""
+    from tests.runs import LM_SMOKE
+
+    config = write_config(workdir / "both.yaml", lambda c: c.update(lm_experiments={"lm_smoke": LM_SMOKE}))
+    devices = ("auto", "cpu")
+    calls = [partial(snakemake, workdir, "-n", "--config", f"device={d}", configfile=config) for d in devices]
+    return Plan(calls, lambda procs: {d: gpu_requests(p.stdout) for d, p in zip(devices, procs, strict=True)})
+
+
+PAPER_CONFIGS = ("cifar100", "imagenet", "lm", "wikitext103_gpt2")
+
+
+@shared_run
+def paper_dry_run(workdir, request):
+    """{paper config: {rule: planned jobs}} from one dry run of config/paper/*.yaml named together (--configfile
+    with four files: Snakemake merges them; every experiment keeps its own results folder, so a config's jobs are
+    those with its experiments' wildcard, plus its own `all`)."""
+    files = {name: REPO / "config" / "paper" / f"{name}.yaml" for name in PAPER_CONFIGS}
+
+    def planned_per_config(procs):
+        from collections import Counter
+
+        from resmem.plan import planned_jobs
+
+        jobs = job_listing(procs[0].stdout)
+        planned = {}
+        for name, path in files.items():
+            config = yaml.safe_load(path.read_text())
+            experiments = {*config.get("experiments", {}), *config.get("lm_experiments", {})}
+            counts = Counter(job["rule"] for job in jobs if job["wildcards"].get("experiment") in experiments)
+            planned[name] = {**counts, "all": 1}
+        # Every planned job is one config's, but the one `all` they share.
+        assert len(jobs) == sum(sum(p.values()) for p in planned.values()) - len(files) + 1
+        assert sum(planned_jobs(procs[0].stdout).values()) == len(jobs)
+        return planned
+
+    return Plan([partial(snakemake, workdir, "-n", "--configfile", *map(str, files.values()))], planned_per_config)
 
 
 def exact_mcnemar(b: int, c: int) -> float:

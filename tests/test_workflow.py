@@ -12,7 +12,7 @@ import torch
 
 from resmem.artifacts import NEIGHBOR_KEYS, SWEEP_COLUMNS
 from resmem.core import METHODS
-from resmem.device import AVX2_CPU_EMULATION, CPU_KERNELS, cpu_flags
+from resmem.device import CPU_KERNELS, cpu_flags
 from resmem.plan import planned_jobs
 from resmem.sweep import select_methods
 from resmem.vision.artifacts import EMBEDDING_KEYS, FIGURES, PREDICTION_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
@@ -269,20 +269,20 @@ def test_a_two_seed_summary_equals_the_statistics_computed_by_hand(folder_run):
         assert sentence in markdown
 
 
-def test_the_smoke_run_writes_the_bytes_of_an_avx2_only_cpu(smoke_run, tmp_path):
+def test_the_smoke_run_writes_the_bytes_of_an_avx2_only_cpu(smoke_run, avx2_smoke_run):
     """The smoke run's tables and arrays, made under the kernels a CPU run pins by default, equal those of the
     same run on this machine made to behave like an AVX2-only CPU (every library limited, glibc too): an AVX-512
     machine writes what an AVX2 one does. (On an AVX2 machine the two runs are the same run.)"""
     if not {"avx2", "fma"} <= cpu_flags():
         pytest.skip("a CPU without AVX2 pins nothing")
-    snakemake(tmp_path, configfile=smoke_run["config"], env=AVX2_CPU_EMULATION)
-    for folder in (smoke_run["workdir"] / "results", tmp_path / "results"):
+    for folder in (smoke_run["workdir"] / "results", avx2_smoke_run / "results"):
         assert (folder / "smoke" / "summary.csv").exists()
     compared = [p.relative_to(smoke_run["workdir"]) for p in (smoke_run["workdir"] / "results").rglob("*")
                 if p.suffix in (".csv", ".npz", ".md") and p.name != "train_log.csv"]  # fmt: skip
     names = {p.name for p in compared}
     assert {"summary.csv", "risk.csv", "sweep.csv", "embeddings.npz", "neighbors.npz", "rows.npz"} <= names
-    differing = [str(p) for p in compared if (smoke_run["workdir"] / p).read_bytes() != (tmp_path / p).read_bytes()]
+    differing = [str(p) for p in compared
+                 if (smoke_run["workdir"] / p).read_bytes() != (avx2_smoke_run / p).read_bytes()]  # fmt: skip
     assert differing == []
 
 
