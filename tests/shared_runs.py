@@ -35,11 +35,18 @@ class SharedRuns:
         self.values: dict[str, object] = {}
 
     def start(self, name: str) -> None:
-        """Writes the run's inputs here and now, and queues its invocations (once)."""
+        """Writes the run's inputs here and now, and queues its invocations (once). A plan that fails fails the
+        tests that read its run, not the session."""
         if name not in self.started:
             workdir = self.request.getfixturevalue("tmp_path_factory").mktemp(name)
-            plan = self.plans[name](workdir, self.request)
-            self.started[name] = plan, self.worker.submit(self.invoke, plan.calls)
+            try:
+                plan = self.plans[name](workdir, self.request)
+            except Exception as exc:
+                failed = Future()
+                failed.set_exception(exc)
+                self.started[name] = Plan([], lambda procs: None), failed
+            else:
+                self.started[name] = plan, self.worker.submit(self.invoke, plan.calls)
 
     def invoke(self, calls: list[Callable]) -> list:
         environ = self.environ()  # in the worker: it may wait for the session's scontrol probe
