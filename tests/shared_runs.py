@@ -2,12 +2,12 @@
 
 Most of the suite's time is its workflow runs (tests/runs.py), and on a small machine a run keeps its two cores
 busy only part of the time, as most tests do. So once the tests are collected, those that read a shared run go last
-(in their order otherwise), and the runs they read start at once, one after another in a worker thread, in the
-order those tests need them (tests/conftest.py). What a run needs from this process is made in the main thread
-before any test starts: its folder, its config and input files, and the environment of its processes (the
-session's, copied before a test could change os.environ). The worker thread only waits on Snakemake's processes,
-so nothing a test does in this process (a seed, a patched variable) reaches a run, and the runs are the same runs
-as when a fixture made them in its turn."""
+(ordered by the last run they wait for), and the runs they read start at once, one after another in a worker
+thread, the longest first (the order of SHARED_RUNS in tests/conftest.py). What a run needs from this process is
+made in the main thread before any test starts: its folder, its config and input files, and the environment of its
+processes (the session's, copied before a test could change os.environ). The worker thread only waits on
+Snakemake's processes, so nothing a test does in this process (a seed, a patched variable) reaches a run, and the
+runs are the same runs as when a fixture made them in its turn."""
 
 from __future__ import annotations
 
