@@ -4,6 +4,9 @@
 # Facts that matter here: NodeName and SlurmctldHost must equal `hostname -s`; proctrack/linuxproc (cgroup
 # tracking fails in containers); select/cons_tres for parallel jobs; RealMemory at most what `slurmd -C` says.
 # No accounting database: the workflow's SLURM runs use `squeue` for job status (see tests/test_slurm.py).
+# Two partitions on the one node, as on a cluster whose default partition is not the GPU one: cpu (the default)
+# and gpu, and two stand-in GPUs (generic resources on /dev/zero and /dev/full: jobs that ask for --gpus are
+# scheduled, and run on the CPU), so that tests can read back where each job was sent.
 set -euo pipefail
 state=${SLURM_LOCAL_DIR:-${TMPDIR:-/tmp}/resmem-slurm}
 host=$(hostname -s)
@@ -32,6 +35,8 @@ if ! dpkg -s $packages >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages >/dev/null
 fi
 mkdir -p "$state"/{log,run,state,spool} /etc/slurm /run/munge
+printf 'AutoDetect=off\nNodeName=%s Name=gpu File=/dev/zero\nNodeName=%s Name=gpu File=/dev/full\n' "$host" "$host" \
+  > "$state/gres.conf"
 memory=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
 cat > "$state/slurm.conf" <<EOF
 ClusterName=resmem-ci
@@ -49,15 +54,18 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=jobacct_gather/linux
+GresTypes=gpu
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
 MpiDefault=none
 MailProg=/bin/true
 DefMemPerCPU=1024
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$(( memory * 9 / 10 )) State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$(( memory * 9 / 10 )) Gres=gpu:2 State=UNKNOWN
+PartitionName=cpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=ALL Default=NO MaxTime=INFINITE State=UP
 EOF
 ln -sfn "$state/slurm.conf" /etc/slurm/slurm.conf
+ln -sfn "$state/gres.conf" /etc/slurm/gres.conf
 
 if [ ! -s /etc/munge/munge.key ]; then
   mungekey -c -k /etc/munge/munge.key

@@ -30,9 +30,11 @@ import bench_cpu_determinism
 import bench_datastore
 import bench_image_cache
 import bench_model_memory
+import bench_plan
 import bench_scale
 import bench_suite
 import bench_sweep
+import bench_timing
 from bench_record import REPO, RESULTS, machine_line
 
 DOCS = REPO / "docs"
@@ -85,6 +87,25 @@ def model_memory_part(runs: Runs, part: int) -> str:
     )
 
 
+def plan_part(runs: Runs, part: int) -> str:
+    """The anchors beside the planner, the paper configs' totals, or their per-rule plans (bench_plan.py)."""
+    r = runs[0][1]["results"]
+    if part == 0:
+        return (
+            "Each published throughput beside the planner's on the same work (`resmem.timing.ANCHORS`). A share of "
+            "peak is fitted to each anchor marked calibrates, so those agree by construction; the ones marked "
+            f"checks are held out, with a goal of ±{r['goal']:.0%}.\n\n" + bench_plan.anchors_table(r["anchors"])
+        )
+    if part == 1:
+        return (
+            "Per paper config, as the time model estimates them (`python -m resmem.plan CONFIG --gpu h100` for the "
+            "H100 column): its GPU jobs' hours on each class, the disk all its jobs ask for, its longest runtime "
+            "request (estimate × 1.5) and the most segments a training runs as.\n\n"
+            + bench_plan.totals_table(r["plans"])
+        )
+    return bench_plan.rules_tables(r["plans"])
+
+
 def part(render: Callable[[Runs, int], str], index: int) -> Callable[[Runs], str]:
     return lambda runs: render(runs, index)
 
@@ -92,6 +113,7 @@ def part(render: Callable[[Runs, int], str], index: int) -> Callable[[Runs], str
 SWEEP = "python bench/bench_sweep.py"
 SCALE = (("bench_scale", "", "python bench/bench_scale.py"),)
 MODEL_MEMORY = (("bench_model_memory", "", "python bench/bench_model_memory.py"),)
+PLAN = (("bench_plan", "", "python bench/bench_plan.py"),)
 TABLES = {
     "bench_sweep": Table(bench_sweep.table, (("bench_sweep", "CPU, with the baseline", SWEEP),
                                              ("bench_sweep_engine_only", "CPU, engine only", f"{SWEEP} --engine-only"),
@@ -105,6 +127,11 @@ TABLES = {
     "bench_scale": Table(part(scale_part, 0), SCALE),
     "bench_scale:fits": Table(part(scale_part, 1), SCALE),
     "bench_scale:extrapolation": Table(part(scale_part, 2), SCALE),
+    "bench_plan:anchors": Table(part(plan_part, 0), PLAN),
+    "bench_timing": Table(lambda runs: bench_timing.table(runs[0][1]["results"]),
+                          (("bench_timing", "", "python bench/bench_timing.py"),)),
+    "bench_plan:totals": Table(part(plan_part, 1), PLAN),
+    "bench_plan:rules": Table(part(plan_part, 2), PLAN),
     "bench_model_memory": Table(part(model_memory_part, 0), MODEL_MEMORY),
     "bench_model_memory:slopes": Table(part(model_memory_part, 1), MODEL_MEMORY),
     "bench_cpu_determinism": Table(lambda runs: bench_cpu_determinism.table(runs[0][1]),

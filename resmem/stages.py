@@ -29,20 +29,39 @@ log = logging.getLogger("resmem")
 
 
 def fit_and_save(
-    model, train_loader, val_loader, train_cfg: dict, seed: int, dev, out: dict, meta: dict, copy_weights: bool = True
+    model,
+    train_loader,
+    val_loader,
+    train_cfg: dict,
+    seed: int,
+    dev,
+    out: dict,
+    meta: dict,
+    copy_weights: bool = True,
+    resume=None,
+    stop_epoch: int | None = None,
 ) -> None:
-    """Train (resuming from the checkpoint beside out["model"]), then write the model with its metadata, the
-    per-epoch log (out["train_log"]) and the metadata as JSON (out["meta"]): parameters, device, recipe, seed,
-    time, versions and `meta`. Without `copy_weights` (pretrained weights used as they are, which `meta` says
-    where to load from) the model file holds the metadata only."""
+    """Train (resuming from the checkpoint beside out["model"], else from `resume`, the checkpoint the run's
+    previous segment ended with), then write the model with its metadata, the per-epoch log (out["train_log"])
+    and the metadata as JSON (out["meta"]): parameters, device, recipe, seed, time, versions and `meta`. Without
+    `copy_weights` (pretrained weights used as they are, which `meta` says where to load from) the model file
+    holds the metadata only. A segment (`stop_epoch`, out["segment"]) trains up to that epoch and writes only
+    its checkpoint there."""
     import torch
 
     from resmem.train import count_parameters
     from resmem.train import train as fit
 
-    checkpoint = Path(out["model"]).with_name("train_checkpoint.pt")  # not an output: survives a killed job
+    if "segment" in out:  # a segment's own scratch file beside its output, renamed to it once its epochs are done
+        checkpoint = Path(out["segment"]).with_suffix(".partial")
+    else:
+        checkpoint = Path(out["model"]).with_name("train_checkpoint.pt")  # not an output: survives a killed job
     start = time.perf_counter()
-    history = fit(model, train_loader, val_loader, train_cfg, seed, dev, checkpoint)
+    history = fit(model, train_loader, val_loader, train_cfg, seed, dev, checkpoint, resume, stop_epoch)
+    if "segment" in out:
+        os.replace(checkpoint, out["segment"])
+        log.info("segment done after epoch %d of %d: %s", len(history), train_cfg["epochs"], out["segment"])
+        return
     meta = {
         "parameters": count_parameters(model),
         "device": str(dev),

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from resmem.device import accelerated
-from resmem.io import atomic_path
+from resmem.io import ArtifactError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,15 @@ def train(
     seed: int,
     device: torch.device,
     checkpoint: Path | None = None,
+    resume_from: Path | None = None,
+    stop_epoch: int | None = None,
 ) -> list[dict]:
     """Train `model` in place and return the per-epoch log rows (epoch, loss, train_acc, val_acc, seconds).
 
-    If `checkpoint` holds a run of the same config and seed, training resumes after its last epoch.
-    The batch order of epoch e depends only on (seed, e), so a resumed run equals an uninterrupted one."""
+    If `checkpoint` holds a run of the same config and seed, training resumes after its last epoch; without one,
+    from `resume_from` (the checkpoint a previous segment of the same run ended with), which must hold such a run.
+    `stop_epoch`: train up to that epoch only (a segment; the checkpoint then holds its end). The batch order of
+    epoch e depends only on (seed, e), so a resumed or segmented run equals an uninterrupted one."""
     model.to(device)
     if train_loader.memory_format == torch.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -126,24 +130,22 @@ def train(
     fingerprint = json.dumps({"cfg": cfg, "seed": seed, "optimizer_groups": "v2"}, sort_keys=True)
 
     history: list[dict] = []
-    if checkpoint is not None and Path(checkpoint).exists():
-        try:  # data only: tensors and plain values, never a pickled call
-            state = torch.load(checkpoint, map_location=device, weights_only=True)
-            state = state if isinstance(state, dict) else {}
-        except Exception as exc:  # a truncated file, or one holding anything else: start over, the file is scratch
-            log.warning("ignoring %s: not a checkpoint this workflow wrote (%s)", checkpoint, type(exc).__name__)
-            state = {}
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history = state["history"]
-            log.info("resuming from %s after epoch %d", checkpoint, len(history))
-        elif state:
-            log.info("ignoring %s: it was written for another config or seed", checkpoint)
+    state = read_checkpoint(checkpoint, device, fingerprint) if checkpoint is not None else None
+    if state is None and resume_from is not None:
+        state = read_checkpoint(resume_from, device, fingerprint)
+        if state is None:
+            raise ArtifactError(f"{resume_from}: not the checkpoint of an earlier segment of this run (another config "
+                                "or seed, or not a checkpoint); delete it and rerun its train_segment job")  # fmt: skip
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+        log.info("resuming from %s after epoch %d", state["path"], len(history))
+    last = cfg["epochs"] if stop_epoch is None else min(stop_epoch, cfg["epochs"])
 
     bar = tqdm(
-        range(len(history), cfg["epochs"]),
+        range(len(history), last),
         desc="train",
         unit="epoch",
         file=sys.stderr,
@@ -192,6 +194,24 @@ def train(
                 )
     bar.close()
     return history
+
+
+def read_checkpoint(path: Path, device: torch.device, fingerprint: str) -> dict | None:
+    """The state in a checkpoint `train` wrote for the run `fingerprint` names (its path under "path"), or None: no
+    file, a truncated one or one holding anything else (logged; read as data only, never a pickled call), or one
+    written for another config or seed."""
+    if not Path(path).exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        state = state if isinstance(state, dict) else {}
+    except Exception as exc:
+        log.warning("ignoring %s: not a checkpoint this workflow wrote (%s)", path, type(exc).__name__)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.info("ignoring %s: it was written for another config or seed", path)
+        return None
+    return {**state, "path": str(path)}
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -242,14 +242,16 @@ def avx2_smoke_run(workdir, request):
 
 @shared_run
 def gpu_dry_runs(workdir, request):
-    """{device switch: gpu_requests} of two dry runs, device auto and device cpu, of one config holding the image
-    and regression experiments of config/smoke.yaml and the language-model experiment lm_smoke (tests/runs.py),
-    in an empty folder: every job planned."""
+    """{device switch: gpu_requests} of two dry runs, device auto and device cpu (one simulated GPU), of one config
+    holding the image and regression experiments of config/smoke.yaml and the language-model experiment lm_smoke
+    (tests/runs.py), in an empty folder: every job planned."""
     from tests.runs import LM_SMOKE
 
     config = write_config(workdir / "both.yaml", lambda c: c.update(lm_experiments={"lm_smoke": LM_SMOKE}))
     devices = ("auto", "cpu")
-    calls = [partial(snakemake, workdir, "-n", "--config", f"device={d}", configfile=config) for d in devices]
+    simulated = {"RESMEM_SIMULATED_GPUS": "1"}  # device auto asks for a GPU where one is visible
+    calls = [partial(snakemake, workdir, "-n", "--config", f"device={d}", configfile=config, env=simulated)
+             for d in devices]  # fmt: skip
     return Plan(calls, lambda procs: {d: gpu_requests(p.stdout) for d, p in zip(devices, procs, strict=True)})
 
 

@@ -114,3 +114,23 @@ def test_a_job_waiting_for_a_gpu_says_so_and_gives_up_with_a_clear_error(monkeyp
         holder.kill()
         holder.wait()
     assert "every GPU (0) is taken by another job" in caplog.text
+
+
+def test_a_local_run_starts_one_gpu_job_per_gpu_so_none_waits_on_a_lock(tmp_path):
+    """Two training jobs that each take a GPU, two cores and one (simulated) GPU: the workflow bounds its GPU jobs
+    by the GPUs it sees (no --resources gpu=N given), so the second starts when the first is done and neither
+    log says it waited for a GPU; with --resources gpu=2 both start at once and one of them waits."""
+    from tests.conftest import snakemake, write_config
+
+    targets = [f"results/smoke/{m}/frac1/seed0/model.pt" for m in ("cnn_w1", "cnn_w4")]
+    config = write_config(tmp_path / "config.yaml", lambda c: c.update(regression={}))
+    env = {"RESMEM_SIMULATED_GPUS": "1", "RESMEM_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    (tmp_path / "locks").mkdir(mode=0o700)
+    waited = {}
+    for name, extra in (("bounded", []), ("unbounded", ["--resources", "gpu=2"])):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        snakemake(workdir, *targets, "--cores", "2", *extra, configfile=config, env=env)
+        logs = [(workdir / t).parent.joinpath("logs", "train.log").read_text() for t in targets]
+        waited[name] = sum("every GPU (0) is taken by another job" in log for log in logs)
+    assert waited == {"bounded": 0, "unbounded": 1}

@@ -1,5 +1,6 @@
 """The smoke workflow through a real SLURM controller (.ci/run starts a one-node cluster on localhost)."""
 
+import re
 import shutil
 import subprocess
 
@@ -81,3 +82,59 @@ def test_a_failing_slurm_job_is_retried_with_more_memory_then_fails_the_run_nami
     assert "Error in rule split" in output and "results/smoke/logs/split.log" in output
     log = (tmp_path / "results" / "smoke" / "logs" / "split.log").read_text()
     assert "dataset imagefolder: no image file (.jpg, " in log and "in the class folders cat of " in log
+
+
+def test_gpu_jobs_reach_the_gpu_partition_and_the_rest_the_default_one_under_the_account(tmp_path):
+    """The CI cluster's default partition is cpu, its other one gpu (.ci/local-slurm.sh, with stand-in GPUs). With
+    RESMEM_SLURM_GPU_PARTITION and RESMEM_SLURM_ACCOUNT set, the jobs that ask for a GPU (device auto: train, embed)
+    land in gpu and split in the default partition, each under the account, as scontrol reads them back; train
+    asks for its threads as cores and its planned runtime."""
+    target = "results/smoke/cnn_w1/frac0.5/seed0/embeddings.npz"
+    env = {"RESMEM_SLURM_GPU_PARTITION": "gpu", "RESMEM_SLURM_ACCOUNT": "resmem-ci"}
+    options = [option for option in SLURM if option not in ("--config", "device=cpu", "--slurm-no-account")]
+    proc = snakemake(tmp_path, target, *options, "--config", "device=auto",
+                     configfile=REPO / "config" / "smoke.yaml", env=env)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    job_ids = re.findall(r"has been submitted with SLURM jobid (\d+)", output)
+    seen = {}
+    for job_id in job_ids:
+        shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+        fields = dict(re.findall(r"(\w+)=(\S*)", shown))
+        rule = re.match(r"rule_(\w+?)_wildcards", fields["Comment"]).group(1)  # the plugin's --comment
+        seen[rule] = fields
+    assert set(seen) == {"split", "train", "embed"}, output[-3000:]
+    for rule, fields in seen.items():
+        takes_gpu = rule != "split"
+        assert fields["Partition"] == ("gpu" if takes_gpu else "cpu"), (rule, fields)
+        assert fields["Account"] == "resmem-ci", (rule, fields)
+        assert ("gres/gpu" in fields.get("TRES", "") or "gpu" in fields.get("TresPerJob", "")) == takes_gpu, fields
+
+
+def test_a_training_cut_by_its_time_limit_resumes_from_its_checkpoint_when_retried(tmp_path):
+    """A training of 3,000 digits epochs (a few minutes) under a 1-minute SLURM time limit: SLURM cuts an attempt
+    (TIMEOUT), Snakemake retries it, and a retry resumes after the last epoch its checkpoint holds until the
+    training is done: the last attempt starts after an epoch > 0, not over."""
+    epochs = 3000
+
+    def slow(config):
+        smoke = config["experiments"]["smoke"]
+        smoke.update(models={"cnn_w1": {"arch": "small_cnn", "width": 1}}, train_fractions=[0.5])
+        smoke["train"]["epochs"] = epochs
+        config["regression"] = {}
+
+    config = write_config(tmp_path / "slow.yaml", slow)
+    run = tmp_path / "results" / "smoke" / "cnn_w1" / "frac0.5" / "seed0"
+    target = str((run / "model.pt").relative_to(tmp_path))
+    limit = ["--retries", "6", "--set-resources", "train:runtime=1"]  # minutes
+    proc = snakemake(tmp_path, target, *SLURM, *limit, configfile=config)
+    output = proc.stdout + proc.stderr
+    states = []
+    for job_id in re.findall(r"has been submitted with SLURM jobid (\d+)", output):
+        shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+        states.append(dict(re.findall(r"(\w+)=(\S*)", shown))["JobState"])
+    assert "TIMEOUT" in states, (states, output[-3000:])
+    log = (run / "logs" / "train.log").read_text()  # the last attempt's (Snakemake clears a failed job's log)
+    resumed = [int(epoch) for epoch in re.findall(r"resuming from \S+ after epoch (\d+)", log)]
+    assert len(resumed) == 1 and 0 < resumed[0] < epochs, log[:2000]
+    assert f"epoch {resumed[0] + 1}: loss" in log and "epoch 1: loss" not in log  # it went on, not over
+    assert f"epoch {epochs}: loss" in log and (run / "model.pt").exists()

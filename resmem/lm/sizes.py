@@ -23,6 +23,9 @@ TOKENS_PER_BYTE = {"bytes": 1.0, "bpe": 0.22, "model": 0.22}  # GPT-2 BPE: 117M 
 # Bytes a token while a batch is tokenized (measured, tests/test_corpus_memory.py and resmem.lm.tokenizers): the
 # byte tokenizer's text and int32 ids; a BPE's ids, offsets and strings, ~290 for one long text, ~100 a document.
 TOKEN_BYTES = {"bytes": 8, "bpe": 300, "model": 300}
+# Tokenizing, bytes of text a second on one core (assumed: the byte tokenizer is a copy; a BPE, Hugging Face's
+# tokenizers library, ~1M tokens/s at ~4.5 bytes a token)
+TOKENIZE_BYTES_PER_SECOND = {"bytes": 200e6, "bpe": 4.5e6, "model": 4.5e6}
 LONGEST_DOCUMENT = 64 * 2**20  # a file or an article is held whole while it is read (a single file: in pieces)
 ASSUMED_HF = {"hidden": 1024, "vocab": 50_257, "parameters": 355_000_000}  # a model not yet in the cache
 
@@ -200,26 +203,71 @@ def model_memory_bytes(experiment: dict, model: str, batch_windows: int, trainin
     return copies * model_bytes(shape["parameters"], training) + positions * 16 * 4 * (3 if training else 1)
 
 
-def gpu_hours(experiment: dict, tflops: float, tflops_small: float = 0.0) -> dict[str, float]:
-    """Estimated GPU hours per rule of a language-model experiment (`resmem.plan`): 2 FLOPs a parameter and
-    token forward (the attention over the context adds 2·n_layer·context·d, counted for our GPTs), training 3
-    forward passes per training token and epoch, the datastore one per kept position and query, the exact search
-    2·d·N·Q per datastore fraction; at `tflops` sustained TFLOP/s (`tflops_small` is the images' rate for small
-    pictures, unused here)."""
-    rate = tflops * 1e12 * 3600
+def forward_flops_per_token(experiment: dict, model: str) -> float:
+    """FLOPs of one token's forward pass: 2 a parameter and 4·n_layer·context·d for attention over the context
+    (nanoGPT's estimate_mfu, a third of its 6·N + 12·L·H·Q·T training FLOPs); for a Hugging Face model the layers
+    are not read, so its attention is left out (under 10 % for GPT-2 models at context 1,024)."""
+    shape, spec = model_shape(experiment, model), experiment["models"][model]
+    flops = 2.0 * shape["parameters"]
+    if "hf" not in spec:
+        flops += 4.0 * spec.get("n_layer", 2) * experiment["context"] * shape["hidden"]
+    return flops
+
+
+def windows_run(tokens: int, kept: int, context: int, stride: int) -> tuple[int, int]:
+    """(windows, tokens fed) of a split's datastore pass: windows of `context` tokens every `stride`, of which
+    those holding a kept position run; `kept` positions thinned evenly over the split reach min(windows, kept)."""
+    windows = max(1, -(-max(tokens - 1, 0) // stride))
+    ran = min(windows, kept)
+    return ran, ran * min(context, max(tokens - 1, 1))
+
+
+def sweep_flops(experiment: dict, sizes: RunSizes) -> float:
+    """The token sweep engine's counted FLOPs: each query's ResMem neighbours' logits (V·h multiply-adds each, at
+    the largest resmem_k), then per sigma and temperature the residual-weighted sums over the vocabulary, and
+    kNN-LM's k_max neighbours per tau and lambda."""
+    knn = experiment["knn"]
+    resmem_k = max(knn.get("resmem_k") or knn["k"])
+    per_query = 2.0 * resmem_k * sizes.classes * sizes.hidden * len(knn["temperature"])
+    per_query += 2.0 * resmem_k * sizes.classes * len(knn["sigma"]) * len(knn["temperature"])
+    per_query += 2.0 * sizes.k_max * len(knn["tau"]) * len(knn["lam"])
+    return per_query * sizes.queries
+
+
+def job_seconds(rule: str, experiment: dict, run: dict, gpu: str | None) -> dict[str, float]:
+    """The estimated seconds of one job of a language-model experiment's `rule` for `run` (its wildcards), term by
+    term (`resmem.timing`), on the GPU class `gpu` (None: a job on the CPU): training 3 forward passes per training
+    token and epoch; the datastore a forward pass over every window that holds a kept position (with the thinned
+    positions of a large corpus: every window); the shared stages from the run's sizes."""
+    from resmem import timing
+
+    terms = {"startup": timing.startup_seconds(gpu)}
     tokens = split_tokens(experiment)
-    rows = datastore_rows(experiment, tokens)
-    hours = {"lm_train": 0.0, "lm_datastore": 0.0, "lm_neighbors": 0.0}
-    for model, spec in experiment["models"].items():
-        shape = model_shape(experiment, model)
-        per_token = 2 * shape["parameters"]
-        if "hf" not in spec:
-            per_token += 2 * spec.get("n_layer", 2) * experiment["context"] * shape["hidden"]
-        seeds = len(experiment["seeds"])
-        epochs = spec.get("epochs", experiment["train"]["epochs"])
-        hours["lm_train"] += seeds * 3 * per_token * tokens["train"] * epochs / rate
-        hours["lm_datastore"] += seeds * per_token * sum(rows.values()) / rate
-        queries = rows["val"] + rows["test"]
-        for fraction in experiment["datastore"]["fractions"]:
-            hours["lm_neighbors"] += seeds * 2 * shape["hidden"] * fraction * rows["train"] * queries / rate
-    return hours
+    if rule == "lm_corpus":
+        tokenizer = experiment["corpus"]["tokenizer"]
+        terms["tokenize"] = sum(corpus_bytes(experiment["corpus"]).values()) / TOKENIZE_BYTES_PER_SECOND[tokenizer]
+        return terms
+    if rule in ("lm_select", "lm_aggregate"):
+        return terms
+    if rule in ("lm_train", "lm_datastore"):
+        model = run["model"]
+        flops = forward_flops_per_token(experiment, model)
+        context = experiment["context"]
+        if rule == "lm_train":
+            spec = experiment["models"][model]
+            epochs = spec.get("epochs", experiment["train"]["epochs"])
+            terms["train"] = timing.network_seconds(flops, tokens["train"] * epochs, 3, "transformer_train", gpu)
+            evaluated = min(tokens["val"], experiment["eval_tokens"]) * (1 + epochs)
+            terms["val"] = timing.network_seconds(flops, evaluated, 1, "transformer_infer", gpu)
+            return terms
+        rows = datastore_rows(experiment, tokens)
+        store = experiment["datastore"]
+        stride = experiment["eval_stride"] or context  # every split's windows (resmem.lm.stages.datastore)
+        fed = sum(windows_run(tokens[s], rows[s], context, stride)[1] for s in SPLITS)
+        terms["forward"] = timing.network_seconds(flops, fed, 1, "transformer_infer", gpu)
+        sizes = run_sizes(experiment, {**run, "store_fraction": 1})
+        terms["write"] = timing.write_seconds(datastore_disk_bytes(sizes, store["key"]))
+        return terms
+    sizes = run_sizes(experiment, run)
+    return {**terms, **timing.shared_stage_seconds(rule, sizes, experiment["knn"], gpu, sizes.dim * 2,
+                                                   sweep_flops(experiment, sizes))}  # fmt: skip

@@ -60,11 +60,14 @@ def train(
     device: str,
     threads: int,
     config: dict,
+    resume=None,
+    stop_epoch: int | None = None,
 ) -> None:
     """Train the model `spec` with `recipe` (the experiment's train section; a Hugging Face model's own `epochs`)
     on the corpus: out["model"], out["train_log"], out["meta"]. A model not trained (epochs 0) is evaluated as it
     is, its train accuracy on the first eval_tokens training tokens; a Hugging Face model's file then records
-    where its weights are instead of a copy of them."""
+    where its weights are instead of a copy of them. A segment of a long training (`stop_epoch`, out["segment"],
+    `resume`: the previous segment's checkpoint) writes only its checkpoint (`resmem.stages.fit_and_save`)."""
     import torch
 
     from resmem.device import torch_device
@@ -93,7 +96,7 @@ def train(
         "config": config,
     }
     copy_weights = "hf" not in spec or recipe["epochs"] > 0
-    fit_and_save(network, train_loader, val_loader, recipe, seed, dev, out, meta, copy_weights)
+    fit_and_save(network, train_loader, val_loader, recipe, seed, dev, out, meta, copy_weights, resume, stop_epoch)
 
 
 def load_lm(model_path, spec: dict | None = None):

@@ -208,34 +208,81 @@ def assumptions(experiment: dict) -> list[str]:
 
 
 def forward_flops(spec: dict, classes: int, channels: int, size: int) -> float:
-    """FLOPs of one forward pass of one image, counted with torch.utils.flop_counter."""
+    """FLOPs of one forward pass of one image, counted with torch.utils.flop_counter on the meta device (nothing
+    allocated, computed or downloaded)."""
+    return _forward_flops(json.dumps(spec, sort_keys=True), classes, channels, size)
+
+
+@lru_cache
+def _forward_flops(spec_json: str, classes: int, channels: int, size: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from resmem.vision.models import build_model
-
-    model = build_model({**spec, "pretrained": False} if spec["arch"] == "timm" else spec, classes, channels).eval()
+    net = _meta_model(spec_json, classes, channels).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, channels, size, size))
+        net(torch.zeros(1, channels, size, size, device="meta"))
     return float(counter.get_total_flops())
 
 
-def gpu_hours(experiment: dict, tflops: float, tflops_small: float) -> dict[str, float]:
-    """Estimated GPU hours per rule of an image experiment (`resmem.plan`): training 3 forward passes per image and
-    epoch, embedding one per datastore, val and test image, the exact search 2·d·N·Q; at `tflops_small` sustained
-    TFLOP/s for images of 64 px or less, else `tflops`."""
-    if "embeddings" in experiment:
-        return {}
+def streamed(experiment: dict) -> bool:
+    """Whether train and embed decode image files every pass (a folder dataset not decoded into memory)."""
     dataset = experiment["dataset"]
-    channels, size = input_shape(dataset)
-    rate = (tflops_small if size <= 64 else tflops) * 1e12 * 3600
-    hours = {"train": 0.0, "embed": 0.0, "neighbors": 0.0}
-    for model, spec in experiment["models"].items():
-        for fraction in experiment["train_fractions"]:
-            sizes = run_sizes(experiment, {"model": model, "train_fraction": fraction})
-            flops = forward_flops(spec, sizes.classes, channels, size)
-            seeds = len(experiment["seeds"])
-            hours["train"] += seeds * 3 * flops * sizes.datastore_rows * experiment["train"]["epochs"] / rate
-            hours["embed"] += seeds * flops * (sizes.datastore_rows + sizes.queries) / rate
-            hours["neighbors"] += seeds * 2 * sizes.dim * sizes.index_rows * sizes.queries / rate
-    return hours
+    if dataset["name"] not in FOLDER_SPLITS:
+        return False
+    if dataset["cache"] == "none" or experiment["train"]["augment"] == "resized_crop_flip":
+        return True
+    return dataset["cache"] == "auto" and decoded_bytes(dataset) > dataset["cache_mb"] * 2**20
+
+
+def train_threads(experiment: dict) -> int:
+    """train's and embed's threads (their jobs' cpus_per_task): the loader workers of a streamed folder dataset and
+    the job's own process, else one."""
+    return experiment["train"]["num_workers"] + 1 if streamed(experiment) else 1
+
+
+def sweep_flops(experiment: dict, sizes: RunSizes) -> float:
+    """The image sweep engine's counted FLOPs (bench/bench_sweep.py): 2·Q·k_max·C per sigma and temperature."""
+    knn = experiment["knn"]
+    return 2.0 * sizes.queries * sizes.k_max * sizes.classes * len(knn["sigma"]) * len(knn["temperature"])
+
+
+def job_seconds(rule: str, experiment: dict, run: dict, gpu: str | None) -> dict[str, float]:
+    """The estimated seconds of one job of an image experiment's `rule` for `run` (its wildcards), term by term
+    (`resmem.timing`), on the GPU class `gpu` (None: a job on the CPU). An epoch of a streamed folder dataset
+    takes the slower of the network and its loader workers."""
+    from resmem import timing
+
+    dataset = experiment["dataset"]
+    terms = {"startup": timing.startup_seconds(gpu)}
+    if rule in ("split", "select", "aggregate"):
+        return terms
+    if rule == "decode":
+        train, val, test, _ = split_sizes(dataset)
+        terms["decode"] = timing.decode_seconds(train + val + test, decode_processes(dataset))
+        return terms
+    sizes = run_sizes(experiment, run)
+    if rule in ("embed", "train"):
+        channels, size = input_shape(dataset)
+        spec = experiment["models"][run["model"]]
+        flops = forward_flops(spec, sizes.classes, channels, size)
+        small = "small_" if size <= 64 else ""
+        workers = experiment["train"]["num_workers"] if streamed(experiment) else 0
+        val = sizes.queries - split_sizes(dataset)[2]
+        if rule == "train":
+            epochs = experiment["train"]["epochs"]
+            passes = {"train": (sizes.datastore_rows, 3, "train"), "val": (val, 1, "infer")}
+        else:
+            epochs = 1
+            passes = {"embed": (sizes.datastore_rows + sizes.queries, 1, "infer")}
+        for name, (images, count, work) in passes.items():
+            compute = timing.network_seconds(flops, images, count, f"{small}conv_{work}", gpu)
+            loading = timing.decode_seconds(images, workers) if streamed(experiment) else 0.0
+            terms[name] = epochs * max(compute, loading)
+        if rule == "embed":
+            terms["write"] = timing.write_seconds(embeddings_disk_bytes(sizes))
+        return terms
+    if rule == "embeddings_file":
+        terms["write"] = timing.write_seconds(embeddings_disk_bytes(sizes))
+        return terms
+    return {**terms, **timing.shared_stage_seconds(rule, sizes, experiment["knn"], gpu, sizes.dim * 4,
+                                                   sweep_flops(experiment, sizes))}  # fmt: skip

@@ -148,6 +148,14 @@ def _loaders(data: Dataset, parts: dict, recipe: dict, dev, batch_size: int, cha
     }  # fmt: skip
 
 
+def network_threads(threads: int, data: Dataset, recipe: dict) -> int:
+    """torch's threads in a train or embed job of `threads`: those left beside the loader's worker processes of
+    streamed image files (the job asks for one more than the workers: `resmem.vision.sizes.train_threads`), so that
+    the network computes the same whether its files are streamed or decoded into memory."""
+    workers = recipe["num_workers"] if data.train.images is None else 0
+    return max(1, threads - workers)
+
+
 def train(
     split_path,
     out: dict,
@@ -160,20 +168,23 @@ def train(
     threads: int,
     config: dict,
     images_path=None,
+    resume=None,
+    stop_epoch: int | None = None,
 ) -> None:
     """Train the network `spec` with `recipe` (the experiment's train section) on the training fraction of the
     `dataset` section: out["model"], out["train_log"], out["meta"], and the exact training rows it saw,
     out["train_rows"], which embed reads back as the datastore. `images_path`: a folder dataset's decoded
-    images (the decode stage), served from memory."""
+    images (the decode stage), served from memory. A segment of a long training (`stop_epoch`, out["segment"],
+    `resume`: the previous segment's checkpoint) writes only its checkpoint (`resmem.stages.fit_and_save`)."""
     import torch
 
     from resmem.device import torch_device
     from resmem.train import count_parameters, seed_everything
     from resmem.vision.models import build_model
 
-    torch.set_num_threads(threads)
     dev = torch_device(device)
     data = _dataset(dataset, images_path)
+    torch.set_num_threads(network_threads(threads, data, recipe))
     parts = load_split(split_path, data)
     rows = train_subset(parts["train_idx"], data.train.labels, train_fraction, dataset["split_seed"])
     parts["train_idx"] = rows
@@ -198,8 +209,9 @@ def train(
     }
     if recipe["epochs"] == 0:
         log.info("train.epochs is 0: the model is evaluated as built (pretrained weights as loaded), not trained")
-    io.save_npz(out["train_rows"], train_idx=rows)  # before training: the checkpoint is deleted last
-    fit_and_save(network, loaders["train"], loaders["val"], recipe, seed, dev, out, meta)
+    if "train_rows" in out:
+        io.save_npz(out["train_rows"], train_idx=rows)  # before training: the checkpoint is deleted last
+    fit_and_save(network, loaders["train"], loaders["val"], recipe, seed, dev, out, meta, True, resume, stop_epoch)
 
 
 def load_train_rows(path) -> np.ndarray:
@@ -240,10 +252,10 @@ def embed(
     from resmem.train import use_amp
     from resmem.vision.models import extract
 
-    torch.set_num_threads(threads)
     dev = torch_device(device)
     model, meta = load_model(model_path, spec)
     data = _dataset(dataset, images_path)
+    torch.set_num_threads(network_threads(threads, data, recipe))
     norm = meta.get("normalization")  # what the model was trained with
     data = normalized(data, norm and (tuple(norm["mean"]), tuple(norm["std"])))
     rows = load_train_rows(train_rows_path)

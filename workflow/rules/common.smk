@@ -1,3 +1,4 @@
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -12,14 +13,14 @@ from snakemake.exceptions import WorkflowError
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
-from resmem import bounds
+from resmem import bounds, timing
 from resmem.config import (
     ConfigError,
     check_input_paths,
     experiment_names,
     validate as validate_config,
 )
-from resmem.device import pin_cpu_kernels
+from resmem.device import pin_cpu_kernels, visible_gpus
 from resmem.lm import hf
 from resmem.lm import sizes as lm_sizes
 from resmem.lm.artifacts import LM_FIGURES, LM_METHODS
@@ -167,6 +168,7 @@ wildcard_constraints:
     train_fraction=r"[0-9.e-]+",
     store_fraction=r"[0-9.e-]+",
     seed=r"\d+",
+    epoch=r"\d+",
     tokenizer=r"[A-Za-z0-9_.-]+",
 
 
@@ -220,9 +222,131 @@ def lm_datastore_settings(wildcards):
     return store
 
 
+# Whether the jobs run on this machine: not submitted to a cluster (an executor such as slurm, whose --jobs sets
+# the nodes; the executor itself is not known yet while the Snakefile is read), and not the one job a cluster
+# allocation was made for (remote_exec).
+RUNS_HERE = workflow.resource_settings.nodes is None and not workflow.remote_exec
+# A run here starts at most one GPU job per visible GPU (each takes its own with resmem.device.claim_gpu), so none
+# waits on a lock; --resources gpu=N sets another bound.
+LOCAL_GPUS = visible_gpus() if RUNS_HERE else []
+if RUNS_HERE and not workflow.output_settings.dryrun:
+    if config["device"] == "cuda" and not LOCAL_GPUS:
+        raise WorkflowError(
+            "config device: cuda, but no GPU is visible here (CUDA_VISIBLE_DEVICES, nvidia-smi): "
+            "run on a GPU machine, submit with --profile profiles/slurm, or set device: auto or cpu"
+        )
+    if "gpu" not in workflow.global_resources:
+        workflow.register_resource("gpu", len(LOCAL_GPUS))
+
+
 def gpu_request(wildcards):
-    """GPU rules ask for one GPU (so that --resources gpu=N bounds them) unless the device switch says cpu."""
-    return 0 if config["device"] == "cpu" else 1
+    """GPU rules ask for one GPU (so that the gpu resource bounds them) unless the device switch says cpu, or says
+    auto where a local run sees no GPU (on a cluster, auto asks for one)."""
+    if config["device"] == "cpu" or (
+        config["device"] == "auto" and RUNS_HERE and not LOCAL_GPUS
+    ):
+        return 0
+    return 1
+
+
+SIZES = {
+    "experiments": vision_sizes,
+    "lm_experiments": lm_sizes,
+}  # each kind's sizes and time model
+# Where SLURM jobs go (the executor plugin's slurm_partition and slurm_account), from the environment: jobs that
+# take a GPU to RESMEM_SLURM_GPU_PARTITION, the others to RESMEM_SLURM_PARTITION, all under RESMEM_SLURM_ACCOUNT.
+# Unset, the plugin's own choice stands (--default-resources, or the cluster's default partition).
+SLURM_ENV = {
+    "slurm_account": "RESMEM_SLURM_ACCOUNT",
+    "cpu": "RESMEM_SLURM_PARTITION",
+    "gpu": "RESMEM_SLURM_GPU_PARTITION",
+}
+
+
+def estimated_seconds(section, step, wildcards, gpu_rule):
+    """A job's estimated seconds (resmem.timing through the kind's job_seconds), on the GPU class of
+    config requests.gpu where the job takes a GPU."""
+    gpu = config["requests"]["gpu"] if gpu_rule and gpu_request(wildcards) else None
+    experiment = config[section][wildcards.experiment]
+    return sum(
+        SIZES[section].job_seconds(step, experiment, dict(wildcards), gpu).values()
+    )
+
+
+def train_epochs(section, wildcards):
+    """The epochs a run's training makes (a Hugging Face model's own epochs)."""
+    experiment = config[section][wildcards.experiment]
+    spec = experiment.get("models", {}).get(wildcards.model, {})
+    return spec.get("epochs", experiment["train"]["epochs"])
+
+
+def job_requests(section, step, gpu_rule, wildcards):
+    """The job's runtime request and segments (resmem.timing.requests_for): training splits into whole epochs."""
+    seconds = estimated_seconds(section, step, wildcards, gpu_rule)
+    splittable = (
+        train_epochs(section, wildcards) if step in ("train", "lm_train") else 1
+    )
+    return timing.requests_for(seconds, config["requests"]["max_hours"], splittable)
+
+
+def job_resources(section, step, gpu=False, partition=None):
+    """Resources every submitted step declares: its runtime in minutes from the time model (a training segment's
+    for segmented training), gpu for GPU rules, and the SLURM partition and account of SLURM_ENV; `partition`
+    "gpu" also sends a CPU step of a GPU group job (run_search) where its group goes."""
+
+    def runtime(wildcards):
+        return job_requests(section, step, gpu, wildcards).runtime_minutes
+
+    resources = {"runtime": runtime}
+    if gpu:
+        resources["gpu"] = gpu_request
+    if os.environ.get(SLURM_ENV["slurm_account"]):
+        resources["slurm_account"] = os.environ[SLURM_ENV["slurm_account"]]
+    cpu_partition = os.environ.get(SLURM_ENV["cpu"])
+    gpu_partition = os.environ.get(SLURM_ENV["gpu"]) or cpu_partition
+    if gpu_partition:
+        takes_gpu = gpu or partition == "gpu"
+        resources["slurm_partition"] = (
+            lambda wildcards: (
+                gpu_partition if takes_gpu and gpu_request(wildcards) else cpu_partition
+            )
+            or ""
+        )
+    return resources
+
+
+def training_segments(section, wildcards):
+    """The epochs after which a run's training segments end, the last one its final epoch: one segment unless
+    its runtime request exceeds config requests.max_hours (resmem.timing.requests_for).
+    """
+    step = "train" if section == "experiments" else "lm_train"
+    segments = job_requests(section, step, True, wildcards).segments
+    return timing.segment_ends(train_epochs(section, wildcards), segments)
+
+
+def previous_segment(section, run):
+    """Input of a training job: the checkpoint the run's previous segment ended with, if it has one (a segment's
+    own stop epoch is its wildcard `epoch`; the final job's is the last epoch)."""
+
+    def files(wildcards):
+        ends = training_segments(section, wildcards)
+        stop = int(wildcards.get("epoch", ends[-1]))
+        earlier = [end for end in ends if end < stop]
+        if not earlier:
+            return {}
+        return {"resume": segment_file(run, earlier[-1]).format(**dict(wildcards))}
+
+    return files
+
+
+def segment_file(run, epoch="{epoch}"):
+    """The checkpoint a training segment ends with."""
+    return f"{run}/train_segments/epoch{epoch}.pt"
+
+
+def stop_epoch(wildcards):
+    """Params of a training segment: the epoch it trains up to."""
+    return int(wildcards.epoch)
 
 
 def store_fraction(wildcards):
@@ -248,6 +372,11 @@ def decode_threads(wildcards):
     return vision_sizes.decode_processes(
         config["experiments"][wildcards.experiment]["dataset"]
     )
+
+
+def image_loader_threads(wildcards):
+    """train's and embed's threads, their jobs' cpus_per_task (resmem.vision.sizes.train_threads)."""
+    return vision_sizes.train_threads(config["experiments"][wildcards.experiment])
 
 
 def memory_mb(base):

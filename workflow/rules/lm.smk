@@ -16,8 +16,8 @@ rule lm_corpus:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
+        **job_resources("lm_experiments", "lm_corpus"),
         mem_mb=lm_corpus_memory_mb,
-        runtime=60,
     params:
         corpus=section("lm_experiments", "corpus"),
         tokenizer_source=tokenizer_source,
@@ -28,6 +28,7 @@ rule lm_corpus:
 rule lm_train:
     input:
         unpack(model_corpus),
+        unpack(previous_segment("lm_experiments", LM_RUN)),
     output:
         model=f"{LM_RUN}/model.pt",
         train_log=f"{LM_RUN}/train_log.csv",
@@ -42,9 +43,8 @@ rule lm_train:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
+        **job_resources("lm_experiments", "lm_train", gpu=True),
         mem_mb=lm_model_memory_mb("train"),
-        gpu=gpu_request,
-        runtime=240,
     params:
         model=section("lm_experiments", "models/{model}"),
         train=section("lm_experiments", "train"),
@@ -52,6 +52,21 @@ rule lm_train:
         eval_tokens=section("lm_experiments", "eval_tokens"),
     script:
         "../scripts/lm_train.py"
+
+
+# A training longer than config requests.max_hours runs as segments of whole epochs (as train_segment).
+use rule lm_train as lm_train_segment with:
+    input:
+        unpack(model_corpus),
+        unpack(previous_segment("lm_experiments", LM_RUN)),
+    output:
+        segment=segment_file(LM_RUN),
+    log:
+        f"{LM_RUN}/logs/train_segment{{epoch}}.log",
+    benchmark:
+        f"{LM_RUN}/benchmarks/train_segment{{epoch}}.tsv"
+    params:
+        stop_epoch=stop_epoch,
 
 
 rule lm_datastore:
@@ -71,10 +86,9 @@ rule lm_datastore:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
+        **job_resources("lm_experiments", "lm_datastore", gpu=True),
         mem_mb=lm_model_memory_mb("datastore"),
         disk_mb=lm_datastore_disk_mb,
-        gpu=gpu_request,
-        runtime=120,
     params:
         datastore=lm_datastore_settings,
         model=section("lm_experiments", "models/{model}"),
@@ -106,9 +120,8 @@ rule lm_predict:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
+        **job_resources("lm_experiments", "lm_predict", gpu=True),
         mem_mb=stage_memory_mb(LANGUAGE_MODELS, "predict"),
-        gpu=gpu_request,
-        runtime=60,
     params:
         knn=settings("lm_experiments", "knn", "sweep_chunk_mb"),
     script:

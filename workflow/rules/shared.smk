@@ -26,10 +26,9 @@ for kind in KINDS:
             "../../envs/resmem.yaml"
         threads: 1
         resources:
+            **job_resources(kind.section, f"{kind.prefix}index", gpu=True),
             mem_mb=stage_memory_mb(kind, "index"),
             disk_mb=stage_disk_mb(kind, "index"),
-            gpu=gpu_request,
-            runtime=60,
         params:
             stages=kind.stages,
             store_fraction=store_fraction,
@@ -63,10 +62,9 @@ for kind in KINDS:
             "../../envs/resmem.yaml"
         threads: 1
         resources:
+            **job_resources(kind.section, f"{kind.prefix}neighbors", gpu=True),
             mem_mb=stage_memory_mb(kind, "neighbors"),
             disk_mb=stage_disk_mb(kind, "neighbors"),
-            gpu=gpu_request,
-            runtime=60,
         params:
             stages=kind.stages,
             knn=settings(
@@ -101,9 +99,8 @@ for kind in KINDS:
             "../../envs/resmem.yaml"
         threads: 1  # the sweep engine's CPU threads: one runs more sweeps at once (raise with --set-threads)
         resources:
+            **job_resources(kind.section, f"{kind.prefix}sweep", gpu=True),
             mem_mb=stage_memory_mb(kind, "sweep"),
-            gpu=gpu_request,
-            runtime=60,
         params:
             stages=kind.stages,
             knn=settings(kind.section, "knn", *kind.grid, "sweep_chunk_mb"),
@@ -129,8 +126,8 @@ for kind in KINDS:
             "../../envs/resmem.yaml"
         threads: 1
         resources:
+            **job_resources(kind.section, f"{kind.prefix}select", partition="gpu"),
             mem_mb=memory_mb(1000),
-            runtime=10,
         params:
             stages=kind.stages,
         script:
@@ -163,8 +160,8 @@ for kind in KINDS:
             "../../envs/resmem.yaml"
         threads: 1
         resources:
+            **job_resources(kind.section, f"{kind.prefix}aggregate"),
             mem_mb=memory_mb(2000),
-            runtime=10,
         params:
             stages=kind.stages,
             runs=experiment_runs(kind.section),

@@ -15,8 +15,8 @@ rule split:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
+        **job_resources("experiments", "split"),
         mem_mb=memory_mb(1000),
-        runtime=10,
     params:
         dataset=section("experiments", "dataset"),
     script:
@@ -37,8 +37,8 @@ rule decode:
         "../../envs/resmem.yaml"
     threads: decode_threads  # decoding processes: one per 10,000 images, at most 8
     resources:
+        **job_resources("experiments", "decode"),
         mem_mb=memory_mb(2000),
-        runtime=120,
     params:
         dataset=section("experiments", "dataset"),
         augment=section("experiments", "train/augment"),
@@ -49,6 +49,7 @@ rule decode:
 rule train:
     input:
         unpack(decoded_images),
+        unpack(previous_segment("experiments", VISION_RUN)),
         split=f"{EXPERIMENT}/split.npz",
     output:
         model=f"{VISION_RUN}/model.pt",
@@ -63,11 +64,10 @@ rule train:
         experiment=names_regex("experiments", imported=False),
     conda:
         "../../envs/resmem.yaml"
-    threads: 1
+    threads: image_loader_threads  # the loader workers of streamed image files and the job itself
     resources:
+        **job_resources("experiments", "train", gpu=True),
         mem_mb=image_model_memory_mb("train"),
-        gpu=gpu_request,
-        runtime=120,
     params:
         dataset=section("experiments", "dataset"),
         model=section("experiments", "models/{model}"),
@@ -92,12 +92,11 @@ rule embed:
         experiment=names_regex("experiments", imported=False),
     conda:
         "../../envs/resmem.yaml"
-    threads: 1
+    threads: image_loader_threads  # the loader workers of streamed image files and the job itself
     resources:
+        **job_resources("experiments", "embed", gpu=True),
         mem_mb=image_model_memory_mb("embed"),
         disk_mb=embeddings_disk_mb,
-        gpu=gpu_request,
-        runtime=60,
     params:
         dataset=section("experiments", "dataset"),
         model=section("experiments", "models/{model}"),
@@ -105,6 +104,23 @@ rule embed:
         batch_size=section("experiments", "embed/batch_size"),
     script:
         "../scripts/embed.py"
+
+
+# A training longer than config requests.max_hours runs as segments of whole epochs, each from the checkpoint the
+# previous one ended with (train's own input "resume"), each under the cap.
+use rule train as train_segment with:
+    input:
+        unpack(decoded_images),
+        unpack(previous_segment("experiments", VISION_RUN)),
+        split=f"{EXPERIMENT}/split.npz",
+    output:
+        segment=segment_file(VISION_RUN),
+    log:
+        f"{VISION_RUN}/logs/train_segment{{epoch}}.log",
+    benchmark:
+        f"{VISION_RUN}/benchmarks/train_segment{{epoch}}.tsv"
+    params:
+        stop_epoch=stop_epoch,
 
 
 # Embeddings computed elsewhere (`embeddings:`) enter the DAG here, in place of train and embed.
@@ -126,9 +142,9 @@ rule embeddings_file:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
+        **job_resources("experiments", "embeddings_file"),
         mem_mb=memory_mb(2000),
         disk_mb=embeddings_disk_mb,
-        runtime=60,
     params:
         entry=section("experiments", "embeddings/{model}"),
         dataset=section("experiments", "dataset"),
@@ -157,7 +173,7 @@ rule predict:
         "../../envs/resmem.yaml"
     threads: 1
     resources:
+        **job_resources("experiments", "predict", partition="gpu"),
         mem_mb=stage_memory_mb(IMAGES, "predict", "embeddings"),
-        runtime=10,
     script:
         "../scripts/predict.py"

@@ -16,4 +16,6 @@ with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
         device=sm.config["device"],
         threads=sm.threads,
         config=sm.config,
+        resume=sm.input.get("resume"),  # a segmented training's previous segment
+        stop_epoch=sm.params.get("stop_epoch"),  # a segment's last epoch
     )

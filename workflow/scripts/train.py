@@ -15,5 +15,7 @@ with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
         device=sm.config["device"],
         threads=sm.threads,
         config=sm.config,
+        resume=sm.input.get("resume"),  # a segmented training's previous segment
+        stop_epoch=sm.params.get("stop_epoch"),  # a segment's last epoch
         images_path=sm.input.get("images"),  # a folder dataset decoded into memory
     )
