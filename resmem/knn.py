@@ -172,7 +172,7 @@ def search_queries(index, vectors, queries: dict, k_max: int, knn: dict, device:
         "recall_at_k_max": 1.0,
         "recall_sample": 0,
         # the exact re-ranking's reads of the neighbours' key rows (resmem.timing counts their pages)
-        "rerank_bytes": n_queries * k_max * vectors.shape[1] * vectors.dtype.itemsize if rerank is not None else 0,
+        "rerank_bytes": n_queries * k_max * np.asarray(vectors[:1]).nbytes if rerank is not None else 0,
     }
     if approximate:  # measure what the approximation costs, on a fixed sample of the test queries
         test = queries["test"]

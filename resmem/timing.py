@@ -63,6 +63,8 @@ DECODE_PER_CORE = 350.0  # 500x375 JPEGs/s through RandomResizedCrop(224) + flip
 STARTUP_SECONDS = 3.0  # a fresh interpreter importing torch, faiss and the stage modules
 CPU_SCAN_GFLOPS = 9.0  # faiss.knn on one CPU thread
 CPU_NETWORK_GFLOPS = 50.0  # assumed: a network's forward and backward passes on a job's CPU (device: cpu)
+CPU_MATMUL_GFLOPS = 144.0  # float32 matmul of the 2-core EPYC (bench/bench_sweep.py's machine record)
+CPU_MEMORY_GBS = 20.0  # assumed: a CPU's memory bandwidth for an IVF scan without a GPU
 CUDA_STARTUP_SECONDS = 20.0  # assumed: CUDA context, cuDNN/cuBLAS handles, the first kernels' autotuning
 # Storage, assumed for a cluster's scratch file system (a local NVMe disk is faster):
 DISK_READ_GBS = 1.0  # sequential reads
@@ -173,7 +175,7 @@ def search_seconds(n: int, d: int, q: int, k: int, knn: dict, gpu: str | None, k
     else:
         code = d * 4 if index == "ivf" else -(-knn["pq_m"] * knn["pq_bits"] // 8)
         scanned = q * min(knn["nprobe"], nlist) * (n / nlist) * (code + 8)
-        bandwidth = (GPUS[gpu].memory_gbs if gpu else 20.0) * 1e9 * IVF_SCAN_SHARE
+        bandwidth = (GPUS[gpu].memory_gbs if gpu else CPU_MEMORY_GBS) * 1e9 * IVF_SCAN_SHARE
         terms["search"] = faiss_seconds(2.0 * q * nlist * d, gpu) + scanned / bandwidth
     if index == "ivfpq":
         pages = q * k * max(1, -(-key_bytes // PAGE_BYTES))
@@ -185,8 +187,8 @@ def search_seconds(n: int, d: int, q: int, k: int, knn: dict, gpu: str | None, k
 
 
 def sweep_seconds(flops: float, gpu: str | None) -> float:
-    """The sweep engine's counted FLOPs at SWEEP_FP32_SHARE of the float32 peak (on the CPU: of 144 GFLOP/s)."""
-    peak = GPUS[gpu].fp32_tflops * 1e12 if gpu else 144e9
+    """The sweep engine's counted FLOPs at SWEEP_FP32_SHARE of the float32 peak (on the CPU: of its matmul rate)."""
+    peak = GPUS[gpu].fp32_tflops * 1e12 if gpu else CPU_MATMUL_GFLOPS * 1e9
     return flops / (SWEEP_FP32_SHARE * peak)
 
 

@@ -240,6 +240,13 @@ def train_threads(experiment: dict) -> int:
     return experiment["train"]["num_workers"] + 1 if streamed(experiment) else 1
 
 
+def network_threads(threads: int, recipe: dict, streamed_files: bool) -> int:
+    """torch's threads in a train or embed job of `threads`: those beside its loader's worker processes where it
+    streams image files (the job asks for one more than the workers, `train_threads`), so that the network computes
+    the same whether its files are streamed or decoded into memory."""
+    return max(1, threads - (recipe["num_workers"] if streamed_files else 0))
+
+
 def sweep_flops(experiment: dict, sizes: RunSizes) -> float:
     """The image sweep engine's counted FLOPs (bench/bench_sweep.py): 2·Q·k_max·C per sigma and temperature."""
     knn = experiment["knn"]

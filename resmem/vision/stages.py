@@ -22,7 +22,7 @@ from resmem.stages import fit_and_save, read_json
 from resmem.sweep import PARAMETERS
 from resmem.vision.artifacts import EMBEDDING_KEYS, PREDICTION_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
 from resmem.vision.data import Dataset, load_dataset, make_split, train_subset
-from resmem.vision.sizes import embeddings_disk_bytes, feature_width
+from resmem.vision.sizes import embeddings_disk_bytes, feature_width, network_threads
 
 log = logging.getLogger("resmem")
 
@@ -148,14 +148,6 @@ def _loaders(data: Dataset, parts: dict, recipe: dict, dev, batch_size: int, cha
     }  # fmt: skip
 
 
-def network_threads(threads: int, data: Dataset, recipe: dict) -> int:
-    """torch's threads in a train or embed job of `threads`: those left beside the loader's worker processes of
-    streamed image files (the job asks for one more than the workers: `resmem.vision.sizes.train_threads`), so that
-    the network computes the same whether its files are streamed or decoded into memory."""
-    workers = recipe["num_workers"] if data.train.images is None else 0
-    return max(1, threads - workers)
-
-
 def train(
     split_path,
     out: dict,
@@ -184,7 +176,7 @@ def train(
 
     dev = torch_device(device)
     data = _dataset(dataset, images_path)
-    torch.set_num_threads(network_threads(threads, data, recipe))
+    torch.set_num_threads(network_threads(threads, recipe, data.train.images is None))
     parts = load_split(split_path, data)
     rows = train_subset(parts["train_idx"], data.train.labels, train_fraction, dataset["split_seed"])
     parts["train_idx"] = rows
@@ -255,7 +247,7 @@ def embed(
     dev = torch_device(device)
     model, meta = load_model(model_path, spec)
     data = _dataset(dataset, images_path)
-    torch.set_num_threads(network_threads(threads, data, recipe))
+    torch.set_num_threads(network_threads(threads, recipe, data.train.images is None))
     norm = meta.get("normalization")  # what the model was trained with
     data = normalized(data, norm and (tuple(norm["mean"]), tuple(norm["std"])))
     rows = load_train_rows(train_rows_path)
