@@ -137,8 +137,8 @@ def job_plans(config: dict, output: str, gpu: str) -> dict[str, list[dict]]:
         if step in SEGMENT_RULES.values():
             spec = experiment.get("models", {}).get(wildcards["model"], {})
             epochs = spec.get("epochs", experiment["train"]["epochs"])
-            segments = timing.requests_for(seconds, config["requests"]["max_hours"], epochs).segments
-            ends = timing.segment_ends(epochs, segments)
+            ends = timing.training_segment_ends(seconds, config["requests"]["max_hours"], epochs)
+            segments = len(ends)
             last = int(wildcards.get("epoch", ends[-1]))
             first = max([0, *(end for end in ends if end < last)])
             seconds = timing.segment_seconds(terms, epochs, first, last)

@@ -232,6 +232,12 @@ def segment_ends(parts: int, segments: int) -> list[int]:
     return [round(i * parts / segments) for i in range(1, segments + 1)]
 
 
+def training_segment_ends(seconds: float, max_hours: float, epochs: int) -> list[int]:
+    """The epochs after which the segments of a training estimated at `seconds` end (`requests_for`,
+    `segment_ends`): [epochs] when it fits under `max_hours` in one job."""
+    return segment_ends(epochs, requests_for(seconds, max_hours, epochs).segments)
+
+
 def segment_seconds(terms: dict[str, float], parts: int, first: int, last: int) -> float:
     """A segment's share of a job's estimate `terms`: its start-up, and of the rest parts first+1 .. last of `parts`."""
     startup = terms.get("startup", 0.0)

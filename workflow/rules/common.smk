@@ -317,11 +317,14 @@ def job_resources(section, step, gpu=False, partition=None):
 
 def training_segments(section, wildcards):
     """The epochs after which a run's training segments end, the last one its final epoch: one segment unless
-    its runtime request exceeds config requests.max_hours (resmem.timing.requests_for).
+    its runtime request exceeds config requests.max_hours (resmem.timing.training_segment_ends).
     """
     step = "train" if section == "experiments" else "lm_train"
-    segments = job_requests(section, step, True, wildcards).segments
-    return timing.segment_ends(train_epochs(section, wildcards), segments)
+    seconds = estimated_seconds(section, step, wildcards, True)
+    max_hours = config["requests"]["max_hours"]
+    return timing.training_segment_ends(
+        seconds, max_hours, train_epochs(section, wildcards)
+    )
 
 
 def previous_segment(section, run):
