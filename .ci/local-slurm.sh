@@ -3,7 +3,8 @@
 # profile on a workstation:  .ci/local-slurm.sh start | stop
 # Facts that matter here: NodeName and SlurmctldHost must equal `hostname -s`; proctrack/linuxproc (cgroup
 # tracking fails in containers); select/cons_tres for parallel jobs; RealMemory at most what `slurmd -C` says.
-# No accounting database: the workflow's SLURM runs use `squeue` for job status (see tests/test_slurm.py).
+# No accounting database: the workflow's SLURM runs use `squeue` for job status (see tests/test_slurm.py), and
+# finished jobs stay readable with `scontrol show job` for a day (MinJobAge).
 # Two partitions on the one node, as on a cluster whose default partition is not the GPU one: cpu (the default)
 # and gpu, and two stand-in GPUs (generic resources on /dev/zero and /dev/full: jobs that ask for --gpus are
 # scheduled, and run on the CPU), so that tests can read back where each job was sent.
@@ -59,6 +60,8 @@ AccountingStorageType=accounting_storage/none
 ReturnToService=2
 MpiDefault=none
 MailProg=/bin/true
+# Tests read finished jobs back with scontrol after their run: keep the records a day, not the default 300 s.
+MinJobAge=86400
 DefMemPerCPU=1024
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$(( memory * 9 / 10 )) Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
