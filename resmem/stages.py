@@ -155,6 +155,7 @@ def index(keys, out: dict, knn: dict, device: str, store_fraction: float = 1.0) 
                 **{f"index_{key}": np.array(value) for key, value in record.items()})  # fmt: skip
 
 
+VERDICT_KEYS = ("gain", "gain_ci_low", "gain_ci_high", "p_value", "test")  # of resmem.stats.paired_gain
 ROWS_DTYPES = {"rows": np.int64, "datastore_rows": np.int64, "fraction": np.float64}
 INDEX_RECORD = ("type", "dim", "ntotal", "bytes", "sha256")  # resmem.knn.write_index's record, in the rows file
 
@@ -239,7 +240,7 @@ def aggregate(
         rows.append({"experiment": experiment, **row})
         for name, table in run_tables.items():
             tables.setdefault(name, []).append(table)
-    summary = pd.DataFrame(rows)
+    summary = holm_columns(pd.DataFrame(rows))
     io.write_csv(out["summary_csv"], summary[list(columns)])
     tables = {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
     write_report(summary, tables, experiment, out)
@@ -256,16 +257,28 @@ def load_predictions(path, keys, dtypes=None) -> dict[str, np.ndarray]:
     return arrays
 
 
-def gain_columns(method: str, base_correct, method_correct, point: dict, stats: dict, block: int = 1) -> dict:
+def gain_columns(method: str, base_correct, method_correct, point: dict, block: int | None = 1) -> dict:
     """A run's summary columns of one method's test-accuracy gain over the base model on the same test examples
-    (`point`: its selected point, as `resmem.sweep.select` records it): <method>_test_acc, _gain with its
-    bootstrap interval _gain_ci_low/_high (blocks of `block` examples), _mcnemar_p and _best_test_acc, the best
-    test accuracy anywhere on its grid."""
+    (`point`: its selected point, as `resmem.sweep.select` records it): <method>_test_acc, _gain with its paired
+    interval _gain_ci_low/_high, _p_value and _test (`resmem.stats.paired_gain`, blocks of `block` positions;
+    None: chosen from the data) and _best_test_acc, the best test accuracy anywhere on its grid. _p_holm is
+    added over the whole experiment (`holm_columns`)."""
     from resmem.stats import paired_gain
 
-    verdict = paired_gain(base_correct, method_correct, stats["resamples"], stats["seed"], block)
-    columns = {"test_acc": point["test_accuracy"], **verdict, "best_test_acc": point["best_test_accuracy"]}
+    verdict = paired_gain(base_correct, method_correct, block=block)
+    columns = {"test_acc": point["test_accuracy"], **{key: verdict[key] for key in VERDICT_KEYS},
+               "best_test_acc": point["best_test_accuracy"]}  # fmt: skip
     return {f"{method}_{name}": value for name, value in columns.items()}
+
+
+def holm_columns(summary: pd.DataFrame) -> pd.DataFrame:
+    """`summary` with <prefix>_p_holm beside every <prefix>_p_value: Holm-adjusted over all of them, every run and
+    gain of the experiment (the cells of its per-run table)."""
+    from resmem.stats import holm
+
+    columns = [c for c in summary.columns if c.endswith("_p_value")]
+    adjusted = holm(summary[columns].to_numpy(np.float64).ravel()).reshape(len(summary), len(columns))
+    return summary.assign(**{c.removesuffix("_p_value") + "_p_holm": adjusted[:, i] for i, c in enumerate(columns)})
 
 
 def read_json(path) -> dict:

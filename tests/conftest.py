@@ -285,14 +285,34 @@ def paper_dry_run(workdir, request):
     return Plan([partial(snakemake, workdir, "-n", "--configfile", *map(str, files.values()))], planned_per_config)
 
 
-def exact_mcnemar(b: int, c: int) -> float:
-    """McNemar's exact two-sided p-value from exact fractions of binomial coefficients: 2·P(X ≤ min(b, c)) for
-    X ~ Binomial(b + c, 1/2), at most 1."""
+def paired_p_by_hand(b: int, c: int) -> float:
+    """The p-value of resmem.stats.paired_gain from its definition: with 25 or more discordant examples McNemar's
+    chi-square (b − c)²/(b + c) on 1 degree of freedom (= Tango's score test at 0); with fewer McNemar's mid-p
+    2·(P(X ≤ min) − ½·P(X = min)), X ~ Binomial(b + c, 1/2), in exact fractions."""
     from fractions import Fraction
     from math import comb
 
-    n = b + c
-    return float(min(Fraction(1), 2 * sum(Fraction(comb(n, i), 2**n) for i in range(min(b, c) + 1))))
+    from scipy.stats import chi2
+
+    d = b + c
+    if d >= 25:
+        return 1.0 if b == c else float(chi2.sf((b - c) ** 2 / d, 1))
+    if d == 0:
+        return 1.0
+    low = min(b, c)
+    tail = sum(Fraction(comb(d, i), 2**d) for i in range(low + 1)) - Fraction(comb(d, low), 2 ** (d + 1))
+    return float(min(Fraction(1), 2 * tail))
+
+
+def holm_by_hand(p_values: list[float]) -> list[float]:
+    """Holm's adjusted p-values by the textbook loop: the i-th smallest of m times (m − i), at most 1, never below
+    the one before it; NaN entries left out of m and kept NaN."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p == p)
+    adjusted, running = [float("nan")] * len(p_values), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 # How the selection breaks a tie on val, parameter by parameter: toward less memory, a smoother kernel, a sharper
@@ -363,3 +383,26 @@ def two_seed_statistics(a: float, b: float) -> dict[str, float]:
     std = math.sqrt((a - mean) ** 2 + (b - mean) ** 2)  # / (n − 1) = 1
     half = T_975_ONE_DF * std / math.sqrt(2)
     return {"mean": mean, "std": std, "low": mean - half, "high": mean + half}
+
+
+def seeds_and_examples_by_hand(differences) -> dict[str, float]:
+    """The mean of S seeds × n shared test examples' paired differences with its 95 % interval and p-value, by
+    the two-way analysis of variance with one observation per cell: the mean squares of seeds, examples and
+    residual from their sums of squares; the mean's error variance (MS_seeds + max(MS_examples − MS_residual, 0))
+    / (S·n), Student's t with S − 1 degrees of freedom."""
+    import math
+
+    import numpy as np
+    from scipy.stats import t
+
+    d = np.asarray(differences, dtype=np.float64)
+    seeds, n = d.shape
+    grand, seed_means, example_means = d.mean(), d.mean(axis=1), d.mean(axis=0)
+    ms_seeds = n * sum((m - grand) ** 2 for m in seed_means) / (seeds - 1)
+    ms_examples = seeds * sum((m - grand) ** 2 for m in example_means) / (n - 1)
+    residual = sum((d[s, i] - seed_means[s] - example_means[i] + grand) ** 2 for s in range(seeds) for i in range(n))
+    ms_residual = residual / ((seeds - 1) * (n - 1))
+    se = math.sqrt((ms_seeds + max(ms_examples - ms_residual, 0.0)) / (seeds * n))
+    half = float(t.ppf(0.975, seeds - 1)) * se
+    p = float(2 * t.sf(abs(grand) / se, seeds - 1))
+    return {"mean": float(grand), "low": float(grand - half), "high": float(grand + half), "p": p}

@@ -90,7 +90,7 @@ LM_SMOKE = {
     "train": {"epochs": 1, "batch_size": 16, "lr": 0.003},
     "datastore": {"fractions": [0.5, 1.0], "max_tokens": 20_000},
     "eval_tokens": 1_000,
-    "stats": {"block_tokens": 32},  # 32 blocks of the 1,000 test positions
+    "stats": {"block_positions": 32},  # 31 blocks of the 1,000 test positions
     "knn": {
         "k": [1, 4, 8],
         "sigma": [0.3, 3.0],

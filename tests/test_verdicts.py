@@ -1,7 +1,9 @@
 """Verdicts: the one tie rule against an exact rational oracle and against a float64 implementation that sums in
 the reverse order; the baselines against an independent numpy implementation; the selection rule against hand-built
-sweep tables; McNemar's test against exact binomial sums; the bootstrap interval's coverage by simulation; the
-statistics over seeds against hand computations."""
+sweep tables; the paired procedures against independent references (an exact-fraction mid-p, scipy's
+chi-square and t-tests, Tango's statistic recomputed by a numerical maximum likelihood), their interval and p-value
+agreeing on every table of counts, coverage by simulation; Holm's adjustment and the statistics over seeds against
+hand computations."""
 
 import math
 from fractions import Fraction
@@ -9,14 +11,17 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t as t_dist
+from scipy.stats import ttest_1samp
 
 from resmem import engine
 from resmem.core import METHODS, predict, sweep_correct_float64, tie_tolerance
 from resmem.knn import build_index, search
 from resmem.plotting import per_model
-from resmem.stats import bootstrap_ci, mcnemar_p, paired_gain, t_interval
+from resmem.stats import correlation_time, gain_over_seeds, holm, mean_difference, paired_gain, t_interval
 from resmem.sweep import select, select_methods
-from tests.conftest import exact_mcnemar
+from resmem.verdicts import with_seed_tests
+from tests.conftest import holm_by_hand, paired_p_by_hand, seeds_and_examples_by_hand
 
 KS, SIGMAS, TEMPERATURES, LAMBDAS = [1, 2, 3, 4, 6], [0.5, 1e6], [1.0, 2.0], [0.25, 0.5]
 GRID = {"lambdas": LAMBDAS, "methods": METHODS}
@@ -236,6 +241,24 @@ def test_selection_breaks_ties_in_the_stated_order(method, points, chosen):
     assert got["best_test_accuracy"] == max(t for _, _, t in points)
 
 
+@pytest.mark.parametrize(
+    "points, chosen",
+    [
+        # kNN-LM, equal val accuracy and k: the larger τ (smoother weights), whatever the order of the rows
+        ([({"k": 4, "tau": 1.0, "lam": 0.25}, 0.8, 0.61), ({"k": 4, "tau": 10.0, "lam": 0.25}, 0.8, 0.62),
+          ({"k": 4, "tau": 3.0, "lam": 0.25}, 0.8, 0.63)], 1),
+        # equal k and τ: the smaller λ
+        ([({"k": 4, "tau": 10.0, "lam": 0.5}, 0.8, 0.61), ({"k": 4, "tau": 10.0, "lam": 0.25}, 0.8, 0.62),
+          ({"k": 8, "tau": 10.0, "lam": 0.1}, 0.8, 0.63)], 1),
+    ],
+)  # fmt: skip
+def test_selection_breaks_tau_and_lambda_ties(points, chosen):
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+        got = select(sweep_rows("knnlm", [points[i] for i in order]), ("k", "tau", "lam"))
+        assert {p: got[p] for p in ("k", "tau", "lam")} == points[chosen][0], order
+        assert got["test_accuracy"] == points[chosen][2]
+
+
 def test_selection_by_lowest_perplexity():
     table = sweep_rows("knnlm", [({"k": 4, "tau": 1.0, "lam": 0.25}, 30.0, 31.0),
                                  ({"k": 4, "tau": 10.0, "lam": 0.25}, 30.0, 32.0),
@@ -245,40 +268,162 @@ def test_selection_by_lowest_perplexity():
     assert got["best_test_accuracy"] == 31.0  # the lowest anywhere
 
 
-@pytest.mark.parametrize("b, c", [(0, 0), (1, 0), (5, 5), (12, 3), (3, 12), (40, 61), (400, 330)])
-def test_mcnemar_equals_the_exact_binomial(b, c):
-    rng = np.random.default_rng(b * 1000 + c)
-    both = rng.integers(0, 50)
-    base = np.array([0] * b + [1] * c + [1] * both + [0] * 7, bool)
-    method = np.array([1] * b + [0] * c + [1] * both + [0] * 7, bool)
+def outcomes_with(b: int, c: int, both: int = 30, neither: int = 7, seed: int = 0):
+    """(base correct, method correct), shuffled: b examples only the method gets right, c only the base."""
+    rng = np.random.default_rng(seed)
+    base = np.array([0] * b + [1] * c + [1] * both + [0] * neither, bool)
+    method = np.array([1] * b + [0] * c + [1] * both + [0] * neither, bool)
     order = rng.permutation(len(base))
-    assert mcnemar_p(base[order], method[order]) == pytest.approx(exact_mcnemar(b, c), rel=1e-10)
+    return base[order], method[order]
 
 
-def test_paired_bootstrap_interval_covers_a_known_gain():
-    """1,000 simulated test sets of 500 paired outcomes with a true gain of 4 points (P(method right, base
-    wrong) = 0.08, P(base right, method wrong) = 0.04): the 95 % interval covers it in 93–97 % of them."""
+@pytest.mark.parametrize("b, c", [(0, 0), (1, 0), (4, 0), (5, 5), (12, 3), (3, 12), (20, 4), (40, 61), (400, 330)])
+def test_paired_gain_p_value_equals_its_definition(b, c):
+    verdict = paired_gain(*outcomes_with(b, c, seed=b * 1000 + c))
+    assert verdict["p_value"] == pytest.approx(paired_p_by_hand(b, c), rel=1e-10)
+    assert verdict["gain"] == pytest.approx((b - c) / (b + c + 37))
+    assert verdict["test"].startswith("McNemar mid-p" if b + c < 25 else "Tango score")
+    # b = 4, c = 0: the normal approximation would say p = 0.046; the mid-p 2·(1/16 − 1/32), and the interval agrees
+    if (b, c) == (4, 0):
+        assert verdict["p_value"] == pytest.approx(0.0625) and verdict["gain_ci_low"] < 0
+
+
+def test_interval_and_p_value_agree_on_every_table():
+    """Every (b, c) up to 60 discordant each way among 400 examples: the 95 % interval excludes 0 exactly when
+    p < 0.05, across both procedures and their switch at 25 discordant examples."""
+    for b in range(61):
+        for c in range(61):
+            v = paired_gain(*outcomes_with(b, c, both=400 - b - c - 7))
+            assert (v["gain_ci_low"] > 0 or v["gain_ci_high"] < 0) == (v["p_value"] < 0.05), (b, c, v)
+            assert v["gain_ci_low"] <= v["gain"] <= v["gain_ci_high"]
+
+
+@pytest.mark.parametrize("b, c, n", [(40, 20, 160), (30, 10, 1000), (8, 30, 90), (200, 150, 5000)])
+def test_tango_interval_ends_are_where_the_score_test_rejects(b, c, n):
+    """At each end of the interval, Tango's score statistic — recomputed here with the constrained maximum
+    likelihood found numerically (scipy's bounded scalar minimizer), not the closed-form root — is ±1.96."""
+    from scipy.optimize import minimize_scalar
+    from scipy.stats import norm
+
+    def score(delta):
+        rest = n - b - c  # q = P(only the base right); P(only the method right) = q + delta
+        nll = lambda q: -(b * np.log(q + delta) + c * np.log(q) + rest * np.log(1 - 2 * q - delta))  # noqa: E731
+        q = minimize_scalar(nll, bounds=(max(0, -delta) + 1e-12, (1 - delta) / 2 - 1e-12), method="bounded",
+                            options={"xatol": 1e-13}).x  # fmt: skip
+        return (b - c - n * delta) / np.sqrt(n * (2 * q + delta - delta**2))
+
+    v = paired_gain(*outcomes_with(b, c, both=n - b - c - 7))
+    assert score(v["gain_ci_low"]) == pytest.approx(norm.ppf(0.975), abs=1e-5)
+    assert score(v["gain_ci_high"]) == pytest.approx(-norm.ppf(0.975), abs=1e-5)
+
+
+def test_paired_interval_covers_a_known_gain():
+    """1,000 simulated test sets of 500 independent paired outcomes with a true gain of 4 points (P(only the method
+    right) = 0.08, P(only the base right) = 0.04): the 95 % interval covers it in 93–97 % of them."""
     rng = np.random.default_rng(1)
     p_plus, p_minus, n, trials = 0.08, 0.04, 500, 1000
     covered = 0
-    for trial in range(trials):
+    for _ in range(trials):
         outcome = rng.choice(3, size=n, p=[p_plus, p_minus, 1 - p_plus - p_minus])
-        base, method = outcome == 1, outcome == 0
-        shared = rng.random(n) < 0.5  # both right on some of the rest
-        verdict = paired_gain(base | (shared & (outcome == 2)), method | (shared & (outcome == 2)), 10_000, trial)
+        verdict = paired_gain(outcome == 1, outcome == 0)
         covered += verdict["gain_ci_low"] <= p_plus - p_minus <= verdict["gain_ci_high"]
     assert 0.93 <= covered / trials <= 0.97
 
 
-def test_block_bootstrap_resamples_whole_blocks():
-    """Blocks of 4 identical differences: every resample's mean is a mean of whole blocks, so the interval's
-    ends are multiples of 1/(number of blocks); with block 1 it is the plain paired bootstrap."""
-    differences = np.repeat([1.0, 0.0, 0.0, -1.0, 1.0, 1.0, 0.0, 1.0], 4)
-    low, high = bootstrap_ci(differences, resamples=2000, seed=0, block=4)
-    assert low * 8 == pytest.approx(round(low * 8)) and high * 8 == pytest.approx(round(high * 8))
-    wide = bootstrap_ci(np.tile([1.0, -1.0], 200), resamples=2000, seed=0, block=2)
-    assert wide == (0.0, 0.0)  # each block sums to 0: no resample moves the mean
-    assert bootstrap_ci(np.tile([1.0, -1.0], 200), resamples=2000, seed=0)[0] < 0  # block 1 does
+def test_block_t_is_scipys_t_test_on_block_means_and_needs_ten_blocks():
+    rng = np.random.default_rng(3)
+    differences = rng.choice([-1.0, 0.0, 1.0], size=1000, p=[0.1, 0.78, 0.12])
+    v = mean_difference(differences, block=40)
+    means = differences.reshape(25, 40).mean(axis=1)
+    assert v["p_value"] == pytest.approx(ttest_1samp(means, 0.0).pvalue, rel=1e-10)
+    half = t_dist.ppf(0.975, 24) * means.std(ddof=1) / 5
+    assert (v["gain_ci_low"], v["gain_ci_high"]) == pytest.approx((means.mean() - half, means.mean() + half))
+    assert v["test"] == "block t (25 blocks of 40 positions)"
+    few = paired_gain(differences < 0, differences > 0, block=101)  # 9 blocks
+    assert math.isnan(few["p_value"]) and math.isnan(few["gain_ci_low"])
+    assert few["test"] == "no verdict: 9 blocks of 101 positions (fewer than 10)"
+
+
+def test_correlation_time_of_a_chain_with_known_autocorrelation():
+    """A sticky chain (keep the previous outcome with probability ρ, else draw afresh) has autocorrelation ρ^lag,
+    so an integrated autocorrelation time of (1 + ρ)/(1 − ρ): 9 at ρ = 0.8, 1 for independent outcomes."""
+    rng = np.random.default_rng(5)
+    fresh = rng.choice([-1.0, 0.0, 1.0], size=200_000, p=[0.1, 0.8, 0.1])
+    keep = rng.random(200_000) < 0.8
+    keep[0] = False
+    chain = fresh[np.maximum.accumulate(np.where(keep, 0, np.arange(200_000)))]
+    assert correlation_time(chain) == pytest.approx(9.0, rel=0.1)
+    assert correlation_time(fresh) == pytest.approx(1.0, abs=0.05)
+    assert paired_gain(chain < 0, chain > 0, block=None)["block"] == math.ceil(8 * correlation_time(chain))
+
+
+def test_holm_by_hand():
+    p = [0.01, 0.04, 0.03, float("nan"), 0.5]
+    assert holm(p)[[0, 1, 2, 4]] == pytest.approx([0.04, 0.09, 0.09, 0.5])  # 4·0.01, max(3·0.03, 2·0.04), 0.5
+    assert math.isnan(holm(p)[3])
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = rng.random(12) ** 3
+        assert holm(p) == pytest.approx(holm_by_hand(list(p)))
+
+
+def test_gain_over_seeds_is_the_two_way_analysis_of_variance_by_hand():
+    """gain_over_seeds' standard error (run gains' spread + the mean covariance of two seeds' blocks) equals the
+    one of the seeds × examples analysis of variance computed by hand from sums of squares, with S − 1 degrees
+    of freedom, on outcomes with a shared example effect, a seed effect, both and neither; with blocks of 4, the
+    same on the block means."""
+    rng = np.random.default_rng(3)
+    for seeds in (2, 3, 5):
+        for example_sd, seed_sd in ((0.0, 0.0), (1.5, 0.0), (0.0, 0.4), (1.5, 0.4)):
+            v, a = rng.normal(0, example_sd, 120), rng.normal(0, seed_sd, (seeds, 1))
+            right = rng.random((seeds, 120)) < 1 / (1 + np.exp(-(0.5 + v + a)))
+            wrong_base = rng.random((seeds, 120)) < 0.3
+            differences = right.astype(int) - (right & ~wrong_base)  # ≥ 0 where the base agrees
+            differences = np.where(rng.random((seeds, 120)) < 0.5, differences, -differences)
+            got, by_hand = gain_over_seeds(differences), seeds_and_examples_by_hand(differences)
+            assert got["gain"] == pytest.approx(by_hand["mean"], abs=1e-15)
+            assert (got["gain_ci_low"], got["gain_ci_high"]) == pytest.approx((by_hand["low"], by_hand["high"]))
+            assert got["p_value"] == pytest.approx(by_hand["p"], rel=1e-9)
+            assert got["test"] == f"t over {seeds} seeds × 120 test examples"
+            blocked = gain_over_seeds(differences, block=4)
+            means = differences.reshape(seeds, 30, 4).mean(axis=2)
+            assert blocked["p_value"] == pytest.approx(seeds_and_examples_by_hand(means)["p"], rel=1e-9)
+            assert blocked["test"] == f"t over {seeds} seeds × 30 test blocks of 4 positions"
+    # Two seeds whose examples go opposite ways (MS_examples < MS_residual): the shared part counts as 0, and
+    # what is left is the t over the two run gains.
+    x = np.tile([1, -1, 0, 1, 0], 8)
+    opposite = np.stack([x, -x + (np.arange(40) % 7 == 0)])
+    got, gains = gain_over_seeds(opposite), opposite.mean(axis=1)
+    assert got["p_value"] == pytest.approx(seeds_and_examples_by_hand(opposite)["p"], rel=1e-9)
+    assert got["p_value"] == pytest.approx(ttest_1samp(gains, 0.0).pvalue, rel=1e-9)
+
+
+def test_gain_over_seeds_gives_no_verdict_without_seeds_blocks_or_spread():
+    """One seed, fewer than 10 blocks, or float noise around identical gains (a spread of 5e-17): no interval and
+    no p-value, hence no star; seeds with identical outcomes that differ between examples still have the test
+    set's share to judge; all zero: no difference at all (p = 1)."""
+    one = gain_over_seeds(np.ones((1, 50)))
+    assert one["test"] == "no verdict: one seed" and math.isnan(one["p_value"]) and one["gain"] == 1.0
+    few = gain_over_seeds(np.ones((3, 90)), block=10)
+    assert few["test"] == "no verdict: 9 blocks of 10 positions (fewer than 10)" and math.isnan(few["gain_ci_low"])
+    noise = 0.03 + np.random.default_rng(0).normal(0, 5e-17, (3, 40))
+    assert math.isnan(gain_over_seeds(noise)["p_value"])
+    same = np.tile(np.array([1, 0, 0, -1, 1, 1, 0, 1, 0, 0] * 4), (3, 1))
+    by_hand = seeds_and_examples_by_hand(same)
+    assert gain_over_seeds(same)["p_value"] == pytest.approx(by_hand["p"], rel=1e-9) and by_hand["p"] < 1
+    zero = gain_over_seeds(np.zeros((2, 30)))
+    assert (zero["gain_ci_low"], zero["gain_ci_high"], zero["p_value"]) == (0.0, 0.0, 1.0)
+
+
+def test_seed_tests_need_one_test_set_per_group():
+    """Runs of one model and fraction with test sets of different lengths cannot be compared over one: a clear
+    error, not a broadcast."""
+    summary = pd.DataFrame({"model": ["a", "a"], "seed": [0, 1], "parameters": [1, 1], "resmem_gain": [0.1, 0.2],
+                            "differences": [{"block": 1, "resmem_gain": np.ones(20)},
+                                            {"block": 1, "resmem_gain": np.ones(30)}]})  # fmt: skip
+    stats = per_model(summary, ["resmem_gain"])
+    with pytest.raises(ValueError, match=r"the runs of a hold test sets of \[20, 30\] positions"):
+        with_seed_tests(stats, summary, ("model",), ("resmem_gain",))
 
 
 def test_statistics_over_seeds_by_hand():
@@ -297,4 +442,4 @@ def test_statistics_over_seeds_by_hand():
     assert (b.gain_low, b.gain_high) == pytest.approx((0.02 - half, 0.02 + half), rel=1e-6)
     assert list(stats.index) == ["a", "b"] and stats.seeds.tolist() == [3, 2]
     mean, std, low, high = t_interval([0.5])
-    assert (mean, std) == (0.5, 0.0) and math.isnan(low) and math.isnan(high)
+    assert mean == 0.5 and math.isnan(std) and math.isnan(low) and math.isnan(high)  # one seed: n/a, not ± 0

@@ -19,7 +19,9 @@ from resmem.vision.artifacts import EMBEDDING_KEYS, FIGURES, PREDICTION_KEYS, SP
 from tests.conftest import (
     REPO,
     confidence_bins_by_hand,
-    exact_mcnemar,
+    holm_by_hand,
+    paired_p_by_hand,
+    seeds_and_examples_by_hand,
     selected_by_hand,
     snakemake,
     two_seed_statistics,
@@ -156,7 +158,9 @@ def test_experiment_outputs(smoke_run):
                 assert row[f"{method}_best_test_acc"] >= row[f"{method}_test_acc"]
                 right = predictions[method] == predictions["labels"]
                 b, c = int((right & ~base_correct).sum()), int((base_correct & ~right).sum())
-                assert row[f"{method}_mcnemar_p"] == pytest.approx(exact_mcnemar(b, c))
+                assert row[f"{method}_p_value"] == pytest.approx(paired_p_by_hand(b, c), rel=1e-9)
+                p, low, high = row[f"{method}_p_value"], row[f"{method}_gain_ci_low"], row[f"{method}_gain_ci_high"]
+                assert (low > 0 or high < 0) == (p < 0.05), row  # the interval and the p-value agree
     params = summary.groupby("model").parameters.first()
     assert params["cnn_w1"] < params["cnn_w4"]
     examples = summary.groupby("train_fraction").train_examples.unique()
@@ -164,7 +168,8 @@ def test_experiment_outputs(smoke_run):
 
     markdown = (results / "summary.md").read_text()
     assert "| cnn_w1 |" in markdown and "±" in markdown and "## Is the gain real?" in markdown
-    assert "| cnn_w4 | 1 | kNN-interp |" in markdown and "with one seed, its run's own interval" in markdown
+    assert "| cnn_w4 | 1 | kNN-interp |" in markdown
+    assert "with one seed, its run's own Holm-adjusted test is below 0.05" in markdown
     latex = (results / "summary.tex").read_text()
     assert r"\begin{tabular}" in latex and r"cnn\_w4 & 438 & 0.5 &" in latex and r"\pm" in latex
 
@@ -207,12 +212,14 @@ LABELS = {"resmem": "ResMem", "knn": "kNN", "knn_interp": "kNN-interp"}
 
 def test_a_two_seed_summary_equals_the_statistics_computed_by_hand(folder_run):
     """Experiment two_seeds of the folder run (one model, seeds 0 and 1): summary.md's mean ± std of every test
-    accuracy, every gain's 95 % t-interval over the seeds, the runs whose own interval excludes 0, McNemar's p per
-    run and the selection cost equal what is computed here by hand from each run's test predictions and sweep."""
+    accuracy, every gain's 95 % interval over seeds and test examples and its Holm-adjusted star, the runs whose
+    own test survives Holm, the Holm-adjusted p per run and the oracle gap equal what is computed here by hand from
+    each run's test predictions and sweep."""
     results = folder_run["workdir"] / "results" / "two_seeds"
     summary = folder_run["summaries"]["two_seeds"].sort_values("seed")
     assert summary.seed.tolist() == [0, 1] and set(summary.model) == {"cnn"}
     accuracy, best, logits, p_values = {m: [] for m in ("base", *METHODS)}, {m: [] for m in METHODS}, [], {}
+    differences = {m: [] for m in METHODS}
     for seed in (0, 1):
         run = results / "cnn" / "frac1" / f"seed{seed}"
         with np.load(run / "predictions.npz") as predictions:
@@ -221,7 +228,8 @@ def test_a_two_seed_summary_equals_the_statistics_computed_by_hand(folder_run):
             accuracy[m].append(float(right[m].mean()))
         for m in METHODS:
             b, c = int((right[m] & ~right["base"]).sum()), int((right["base"] & ~right[m]).sum())
-            p_values.setdefault(m, {})[seed] = exact_mcnemar(b, c)
+            differences[m].append(right[m].astype(int) - right["base"])
+            p_values.setdefault(m, {})[seed] = paired_p_by_hand(b, c)
         with np.load(run / "embeddings.npz") as emb:
             logits.append(emb["test_logits"])
         sweep = pd.read_csv(run / "sweep.csv")
@@ -246,26 +254,36 @@ def test_a_two_seed_summary_equals_the_statistics_computed_by_hand(folder_run):
     cells = [cell.strip() for cell in table_row.strip("|").split("|")]
     assert cells[2:4] == ["1", f"{summary.train_examples.iloc[0]:,}"]
     mean_std(cells[4], accuracy["base"])
+    listed = folder_run["summaries"]["two_seeds"].seed  # the runs in summary.csv's order
+    run_holm = holm_by_hand([p_values[m][seed] for seed in listed for m in METHODS])  # every run and gain
+    run_holm = {(seed, m): run_holm[i * len(METHODS) + j] for i, seed in enumerate(listed)
+                for j, m in enumerate(METHODS)}  # fmt: skip
+    gain_by_seed = {m: [a - b for a, b in zip(accuracy[m], accuracy["base"], strict=True)] for m in METHODS}
+    over_seeds = {m: seeds_and_examples_by_hand(differences[m]) for m in METHODS}
+    cell_holm = dict(zip(METHODS, holm_by_hand([over_seeds[m]["p"] for m in METHODS]), strict=True))  # 3 cells
+    assert "Holm-adjusted over the 3 gain cells of this table" in markdown
     for i, m in enumerate(METHODS):
         mean_std(cells[5 + 2 * i], accuracy[m])
-        gains = two_seed_statistics(*(a - b for a, b in zip(accuracy[m], accuracy["base"], strict=True)))
+        gains = over_seeds[m]
+        assert gains["mean"] == pytest.approx(two_seed_statistics(*gain_by_seed[m])["mean"])
         printed = re.fullmatch(rf"({NUMBER}) \[({NUMBER}), ({NUMBER})\](\*?)", cells[6 + 2 * i])
         for value, statistic in zip(printed.groups()[:3], ("mean", "low", "high"), strict=True):
             assert float(value) == pytest.approx(100 * gains[statistic], abs=PRINTED), (m, statistic)
-        excludes_zero = gains["low"] > 0 or gains["high"] < 0
-        assert printed[4] == ("*" if excludes_zero else ""), m
-        # The verdict table: the same gain cell, the runs whose bootstrap interval excludes 0, p per run, the cost.
+        assert printed[4] == ("*" if cell_holm[m] < 0.05 else ""), m
+        # The verdict table: the same gain cell, the runs whose Holm-adjusted test is below 0.05, p per run, the gap.
         [verdict] = [line for line in lines if line.startswith(f"| cnn | 1 | {LABELS[m]} |")]
         verdict = [cell.strip() for cell in verdict.strip("|").split("|")]
-        intervals = zip(summary[f"{m}_gain_ci_low"], summary[f"{m}_gain_ci_high"], strict=True)
-        distinct = sum(low > 0 or high < 0 for low, high in intervals)
+        distinct = sum(run_holm[(seed, m)] < 0.05 for seed in listed)
         assert verdict[3] == cells[6 + 2 * i] and verdict[4] == f"{distinct} of 2"
-        listed = folder_run["summaries"]["two_seeds"].seed  # the runs in summary.csv's order
-        assert verdict[5] == ", ".join(f"{p_values[m][seed]:.2g}" for seed in listed)
+        assert verdict[5] == ", ".join(f"{run_holm[(seed, m)]:.2g}" for seed in listed)
+        assert summary.sort_values("seed")[f"{m}_p_holm"].tolist() == pytest.approx(
+            [run_holm[(0, m)], run_holm[(1, m)]]
+        )
         cost = 100 * (sum(best[m]) / 2 - sum(accuracy[m]) / 2)
         assert float(verdict[6]) == pytest.approx(cost, abs=PRINTED), m
-        excluding = "cnn (train fraction 1)" if excludes_zero else "no model"
-        sentence = f"- {LABELS[m]}: its 95 % interval over seeds excludes 0 for {excluding}; elsewhere the gain is"
+        excluding = "cnn (train fraction 1)" if cell_holm[m] < 0.05 else "no model"
+        said = f"its Holm-adjusted test over seeds and test examples is below 0.05 for {excluding}; elsewhere"
+        sentence = f"- {LABELS[m]}: {said}"
         assert sentence in markdown
 
 

@@ -1,7 +1,7 @@
 """Names of what the stages of a language-model experiment write: a token datastore per model and seed, then
 per datastore fraction an index, one neighbor search and the sweep of base, ResMem and kNN-LM."""
 
-from resmem.artifacts import SPLITS
+from resmem.artifacts import GAIN_FIELDS, SPLITS
 
 CORPUS_KEYS = tuple(f"{split}_tokens" for split in SPLITS)
 DATASTORE_KEYS = (
@@ -40,13 +40,11 @@ LM_SUMMARY_COLUMNS = (
     "knnlm_test_acc",
     "knnlm_gain",
     "knnlm_test_ppl",
-    # the tests of each gain (resmem.stages.gain_columns; intervals by a block bootstrap of the test positions)
-    *(f"{m}_{c}" for m in ("resmem", "knnlm") for c in ("gain_ci_low", "gain_ci_high", "mcnemar_p", "best_test_acc")),
+    # the tests of each gain (resmem.stages.gain_columns: a t-test over the means of blocks of test positions)
+    *(f"{m}_{c}" for m in ("resmem", "knnlm") for c in GAIN_FIELDS if c not in ("test_acc", "gain")),
     # mean −log p(y) of kNN-LM (at its point of lowest val perplexity) minus the base model's, in nats per token
-    # (negative: better; the perplexity ratio is its exp), with its block-bootstrap interval
-    "knnlm_loss_change",
-    "knnlm_loss_change_ci_low",
-    "knnlm_loss_change_ci_high",
+    # (negative: better; the perplexity ratio is its exp), with its interval and p-value from the same block t
+    *(f"knnlm_loss_change{c}" for c in ("", "_ci_low", "_ci_high", "_p_value", "_p_holm", "_test")),
 )
 # The methods a study may run on its neighbours (knn.methods); a study without resmem stores no final hidden
 # states of the training positions

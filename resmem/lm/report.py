@@ -20,7 +20,7 @@ from resmem.plotting import (
     plt,
     save,
 )
-from resmem.verdicts import gain_cell, verdict_lines, with_distinct_runs
+from resmem.verdicts import gain_cell, holm_note, spread, verdict_lines, with_distinct_runs, with_seed_tests
 
 METHODS = (  # (label, summary column prefix, color, marker)
     ("base model", "base", BASE_COLOR, "o"),
@@ -54,13 +54,21 @@ NO_PERPLEXITY = (
 STATISTICS = ("base_test_acc", "resmem_test_acc", "knnlm_test_acc", "resmem_gain", "knnlm_gain", "base_test_ppl",
               "knnlm_test_ppl", "resmem_best_test_acc", "knnlm_best_test_acc", "knnlm_loss_change")  # fmt: skip
 METHOD_LABELS = {"resmem": "ResMem", "knnlm": "kNN-LM"}
+RUN_GROUP = ("model", "datastore_fraction")  # the runs of one group differ by their seed
+GAINS = ("resmem_gain", "knnlm_gain", "knnlm_loss_change")  # the gain cells of the summary table
 
 
 def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
     """Mean, std and t-interval over seeds of every accuracy, gain, perplexity and loss change, ordered by
-    parameter count, with the runs whose own interval of each gain excludes 0 (`resmem.verdicts`)."""
+    parameter count, with the runs whose own test of each gain is below 0.05 after Holm (`resmem.verdicts`)."""
     stats = per_model(summary, STATISTICS, by, ("parameters", "datastore_size"))
     return with_distinct_runs(stats, summary, by, {m: METHOD_LABELS[m] for m in ran(summary)})
+
+
+def _gains(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model × datastore fraction: `_per_model` with each gain's verdict over seeds and test examples,
+    Holm-adjusted over the table's cells (`resmem.verdicts.with_seed_tests`)."""
+    return with_seed_tests(_per_model(summary, RUN_GROUP), summary, RUN_GROUP, GAINS)
 
 
 def _knnlm_formulation(summary: pd.DataFrame) -> str:
@@ -82,19 +90,19 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
         "",
         f"Test next-token accuracy (%) and perplexity, mean ± std over seeds {seeds}; {lm_selection(summary)} "
         f"(kNN-LM's perplexity at its (k, {width}, λ) of lowest val perplexity). {_knnlm_formulation(summary)} "
-        "Gains in points and kNN-LM's change of the test loss (nats per token; negative: better) with the 95 % "
-        "t-interval of their mean over seeds; * where it excludes 0.",
+        "Gains in points and kNN-LM's change of the test loss (nats per token; negative: better). "
+        + holm_note(_gains(summary), GAINS),
         "",
         "| model | parameters | datastore fraction | datastore entries | base acc | ResMem acc | ResMem gain "
         "| kNN-LM acc | kNN-LM gain | base ppl | kNN-LM ppl | kNN-LM Δ loss |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    per = _per_model(summary, by=("model", "datastore_fraction"))
+    per = _gains(summary)
     for (model, fraction), r in per.iterrows():
 
         def cell(column, scale=100.0, r=r):  # "–": a method the study did not run
             mean = r[f"{column}_mean"]
-            return "–" if np.isnan(mean) else f"{scale * mean:.2f} ± {scale * r[f'{column}_std']:.2f}"
+            return "–" if np.isnan(mean) else spread(r, column, scale)
 
         def gain(column, scale=100.0, r=r):
             return "–" if np.isnan(r[f"{column}_mean"]) else gain_cell(r, column, scale)
@@ -108,10 +116,15 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
     methods = {m: METHOD_LABELS[m] for m in ran(summary)}
     lines += ["", *verdict_lines(summary, per, "datastore_fraction", methods), ""]
     if "knnlm" in methods:
-        lines += ["kNN-LM's change of the test loss per run (nats per token, block-bootstrap 95 % interval):", ""]
+        lines += [
+            "kNN-LM's change of the test loss per run (nats per token; 95 % block-t interval, p-value "
+            "Holm-adjusted over every run and gain, the procedure):",
+            "",
+        ]
         lines += [
             f"- {r.model} (datastore fraction {r.datastore_fraction:g}, seed {r.seed}): {r.knnlm_loss_change:+.4f} "
-            f"[{r.knnlm_loss_change_ci_low:+.4f}, {r.knnlm_loss_change_ci_high:+.4f}]"
+            f"[{r.knnlm_loss_change_ci_low:+.4f}, {r.knnlm_loss_change_ci_high:+.4f}], Holm p "
+            f"{r.knnlm_loss_change_p_holm:.2g}; {r.knnlm_loss_change_test}"
             for r in summary.itertuples()
         ]
     protocols = summary.groupby("model", sort=False)[["datastore_key", "eval_stride"]].first()
@@ -156,7 +169,7 @@ def plot_accuracy_vs_size(summary: pd.DataFrame, experiment: str, png, pdf) -> N
 
 def plot_gain_vs_datastore(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
     """Gain over the base model vs the datastore's share of the training positions, per model."""
-    stats = _per_model(summary, by=("model", "datastore_fraction")).reset_index()
+    stats = _per_model(summary, RUN_GROUP).reset_index()
     models = list(_per_model(summary).index)
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(models)))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))

@@ -32,7 +32,6 @@ from resmem.lm.sizes import datastore_disk_bytes
 from resmem.stages import fit_and_save, read_json
 
 log = logging.getLogger("resmem")
-MIN_BLOCKS = 20  # fewer blocks of test positions make too few distinct bootstrap resamples for an interval
 
 
 def corpus(npz_path, meta_path, corpus_cfg: dict, tokenizer_source: str | None = None) -> None:
@@ -301,28 +300,22 @@ def select(sweep_path, out_path) -> None:
 
 
 def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
-    """One run's summary row, with each gain tested on the test positions' predictions by a block bootstrap of
-    `stats["block_tokens"]` positions and McNemar's test (`resmem.stages.gain_columns`), and its sweep (with the
-    run's columns and selected values)."""
-    from resmem.stats import bootstrap_ci
+    """One run's summary row, with each gain tested on the test positions' predictions by a t-test over the means
+    of blocks of contiguous positions (`stats["block_positions"]`; auto: chosen from the data;
+    `resmem.stages.gain_columns`), and its sweep (with the run's columns and selected values)."""
+    from resmem.stats import mean_difference
 
     chosen, meta, store = read_json(run["selected"]), read_json(run["meta"]), read_json(run["datastore_report"])
     methods = [m for m in LM_METHODS if m in chosen]  # those the study ran (knn.methods); the others' columns NaN
     resmem, knnlm, ppl = (chosen.get(m, {}) for m in ("resmem", "knnlm", "knnlm_perplexity"))
     keys = (*LM_PREDICTION_KEYS, *(key for m in methods for key in LM_METHOD_PREDICTION_KEYS[m]))
     predicted = shared.load_predictions(run["predictions"], keys)
-    block = stats["block_tokens"]
-    blocks = -(-len(predicted["labels"]) // block)
-    if blocks < MIN_BLOCKS:
-        log.warning("%s: %d test positions make only %d blocks of stats.block_tokens = %d; the block bootstrap's "
-                    "intervals need at least %d (lower block_tokens or raise eval_tokens)", run["predictions"],
-                    len(predicted["labels"]), blocks, block, MIN_BLOCKS)  # fmt: skip
+    block = None if stats["block_positions"] == "auto" else stats["block_positions"]
     right = {m: predicted[m] == predicted["labels"] for m in ("base", *methods)}
     nan = float("nan")
-    loss_change, low, high = np.full(1, nan), nan, nan
+    loss = {key: nan for key in shared.VERDICT_KEYS}
     if "knnlm" in methods:
-        loss_change = predicted["knnlm_loss"] - predicted["base_loss"]
-        low, high = bootstrap_ci(loss_change, stats["resamples"], stats["seed"], block=block)
+        loss = mean_difference(predicted["knnlm_loss"] - predicted["base_loss"], block=block)
     row = {
         "model": run["model"],
         "datastore_fraction": run["store_fraction"],
@@ -342,16 +335,23 @@ def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
         "knnlm_tau": knnlm.get("tau", nan),  # the published squared_l2 kernel's temperature
         "knnlm_lam": knnlm.get("lam", nan),
         "knnlm_test_ppl": ppl.get("test_perplexity", nan),
-        "knnlm_loss_change": float(loss_change.mean()),
-        "knnlm_loss_change_ci_low": low,
-        "knnlm_loss_change_ci_high": high,
+        "knnlm_loss_change": loss["gain"],
+        "knnlm_loss_change_ci_low": loss["gain_ci_low"],
+        "knnlm_loss_change_ci_high": loss["gain_ci_high"],
+        "knnlm_loss_change_p_value": loss["p_value"],
+        "knnlm_loss_change_test": loss["test"],
         "device": meta["device"],
     }
+    unknown = np.full(len(predicted["labels"]), nan)  # a method not run: no differences
+    differences = {"block": block, "knnlm_loss_change": predicted["knnlm_loss"] - predicted["base_loss"]
+                   if "knnlm" in methods else unknown}  # fmt: skip
     for m in LM_METHODS:
         if m in methods:
-            row.update(shared.gain_columns(m, right["base"], right[m], chosen[m], stats, block))
+            row.update(shared.gain_columns(m, right["base"], right[m], chosen[m], block))
         else:
             row.update({f"{m}_{field}": nan for field in GAIN_FIELDS})
+        differences[f"{m}_gain"] = right[m].astype(np.int8) - right["base"] if m in methods else unknown
+    row["differences"] = differences  # per position, for the verdict over seeds (resmem.verdicts.with_seed_tests)
     sweep = pd.read_csv(run["sweep"]).assign(
         model=run["model"],
         seed=run["seed"],

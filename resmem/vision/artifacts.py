@@ -9,8 +9,9 @@ EMBEDDING_KEYS = ("train_idx", *(f"{split}_{kind}" for split in SPLITS for kind 
 # selected point (resmem.core.METHODS)
 PREDICTION_KEYS = ("labels", "base", "resmem", "knn", "knn_interp")
 # Per method m of resmem.core.METHODS: m_test_acc at its val-selected point, m_gain over the base model with its
-# paired bootstrap interval m_gain_ci_low/high and McNemar's p-value m_mcnemar_p, and m_best_test_acc, the best
-# test accuracy anywhere on its grid (what selecting on val costs). ResMem's point is k, sigma, temperature.
+# paired interval m_gain_ci_low/high, p-value m_p_value (and m_p_holm over the experiment) from the procedure
+# m_test (resmem.stats.paired_gain), and m_best_test_acc, the best test accuracy anywhere on its grid.
+# ResMem's point is k, sigma, temperature.
 SUMMARY_COLUMNS = (
     "experiment",
     "model",

@@ -22,7 +22,7 @@ from resmem.plotting import (
     plt,
     save,
 )
-from resmem.verdicts import gain_cell, verdict_lines, with_distinct_runs
+from resmem.verdicts import gain_cell, holm_note, spread, verdict_lines, with_distinct_runs, with_seed_tests
 
 RESMEM_SELECTION = "(k, σ, T) chosen by val accuracy"
 SELECTION = "each method at its grid point of best val accuracy"
@@ -35,13 +35,21 @@ METHODS_SHOWN = (  # (label, summary column prefix, colour, marker)
 LABELS = {prefix: label for label, prefix, _, _ in METHODS_SHOWN}
 MIN_BIN_COUNT = 10  # confidence bins with fewer test examples (pooled over seeds) are too noisy to draw
 STATISTICS = ("base_test_acc", *(f"{m}_{c}" for m in METHODS for c in ("test_acc", "gain", "best_test_acc")))
+RUN_GROUP = ("model", "train_fraction")  # the runs of one group differ by their seed
+GAINS = tuple(f"{m}_gain" for m in METHODS)  # the gain cells of the summary table
 
 
 def _per_model(summary: pd.DataFrame, by=("model",)) -> pd.DataFrame:
     """Mean, std and t-interval over seeds of every accuracy and gain per model (or `by` group), by parameter
-    count, with the number of seeds whose own interval of each gain excludes 0 (`resmem.verdicts`)."""
+    count, with the number of seeds whose own test of each gain is below 0.05 after Holm (`resmem.verdicts`)."""
     stats = per_model(summary, STATISTICS, by, ("parameters", "train_examples"))
     return with_distinct_runs(stats, summary, by, METHODS)
+
+
+def _gains(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model × train fraction: `_per_model` with each gain's verdict over seeds and test examples,
+    Holm-adjusted over the table's cells (`resmem.verdicts.with_seed_tests`)."""
+    return with_seed_tests(_per_model(summary, RUN_GROUP), summary, RUN_GROUP, GAINS)
 
 
 TABLE_HEADER = ("model", "parameters", "train fraction", "train examples", "DeepNet", "ResMem", "gain [95 % CI]",
@@ -50,16 +58,13 @@ TABLE_HEADER = ("model", "parameters", "train fraction", "train examples", "Deep
 
 def _table_rows(summary: pd.DataFrame, pm: str) -> list[list[str]]:
     """The summary table's cells per model × training fraction (accuracies in %, mean `pm` std over seeds; gains
-    with their 95 % t-interval over seeds)."""
+    with their 95 % interval over seeds and test examples)."""
     rows = []
-    for (model, fraction), r in _per_model(summary, by=("model", "train_fraction")).iterrows():
+    for (model, fraction), r in _gains(summary).iterrows():
         row = [model, f"{int(r.parameters):,}", f"{fraction:g}", f"{int(r.train_examples):,}",
-               f"{100 * r.base_test_acc_mean:.2f} {pm} {100 * r.base_test_acc_std:.2f}"]  # fmt: skip
+               spread(r, "base_test_acc", pm=pm)]  # fmt: skip
         for m in METHODS:
-            row += [
-                f"{100 * r[f'{m}_test_acc_mean']:.2f} {pm} {100 * r[f'{m}_test_acc_std']:.2f}",
-                gain_cell(r, f"{m}_gain"),
-            ]
+            row += [spread(r, f"{m}_test_acc", pm=pm), gain_cell(r, f"{m}_gain")]
         rows.append(row)
     return rows
 
@@ -69,7 +74,7 @@ def _caption(summary: pd.DataFrame, experiment: str) -> str:
     return (
         f"{experiment}: test accuracy (%) of the base network (DeepNet), ResMem, the soft kNN classifier on the same "
         f"neighbours and kNN interpolated with DeepNet, mean ± std over seeds {seeds}; {SELECTION} of each run. "
-        "Gains over DeepNet in points with the 95 % t-interval of their mean over seeds; * where it excludes 0."
+        "Gains over DeepNet in points. " + holm_note(_gains(summary), GAINS)
     )
 
 
@@ -97,7 +102,7 @@ def summary_markdown(summary: pd.DataFrame, experiment: str) -> str:
         "|---|" + "---:|" * (len(TABLE_HEADER) - 1),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _table_rows(summary, "±")]
-    per = _per_model(summary, by=("model", "train_fraction"))
+    per = _gains(summary)
     lines += ["", *verdict_lines(summary, per, "train_fraction", {m: LABELS[m] for m in METHODS}), "",
               "How each model saw the images:", ""]  # fmt: skip
     for model, first in summary.groupby("model", sort=False).first().iterrows():
@@ -238,7 +243,7 @@ def plot_gain_heatmap(summary: pd.DataFrame, sweeps: pd.DataFrame, experiment: s
 
 
 def plot_gain_vs_train_fraction(summary: pd.DataFrame, experiment: str, png, pdf) -> None:
-    stats = _per_model(summary, by=("model", "train_fraction")).reset_index()
+    stats = _per_model(summary, RUN_GROUP).reset_index()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     models = list(dict.fromkeys(stats.model))  # by parameter count
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(models)))

@@ -355,10 +355,10 @@ def select(sweep_path, out_path) -> None:
     shared.select(sweep_path, out_path, select_methods)
 
 
-def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
+def summarize(run: dict) -> tuple[dict, dict]:
     """One run's summary row (each method's selected point and its gain over the base model, tested on the test
-    predictions: `resmem.stages.gain_columns`) and tables (its sweep and confidence bins, with the run's columns).
-    `stats` is the experiment's stats section."""
+    predictions: `resmem.stages.gain_columns`; per example, for the verdict over seeds, in "differences") and
+    tables (its sweep and confidence bins, with the run's columns)."""
     chosen, meta = read_json(run["selected"]), read_json(run["meta"])
     predicted = shared.load_predictions(run["predictions"], PREDICTION_KEYS, dict.fromkeys(PREDICTION_KEYS, np.int64))
     row = {
@@ -373,11 +373,14 @@ def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
         "view": meta.get("view", ""),
         "device": meta["device"],
     }
+    differences = {"block": 1}
     for method in METHODS:
         prefix = "" if method == "resmem" else f"{method}_"  # ResMem's selected point: k, sigma, temperature
         row.update({f"{prefix}{p}": chosen[method][p] for p in PARAMETERS[method]})
-        correct = [predicted[m] == predicted["labels"] for m in ("base", method)]
-        row.update(shared.gain_columns(method, *correct, chosen[method], stats))
+        base, right = (predicted[m] == predicted["labels"] for m in ("base", method))
+        row.update(shared.gain_columns(method, base, right, chosen[method]))
+        differences[f"{method}_gain"] = right.astype(np.int8) - base
+    row["differences"] = differences  # resmem.verdicts.with_seed_tests
     run_columns = {"model": run["model"], "train_fraction": run["train_fraction"], "seed": run["seed"]}
     tables = {
         "sweeps": pd.read_csv(run["sweep"]).assign(**run_columns, selected_temperature=chosen["resmem"]["temperature"]),
@@ -388,12 +391,9 @@ def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
 
 def aggregate(experiment: str, runs: list[dict], out: dict, config: dict, repo_dir, stats: dict) -> None:
     """runs: one dict per model × training fraction × seed with keys model, train_fraction, seed and the
-    paths selected, meta, sweep, predictions, confidence (`resmem.stages.run_records`); `stats`: the
-    experiment's stats section."""
-    from functools import partial
-
+    paths selected, meta, sweep, predictions, confidence (`resmem.stages.run_records`); `stats`, the
+    experiment's stats section, holds nothing for independent test examples."""
     from resmem.vision.report import write_report
 
     views = {run["model"]: read_json(run["meta"]).get("view") for run in runs}  # how each model saw the images
-    shared.aggregate(experiment, runs, out, config, repo_dir, partial(summarize, stats=stats), SUMMARY_COLUMNS,
-                     write_report, views=views)  # fmt: skip
+    shared.aggregate(experiment, runs, out, config, repo_dir, summarize, SUMMARY_COLUMNS, write_report, views=views)

@@ -100,7 +100,7 @@ rule lm_datastore:
 
 
 # Per test position, each method's prediction (and the base model's and kNN-LM's loss) at its selected point: the
-# aggregate's block-bootstrap intervals and McNemar tests.
+# aggregate's block t-tests.
 rule lm_predict:
     input:
         datastore=f"{LM_RUN}/datastore.npz",
