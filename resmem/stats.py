@@ -29,7 +29,7 @@ import numpy as np
 LEVEL = 0.95  # of every interval; its p-value threshold is 1 − LEVEL
 MIN_DISCORDANT = 25  # fewer examples where the two disagree: the exact mid-p test instead of Tango's score test
 MIN_BLOCKS = 10  # fewer blocks of test positions: no interval, no p-value
-BLOCK_SPAN = 8  # a block spans this many integrated autocorrelation times: adjacent block means correlate ≈ 0.03
+BLOCK_SPAN = 16  # integrated autocorrelation times a block spans: adjacent block means correlate by at most ≈ 0.016
 NO_VERDICT = {"gain_ci_low": float("nan"), "gain_ci_high": float("nan"), "p_value": float("nan")}
 
 

@@ -354,7 +354,7 @@ def test_correlation_time_of_a_chain_with_known_autocorrelation():
     chain = fresh[np.maximum.accumulate(np.where(keep, 0, np.arange(200_000)))]
     assert correlation_time(chain) == pytest.approx(9.0, rel=0.1)
     assert correlation_time(fresh) == pytest.approx(1.0, abs=0.05)
-    assert paired_gain(chain < 0, chain > 0, block=None)["block"] == math.ceil(8 * correlation_time(chain))
+    assert paired_gain(chain < 0, chain > 0, block=None)["block"] == math.ceil(16 * correlation_time(chain))
 
 
 def test_holm_by_hand():
