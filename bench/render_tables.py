@@ -32,6 +32,7 @@ import bench_image_cache
 import bench_model_memory
 import bench_plan
 import bench_scale
+import bench_select
 import bench_stats
 import bench_suite
 import bench_sweep
@@ -129,6 +130,8 @@ TABLES = {
     "bench_scale:fits": Table(part(scale_part, 1), SCALE),
     "bench_scale:extrapolation": Table(part(scale_part, 2), SCALE),
     "bench_plan:anchors": Table(part(plan_part, 0), PLAN),
+    "bench_select": Table(lambda runs: bench_select.table(runs[0][1]["results"]),
+                          (("bench_select", "", "python bench/bench_select.py"),)),
     "bench_stats": Table(lambda runs: bench_stats.tables(runs[0][1]["results"]),
                          (("bench_stats", "", "python bench/bench_stats.py"),)),
     "bench_timing": Table(lambda runs: bench_timing.table(runs[0][1]["results"]),

@@ -24,7 +24,13 @@ implementation of the same formula. It is the reference; the grid sweep runs in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_SWEEP_CHUNK_BYTES = 256 * 2**20  # bound on a sweep chunk's working set (knn.sweep_chunk_mb)
 UNIT_ROUNDOFF_64 = 2.0**-53
@@ -129,13 +135,13 @@ def resmem_scores(
 
 
 def resmem_predict(
-    query_logits,
-    dist,
-    idx,
-    train_logits,
-    train_labels,
-    sigma,
-    temperature=1.0,
+    query_logits: np.ndarray,
+    dist: np.ndarray,
+    idx: np.ndarray,
+    train_logits: np.ndarray,
+    train_labels: np.ndarray,
+    sigma: float,
+    temperature: float = 1.0,
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
 ) -> np.ndarray:
     """ResMem's class predictions (the tie rule, `predict`), computed in chunks of queries so that memory stays
@@ -144,7 +150,7 @@ def resmem_predict(
                           chunk_bytes=chunk_bytes)  # fmt: skip
 
 
-def knn_scores(dist: np.ndarray, idx: np.ndarray, train_labels: np.ndarray, sigma: float, n_classes: int):
+def knn_scores(dist: np.ndarray, idx: np.ndarray, train_labels: np.ndarray, sigma: float, n_classes: int) -> np.ndarray:
     """The soft kNN classifier's p_kNN(c) = Σ_j w_j [y_j = c] over all the neighbors given (Q×C)."""
     dist = np.asarray(dist, dtype=np.float64)
     idx = np.asarray(idx)
@@ -248,13 +254,13 @@ def sweep_correct_float64(
     query_labels: np.ndarray,
     dist: np.ndarray,
     idx: np.ndarray,
-    ks,
-    sigmas,
-    temperatures,
+    ks: Sequence[int],
+    sigmas: Sequence[float],
+    temperatures: Sequence[float],
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
-    progress=None,
-    lambdas=(),
-    methods=("resmem",),
+    progress: Any = None,
+    lambdas: Sequence[float] = (),
+    methods: Sequence[str] = ("resmem",),
 ) -> dict[str, np.ndarray]:
     """Number of correct predictions of each method at every grid point from one neighbor search at k_max, in
     float64 numpy by the tie rule (`predict`): the reference that the sweep engine (`resmem.engine.sweep_correct`,
@@ -307,7 +313,9 @@ def sweep_correct_float64(
     return correct
 
 
-def accuracy_by_confidence(logits: np.ndarray, labels: np.ndarray, predictions: np.ndarray, bins: int = 10):
+def accuracy_by_confidence(
+    logits: np.ndarray, labels: np.ndarray, predictions: np.ndarray, bins: int = 10
+) -> pd.DataFrame:
     """Correct counts of the base model (argmax of `logits`) and of other `predictions` (ResMem's) in
     equal-width bins of the base model's confidence, its largest softmax probability: where ResMem helps."""
     import pandas as pd

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -73,16 +74,24 @@ def pin_cpu_kernels(device: str, kernels: str = "avx2") -> dict[str, str]:
 
 
 def _check(device: str) -> None:
-    if device not in DEVICES:
+    """One of DEVICES, or "cuda:N" (the library's `resmem.checks.check_device` passes one GPU's number on)."""
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(device)):
         raise ValueError(f"config key 'device' must be one of {DEVICES}, got {device!r}")
+
+
+def gpu_number(device: str) -> int:
+    """The GPU that "cuda:N" names; 0 for "cuda" and "auto"."""
+    return int(device.split(":")[1]) if device.startswith("cuda:") else 0
 
 
 def torch_device(device: str = "auto"):
     import torch
 
     _check(device)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config 'device: cuda' but torch sees no CUDA GPU; set 'device: auto' or 'cpu'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"'device: {device}' but torch sees no CUDA GPU; set 'device: auto' or 'cpu'")
+    if device.startswith("cuda:") and gpu_number(device) >= torch.cuda.device_count():
+        raise RuntimeError(f"'device: {device}' but torch sees {torch.cuda.device_count()} GPUs (numbered from 0)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
@@ -103,8 +112,8 @@ def faiss_gpu_count(device: str = "auto") -> int:
     if device == "cpu" or not hasattr(faiss, "get_num_gpus"):
         return 0
     count = faiss.get_num_gpus()
-    if device == "cuda" and count == 0:
-        raise RuntimeError("config 'device: cuda' but faiss sees no GPU; set 'device: auto' or 'cpu'")
+    if device.startswith("cuda") and count <= gpu_number(device):
+        raise RuntimeError(f"'device: {device}' but faiss sees {count} GPUs; set 'device: auto' or 'cpu'")
     return count
 
 

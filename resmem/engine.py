@@ -36,8 +36,11 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from resmem.artifacts import QUERY_SPLITS
 from resmem.blocks import locality_order, neighbor_rows, query_blocks
@@ -254,21 +257,21 @@ def stack_splits(neighbors: dict, k_max: int, splits=QUERY_SPLITS):
 
 
 def sweep_correct(
-    train_logits,
-    train_labels,
-    query_logits,
-    query_labels,
-    dist,
-    idx,
-    ks,
-    sigmas,
-    temperatures,
+    train_logits: ArrayLike,
+    train_labels: ArrayLike,
+    query_logits: np.ndarray,
+    query_labels: ArrayLike,
+    dist: ArrayLike,
+    idx: ArrayLike,
+    ks: Sequence[int],
+    sigmas: Sequence[float],
+    temperatures: Sequence[float],
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
-    progress=None,
+    progress: Any = None,
     device: str = "cpu",
-    groups=None,
-    lambdas=(),
-    methods=("resmem",),
+    groups: ArrayLike | None = None,
+    lambdas: Sequence[float] = (),
+    methods: Sequence[str] = ("resmem",),
 ) -> dict[str, np.ndarray]:
     """Number of correct predictions of each method (`resmem.core.METHODS`) at every grid point: {method: int64
     counts} shaped as `resmem.core.count_shapes` says, in the orders given, equal to

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from typing import Any
 
 import numpy as np
 
-from resmem.device import faiss_gpu_count
+from resmem.device import faiss_gpu_count, gpu_number
 from resmem.io import ArtifactError, atomic_path, file_hash
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def prepare(embeddings: np.ndarray, normalize: bool) -> np.ndarray:
     return x
 
 
-def _to_gpu(index):
+def _to_gpu(index, device: str = "cuda"):
+    """A GPU copy of a CPU index, on the GPU that `device` names ("cuda:N"; else the first)."""
     import faiss
 
     resources = faiss.StandardGpuResources()
@@ -34,7 +36,7 @@ def _to_gpu(index):
     # An IVF-PQ index's lookup tables of 64 codes × 8 bits exceed a GPU's 48 KiB of shared memory in float32
     # (faiss issue 1178); float16 tables only touch the approximate distances, which `exact_distances` replaces.
     options.useFloat16 = isinstance(index, faiss.IndexIVFPQ)
-    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index, options)
+    gpu_index = faiss.index_cpu_to_gpu(resources, gpu_number(device), index, options)
     gpu_index.referenced_resources = resources  # keep the resources alive as long as the index
     return gpu_index
 
@@ -54,7 +56,7 @@ def build_index(
     seed: int = 0,
     pq_m: int = 8,
     pq_bits: int = 8,
-):
+) -> Any:
     """An L2 index over the training embeddings, returned on the CPU (ready for faiss.write_index).
 
     kind "flat" is exact; "ivf" (IndexIVFFlat, for large datastores) clusters the vectors into `nlist` lists,
@@ -76,7 +78,7 @@ def build_index(
             index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, pq_m, pq_bits)
         sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 256 * nlist), replace=False))
         if on_gpu:  # the k-means of the lists' centroids on the GPU: its assignment step is a large GEMM
-            index.clustering_index = _to_gpu(faiss.IndexFlatL2(dim))
+            index.clustering_index = _to_gpu(faiss.IndexFlatL2(dim), device)
         index.train(prepare(train_embeddings[sample], normalize))
         index.clustering_index = None
         log.info("%s index: %d lists trained on %d vectors on the %s", kind, nlist, len(sample),
@@ -84,22 +86,22 @@ def build_index(
     else:
         index = faiss.IndexFlatL2(dim)
     log.info("building the index on the %s", "GPU" if on_gpu else "CPU")
-    target = _to_gpu(index) if on_gpu else index
+    target = _to_gpu(index, device) if on_gpu else index
     for start in range(0, len(train_embeddings), chunk_size):  # chunks: a memmapped datastore is read once
         target.add(prepare(train_embeddings[start : start + chunk_size], normalize))
     return faiss.index_gpu_to_cpu(target) if on_gpu else index
 
 
 def search(
-    index,
+    index: Any,
     queries: np.ndarray,
     k: int,
     normalize: bool = False,
     device: str = "auto",
     chunk_size: int = DEFAULT_QUERY_CHUNK,
-    progress=None,
+    progress: Any = None,
     nprobe: int = 16,
-    rerank=None,
+    rerank: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest training examples of every query: (Euclidean distances, indices), both Q×k, sorted.
     For an IVF index, `nprobe` lists are searched per query. `rerank`: the vectors a PQ index holds; each chunk's
@@ -115,7 +117,7 @@ def search(
         index.nprobe = nprobe
     if faiss_gpu_count(device):
         log.info("searching on the GPU")
-        index = _to_gpu(index)
+        index = _to_gpu(index, device)
     else:
         log.info("searching on the CPU")
     dist = np.empty((len(queries), k), dtype=np.float32)
@@ -224,7 +226,7 @@ def exact_search(
     for start in range(0, len(train_embeddings), block_rows):
         block = prepare(train_embeddings[start : start + block_rows], normalize)
         if resources is not None:
-            sq, idx = faiss.knn_gpu(resources, q, block, min(k, len(block)))
+            sq, idx = faiss.knn_gpu(resources, q, block, min(k, len(block)), device=gpu_number(device))
         else:
             sq, idx = faiss.knn(q, block, min(k, len(block)))
         if sq.shape[1] < k:  # a last block smaller than k: pad with empty results
@@ -277,7 +279,7 @@ def write_index(index, path) -> dict:
     return {**index_record(index), "bytes": size, "sha256": digest.hexdigest()}
 
 
-def read_index(path, record: dict):
+def read_index(path, record: dict, remedy: str = "delete it and rerun its index rule"):
     """A faiss index file, read only once its size and sha256 are those `write_index` recorded, and checked to be
     of the recorded type, dimension and vector count: a swapped, truncated or foreign file never reaches faiss's
     parser."""
@@ -285,12 +287,11 @@ def read_index(path, record: dict):
 
     where = f"{path} (recorded: {record['type']}, d = {record['dim']}, {record['ntotal']} vectors)"
     if os.path.getsize(path) != record["bytes"] or file_hash(path) != record["sha256"]:
-        raise ArtifactError(f"{where}: the file is not the one its index rule wrote (size or sha256 differ); delete "
-                            "it and rerun its index rule")  # fmt: skip
+        raise ArtifactError(f"{where}: the file is not the one that was written (size or sha256 differ); {remedy}")
     try:
         built = faiss.read_index(str(path))
     except RuntimeError as exc:
-        raise ArtifactError(f"{where}: cannot be read ({exc}); delete it and rerun its index rule") from exc
+        raise ArtifactError(f"{where}: cannot be read ({exc}); {remedy}") from exc
     if index_record(built) != {k: record[k] for k in ("type", "dim", "ntotal")}:
-        raise ArtifactError(f"{where}: holds {index_record(built)}; delete it and rerun its index rule")
+        raise ArtifactError(f"{where}: holds {index_record(built)}; {remedy}")
     return built

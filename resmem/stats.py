@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 LEVEL = 0.95  # of every interval; its p-value threshold is 1 − LEVEL
 MIN_DISCORDANT = 25  # fewer examples where the two disagree: the exact mid-p test instead of Tango's score test
@@ -33,7 +34,7 @@ BLOCK_SPAN = 16  # integrated autocorrelation times a block spans: adjacent bloc
 NO_VERDICT = {"gain_ci_low": float("nan"), "gain_ci_high": float("nan"), "p_value": float("nan")}
 
 
-def holm(p_values) -> np.ndarray:
+def holm(p_values: ArrayLike) -> np.ndarray:
     """Holm's step-down adjusted p-values (NaN entries are not tested and stay NaN): the i-th smallest of m is
     max over j ≤ i of min(1, (m − j + 1)·p_(j))."""
     p = np.asarray(p_values, dtype=np.float64)
@@ -86,7 +87,7 @@ def mid_p_mcnemar(b: int, c: int, n: int, level: float = LEVEL) -> tuple[float, 
     return d / n * (2.0 * pi_low - 1.0), d / n * (2.0 * pi_high - 1.0), p
 
 
-def autocorrelation(x, max_lag: int) -> np.ndarray:
+def autocorrelation(x: ArrayLike, max_lag: int) -> np.ndarray:
     """Sample autocorrelations of `x` at lags 0..max_lag (the biased estimator, by FFT)."""
     x = np.asarray(x, dtype=np.float64) - np.mean(x)
     size = 1 << int(2 * len(x) - 1).bit_length()
@@ -95,7 +96,7 @@ def autocorrelation(x, max_lag: int) -> np.ndarray:
     return covariance / covariance[0]
 
 
-def correlation_time(x) -> float:
+def correlation_time(x: ArrayLike) -> float:
     """The integrated autocorrelation time 1 + 2·Σ ρ(k) of a series (≥ 1): the flat-top window of Politis &
     White (2004) with its lag rule (the window ends at twice the first lag m after which K_n autocorrelations in
     a row are within 2·√(log10 n / n) of 0)."""
@@ -113,12 +114,12 @@ def correlation_time(x) -> float:
     return max(1.0, 1.0 + 2.0 * float(np.sum(weight * rho[lags])))
 
 
-def block_length(differences) -> int:
+def block_length(differences: ArrayLike) -> int:
     """The block length the data call for: BLOCK_SPAN integrated autocorrelation times of the differences."""
     return math.ceil(BLOCK_SPAN * correlation_time(differences))
 
 
-def block_means(differences, block: int) -> np.ndarray:
+def block_means(differences: ArrayLike, block: int) -> np.ndarray:
     """The means of len // block contiguous blocks of near-equal length (array_split): each block's sum over the
     nominal length len/blocks, so that their mean is the mean of all differences."""
     differences = np.asarray(differences, dtype=np.float64)
@@ -138,7 +139,7 @@ def _t_verdict(estimate: float, standard_error: float, dof: float, level: float 
     return {"gain_ci_low": estimate - half, "gain_ci_high": estimate + half, "p_value": p}
 
 
-def mean_difference(differences, *, block: int | None = 1) -> dict:
+def mean_difference(differences: ArrayLike, *, block: int | None = 1) -> dict:
     """The mean of paired `differences` (in test order) with Student's t over the means of contiguous blocks of
     `block` positions (None: `block_length` of the data); 1 = the paired t-test. Returns gain, gain_ci_low,
     gain_ci_high, p_value, test (what was done, or why there is no verdict), blocks and block."""
@@ -155,7 +156,7 @@ def mean_difference(differences, *, block: int | None = 1) -> dict:
     return {**result, **verdict, "test": test}
 
 
-def paired_gain(base_correct, method_correct, *, block: int | None = 1) -> dict:
+def paired_gain(base_correct: ArrayLike, method_correct: ArrayLike, *, block: int | None = 1) -> dict:
     """A method's test-accuracy gain over the base model on the same test examples, in test order: gain,
     gain_ci_low, gain_ci_high, p_value (the interval excludes 0 exactly when p < 1 − LEVEL), test (the procedure)
     and the blocks used. `block` = 1: independent examples (Tango's score test, or McNemar's mid-p with fewer than
@@ -176,7 +177,7 @@ def paired_gain(base_correct, method_correct, *, block: int | None = 1) -> dict:
             "blocks": n, "block": 1}  # fmt: skip
 
 
-def t_interval(values, level: float = LEVEL) -> tuple[float, float, float, float]:
+def t_interval(values: ArrayLike, level: float = LEVEL) -> tuple[float, float, float, float]:
     """(mean, standard deviation, low, high) of `values` (one per seed): Student's t-interval of the mean; with one
     value the deviation and the interval are unknown (NaN), not 0."""
     from scipy.stats import t
@@ -190,7 +191,7 @@ def t_interval(values, level: float = LEVEL) -> tuple[float, float, float, float
     return mean, std, mean - half, mean + half
 
 
-def gain_over_seeds(differences, *, block: int | None = 1) -> dict:
+def gain_over_seeds(differences: ArrayLike, *, block: int | None = 1) -> dict:
     """The mean gain of S runs (training seeds) on one shared test set, with a t-interval and t-test that cover
     both what the seeds vary and what drawing the test set varies. `differences`: S × n paired differences
     (method − base per test example or position, in test order), reduced to the means of J contiguous blocks
@@ -224,6 +225,6 @@ def gain_over_seeds(differences, *, block: int | None = 1) -> dict:
     return {**result, **_t_verdict(result["gain"], standard_error, seeds - 1), "test": test}
 
 
-def excludes_zero(low, high) -> bool:
+def excludes_zero(low: float, high: float) -> bool:
     """Whether an interval lies wholly on one side of 0 (not for an unknown one)."""
     return bool(low > 0 or high < 0)

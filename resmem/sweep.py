@@ -4,6 +4,7 @@ validation accuracy."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,12 @@ SYMBOLS = {"k": "k", "sigma": "σ", "tau": "τ", "temperature": "T", "lam": "λ"
 
 
 def sweep_table(
-    embeddings: dict, neighbors: dict, knn: dict, chunk_bytes: int, device: str = "cpu", methods=METHODS
+    embeddings: dict,
+    neighbors: dict,
+    knn: dict,
+    chunk_bytes: int,
+    device: str = "cpu",
+    methods: Sequence[str] = METHODS,
 ) -> pd.DataFrame:
     """Accuracy of each method at every point of its grid on val and test, plus one base-model row per split
     with k = 0: ResMem over (k, σ, T), the soft kNN classifier over (k, σ), kNN interpolation over (k, σ, T, λ),
@@ -69,7 +75,19 @@ def sweep_table(
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 
-def select(sweep: pd.DataFrame, parameters, metric: str = "accuracy", higher_is_better=True) -> dict:
+def best_point(
+    grid: pd.DataFrame, parameters: Sequence[str], metric: str = "accuracy", higher_is_better: bool = True
+) -> pd.Series:
+    """The row of `grid` with the best `metric`; ties go, parameter by parameter in the order given, the way
+    `SMALLER_WINS` says."""
+    parameters = list(parameters)
+    ascending = [not higher_is_better, *(SMALLER_WINS[p] for p in parameters)]
+    return grid.sort_values([metric, *parameters], ascending=ascending, kind="mergesort").iloc[0]
+
+
+def select(
+    sweep: pd.DataFrame, parameters: Sequence[str], metric: str = "accuracy", higher_is_better: bool = True
+) -> dict:
     """The grid point (values of `parameters`) with the best val `metric`, and the test value there; `sweep` holds
     one method's rows and the base model's (k = 0).
 
@@ -79,12 +97,7 @@ def select(sweep: pd.DataFrame, parameters, metric: str = "accuracy", higher_is_
     that the cost of selecting on val shows."""
     parameters = list(parameters)
     grid = sweep[sweep.k > 0]
-    val = grid[grid.split == "val"]
-    best = val.sort_values(
-        [metric, *parameters],
-        ascending=[not higher_is_better, *(SMALLER_WINS[p] for p in parameters)],
-        kind="mergesort",
-    ).iloc[0]
+    best = best_point(grid[grid.split == "val"], parameters, metric, higher_is_better)
     at_best = np.logical_and.reduce([np.isclose(grid[p], best[p]) for p in parameters])
     test_grid = grid[grid.split == "test"][metric]
     test = grid[at_best & (grid.split == "test")][metric].iloc[0]

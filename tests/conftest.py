@@ -406,3 +406,22 @@ def seeds_and_examples_by_hand(differences) -> dict[str, float]:
     half = float(t.ppf(0.975, seeds - 1)) * se
     p = float(2 * t.sf(abs(grand) / se, seeds - 1))
     return {"mean": float(grand), "low": float(grand - half), "high": float(grand + half), "p": p}
+
+
+def resmem_by_hand(train_emb, train_logits, train_y, query_emb, query_logits, k, sigma, temperature):
+    """ResMem's scores (Algorithm 1 of the paper) written out per query in float64, sharing no code with resmem:
+    scikit-learn's brute-force neighbours, scipy's softmax, a loop over the neighbours."""
+    import numpy as np
+    from scipy.special import softmax as scipy_softmax
+    from sklearn.neighbors import NearestNeighbors
+
+    n_classes = train_logits.shape[1]
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(np.float64(train_emb))
+    dist, idx = nn.kneighbors(np.float64(query_emb))
+    scores = np.zeros((len(query_emb), n_classes))
+    for q in range(len(query_emb)):
+        memory = np.zeros(n_classes)
+        for w, j in zip(scipy_softmax(-dist[q] / sigma), idx[q], strict=True):
+            memory += w * (np.eye(n_classes)[train_y[j]] - scipy_softmax(np.float64(train_logits[j]) / temperature))
+        scores[q] = scipy_softmax(np.float64(query_logits[q]) / temperature) + memory
+    return scores

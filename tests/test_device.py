@@ -41,7 +41,7 @@ def test_demanding_cuda_without_a_gpu_says_what_to_do(monkeypatch):
     without_gpus(monkeypatch)
     with pytest.raises(RuntimeError, match="'device: cuda' but torch sees no CUDA GPU; set 'device: auto'"):
         torch_device("cuda")
-    with pytest.raises(RuntimeError, match="'device: cuda' but faiss sees no GPU"):
+    with pytest.raises(RuntimeError, match="'device: cuda' but faiss sees 0 GPUs"):
         faiss_gpu_count("cuda")
 
 

@@ -207,8 +207,11 @@ def snippet_namespace() -> dict:
         "test_y": test_y,
         "keys": keys,
         "next": rng.integers(0, vocab, n),
+        "val_emb": rng.standard_normal((q, d)).astype(np.float32),
+        "val_logits": rng.standard_normal((q, classes)),
+        "val_y": rng.integers(0, classes, q),
         "val_h": rng.standard_normal((q, d)).astype(np.float32),
-        "val_y": rng.integers(0, vocab, q),
+        "val_next": rng.integers(0, vocab, q),
         "test_h": rng.standard_normal((q, d)).astype(np.float32),
         "W": rng.standard_normal((vocab, d)).astype(np.float32),
         "b": np.zeros(vocab, np.float32),
@@ -218,7 +221,8 @@ def snippet_namespace() -> dict:
 @pytest.mark.parametrize(
     "page, snippet", blocks("python"), ids=lambda v: v if isinstance(v, str) and len(v) < 40 else ""
 )
-def test_every_python_snippet_runs(page, snippet):
+def test_every_python_snippet_runs(page, snippet, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # what a snippet saves (a model folder) lands here, not in the checkout
     namespace = snippet_namespace()
     exec(compile(snippet, page, "exec"), namespace)  # noqa: S102 - the docs' own snippets
     if "pred" in namespace:

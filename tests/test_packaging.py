@@ -140,6 +140,7 @@ def test_installed_wheel_ships_the_schema_and_validates_configs(tmp_path):
     installed = (tmp_path / "site" / "resmem").resolve()
     assert Path(report["file"]).resolve() == installed / "__init__.py"
     assert Path(report["schema"]).resolve() == installed / "config.schema.yaml"
+    assert (installed / "py.typed").is_file()  # PEP 561: type checkers read the package's annotations
     assert report["experiments"] == ["smoke"]
     assert "experiments.x.train" in report["error"] and "'learning_rate' was unexpected" in report["error"]
     # Every source file of the checkout's package, subpackages and schema included, is in the wheel.

@@ -12,9 +12,8 @@ from sklearn.linear_model import LinearRegression
 from sklearn.neighbors import KNeighborsRegressor
 
 from resmem.config import ConfigError, validate
-from resmem.knn import exact_search
 from resmem.plan import planned_jobs
-from resmem.regression.study import METHODS, RISK_COLUMNS, best_linear_risk, fit_linear, knn_means, risk_table, simulate
+from resmem.regression.study import METHODS, RISK_COLUMNS, best_linear_risk, risk_table, simulate
 from tests.conftest import snakemake, two_seed_statistics
 
 
@@ -22,39 +21,30 @@ def study(**overrides):
     return validate({"regression": {"r": overrides}})["regression"]["r"]
 
 
-def test_estimators_equal_scikit_learn():
-    cfg = study()
-    rng = np.random.default_rng(0)
-    x, y = simulate(500, cfg, rng)
-    queries, _ = simulate(200, cfg, rng)
-    base = fit_linear(x, y)
-    np.testing.assert_allclose(base(queries), LinearRegression().fit(x, y).predict(queries), atol=1e-10)
-    ks = [1, 3, 8, 32]
-    idx = exact_search(x, queries, max(ks))[1]
-    residuals = y - base(x)
-    knn, resmem = knn_means(y, idx, ks), knn_means(residuals, idx, ks)
-    for i, k in enumerate(ks):
-        reference = KNeighborsRegressor(n_neighbors=k, algorithm="brute")
-        np.testing.assert_allclose(knn[i], reference.fit(x, y).predict(queries), atol=1e-10)
-        on_residuals = reference.fit(x, residuals).predict(queries)
-        np.testing.assert_allclose(resmem[i] + base(queries), base(queries) + on_residuals, atol=1e-10)
-
-
-def test_one_search_with_prefix_sums_equals_a_search_per_k():
-    """knn_means reuses the neighbors of one search at the largest k: the same as searching at each k."""
-    rng = np.random.default_rng(1)
-    x, values, queries = rng.normal(size=(300, 3)), rng.normal(size=300), rng.normal(size=(50, 3))
-    ks = [1, 2, 5, 17, 64]
-    means = knn_means(values, exact_search(x, queries, max(ks))[1], ks)
-    assert means.shape == (len(ks), len(queries))
-    for row, k in zip(means, ks, strict=True):
-        np.testing.assert_allclose(row, values[exact_search(x, queries, k)[1]].mean(axis=1), rtol=1e-12)
-
-
-def test_least_squares_equals_lstsq_on_the_design_with_an_intercept():
-    x, y = np.random.default_rng(2).normal(size=(100, 5)), np.random.default_rng(3).normal(size=100)
-    coef = np.linalg.lstsq(np.column_stack([np.ones(100), x]), y, rcond=None)[0]
-    np.testing.assert_allclose(fit_linear(x, y)(x[:7]), coef[0] + x[:7] @ coef[1:], rtol=1e-12)
+def test_risk_table_equals_scikit_learn_by_hand():
+    """Every row of the risk table, recomputed with scikit-learn alone: least squares, KNeighborsRegressor on the
+    targets (kNN) and on the least-squares residuals (ResMem) at every k, k chosen by val MSE (ties: smaller k)."""
+    cfg = study(n_train=[60, 400], n_test=300, seeds=[0, 1], k=[1, 3, 8, 32])
+    table = risk_table(cfg).set_index(["n", "seed", "method"])
+    for seed in cfg["seeds"]:
+        test_x, test_y = simulate(cfg["n_test"], cfg, np.random.default_rng([seed, 0]))
+        for n in cfg["n_train"]:
+            x, y = simulate(n, cfg, np.random.default_rng([seed, 1, n]))
+            n_val = round(cfg["val_fraction"] * n)
+            train_x, train_y, val_x, val_y = x[n_val:], y[n_val:], x[:n_val], y[:n_val]
+            base = LinearRegression().fit(train_x, train_y)
+            assert table.loc[(n, seed, "base"), "test_mse"] == pytest.approx(
+                np.mean((base.predict(test_x) - test_y) ** 2), rel=1e-12)  # fmt: skip
+            for method, values, offset in (("knn", train_y, 0.0), ("resmem", train_y - base.predict(train_x), 1.0)):
+                fits = {k: KNeighborsRegressor(n_neighbors=k).fit(train_x, values) for k in cfg["k"]
+                        if k <= len(train_x)}  # fmt: skip
+                val_mse = {k: np.mean((f.predict(val_x) + offset * base.predict(val_x) - val_y) ** 2)
+                           for k, f in fits.items()}  # fmt: skip
+                best = min(val_mse, key=lambda k: (val_mse[k], k))
+                test_mse = np.mean((fits[best].predict(test_x) + offset * base.predict(test_x) - test_y) ** 2)
+                row = table.loc[(n, seed, method)]
+                assert row.k == best and row.val_mse == pytest.approx(val_mse[best], rel=1e-9)
+                assert row.test_mse == pytest.approx(test_mse, rel=1e-9)
 
 
 @pytest.mark.parametrize("dim, frequency", [(2, 1.0), (4, 1.0), (3, 1.5)])

@@ -2,6 +2,7 @@
 other, no private names imported across modules, and modules small enough to read."""
 
 import ast
+import re
 
 import pytest
 
@@ -68,3 +69,43 @@ def test_the_layer_check_sees_a_sideways_import(tmp_path):
     fake = tmp_path / "fake.py"
     fake.write_text("def f():\n    from resmem.lm.tokens import _private\n")
     assert imports(fake) == [("resmem.lm.tokens", ("_private",))]
+
+
+def documented_functions():
+    """(name, function) of every function and public method that docs/api.md documents (`::: resmem.…`)."""
+    import importlib
+    import inspect
+
+    found = []
+    for dotted in re.findall(r"^::: (resmem[\w.]+)$", (REPO / "docs" / "api.md").read_text(), flags=re.M):
+        try:
+            target = importlib.import_module(dotted)
+        except ModuleNotFoundError:
+            module, _, name = dotted.rpartition(".")
+            target = getattr(importlib.import_module(module), name)
+        if inspect.ismodule(target):
+            members = [(f"{dotted}.{n}", f) for n, f in vars(target).items()
+                       if inspect.isfunction(f) and f.__module__ == dotted and not n.startswith("_")]  # fmt: skip
+        elif inspect.isclass(target):
+            methods = {n: getattr(f, "__func__", f) for n, f in vars(target).items()}  # classmethods unwrapped
+            members = [(f"{dotted}.{n}", f) for n, f in methods.items()
+                       if (n == "__init__" or not n.startswith("_")) and inspect.isfunction(f)]  # fmt: skip
+        else:
+            members = [(dotted, target)]
+        found += members
+    return found
+
+
+def test_the_documented_api_is_annotated():
+    """Every parameter and return value of what docs/api.md documents carries a type annotation (py.typed)."""
+    import inspect
+
+    missing = []
+    for name, function in documented_functions():
+        signature = inspect.signature(function)
+        bare = [p for p, v in signature.parameters.items() if p not in ("self", "cls") and v.annotation is v.empty
+                and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]  # fmt: skip
+        no_return = signature.return_annotation is signature.empty
+        if bare or no_return:
+            missing.append(f"{name}({', '.join(bare)}){' without a return annotation' if no_return else ''}")
+    assert len(documented_functions()) > 40 and not missing, missing

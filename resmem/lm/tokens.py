@@ -23,6 +23,8 @@ accuracy and no perplexity; base and kNN-LM have both.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,7 +44,7 @@ class KeyLogits:
     The product, k·V·d multiply-adds per query's neighbors and most of a token sweep's arithmetic, runs in
     float32 on `device` (the config's switch: a CUDA GPU when there is one; the same code on the CPU)."""
 
-    def __init__(self, keys: np.ndarray, weight: np.ndarray, bias: np.ndarray, device: str = "cpu"):
+    def __init__(self, keys: np.ndarray, weight: np.ndarray, bias: np.ndarray, device: str = "cpu") -> None:
         import torch
 
         from resmem.device import torch_device
@@ -56,7 +58,7 @@ class KeyLogits:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def on_device(self, rows, out=None):
+    def on_device(self, rows: np.ndarray | slice, out: Any = None) -> Any:
         """The logits of `rows` (an index array of any shape, or a slice) as a float32 tensor on the device,
         shaped rows.shape + (V,), written into `out` when given: what the sweep engine takes residuals from."""
         import torch
@@ -250,16 +252,16 @@ def knnlm_predict(query_logits, query_labels, dist, idx, train_next, point: dict
 def sweep_table(
     arrays: dict,
     neighbors: dict,
-    ks,
-    sigmas,
-    temperatures,
-    lambdas,
+    ks: Sequence[int],
+    sigmas: Sequence[float],
+    temperatures: Sequence[float],
+    lambdas: Sequence[float],
     chunk_bytes: int = DEFAULT_SWEEP_CHUNK_BYTES,
     knnlm_kernel: str = "squared_l2",
-    taus=(1.0,),
-    resmem_ks=None,
+    taus: Sequence[float] = (1.0,),
+    resmem_ks: Sequence[int] | None = None,
     device: str = "cpu",
-    methods=LM_METHODS,
+    methods: Sequence[str] = LM_METHODS,
 ) -> pd.DataFrame:
     """Next-token accuracy (and perplexity where it exists) of base, ResMem (k from `resmem_ks` or `ks`, σ, T;
     kernel l2) and kNN-LM (k, τ, λ with the published squared_l2 kernel, or k, σ, λ with `knnlm_kernel` l2) on

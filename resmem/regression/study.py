@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.dummy import DummyRegressor
+from sklearn.linear_model import LinearRegression
 
-from resmem.knn import exact_search
+from resmem.wrappers import ResMemRegressor
 
 METHODS = ("base", "knn", "resmem")
 RISK_COLUMNS = ("n", "seed", "method", "k", "val_mse", "test_mse")
+# The memorizing methods as `ResMemRegressor`s (uniform weights): ResMem on least squares, and pure kNN
+# regression as ResMem on a base model that predicts 0 (its residuals are the targets).
+BASES = {"knn": DummyRegressor(strategy="constant", constant=0.0), "resmem": LinearRegression()}
 
 
 def target(x: np.ndarray, cfg: dict) -> np.ndarray:
@@ -34,28 +39,15 @@ def simulate(n: int, cfg: dict, rng: np.random.Generator) -> tuple[np.ndarray, n
     return x, target(x, cfg) + cfg["noise"] * rng.standard_normal(n)
 
 
-def fit_linear(x: np.ndarray, y: np.ndarray):
-    """Ordinary least squares with an intercept; returns the fitted predictor."""
-    design = np.column_stack([np.ones(len(x)), x])
-    coef = np.linalg.lstsq(design, y, rcond=None)[0]
-    return lambda z: coef[0] + z @ coef[1:]
-
-
-def knn_means(values: np.ndarray, idx: np.ndarray, ks) -> np.ndarray:
-    """Mean of `values` over each query's k nearest training points (`idx`: sorted neighbors from one search
-    at the largest k), for every k at once by prefix sums: (len(ks), queries)."""
-    prefix = np.cumsum(values[idx], axis=1)
-    return np.stack([prefix[:, k - 1] / k for k in ks])
-
-
 def best_linear_risk(cfg: dict, samples: int = 400_000, seed: int = 12345) -> float:
     """The risk of the best linear predictor, noise included, by Monte Carlo: the base model's plateau."""
     x, y = simulate(samples, cfg, np.random.default_rng(seed))
-    return float(np.mean((fit_linear(x, y)(x) - y) ** 2))
+    return float(np.mean((LinearRegression().fit(x, y).predict(x) - y) ** 2))
 
 
 def risk_table(cfg: dict) -> pd.DataFrame:
-    """Validation and test MSE of base, kNN (best k) and ResMem (best k) for every n and seed."""
+    """Validation and test MSE of base, kNN (best k) and ResMem (best k) for every n and seed; k chosen by
+    `ResMemRegressor.select` (one search at the largest k; ties to the smaller k)."""
     ks = sorted(cfg["k"])
     rows = []
     for seed in cfg["seeds"]:
@@ -65,18 +57,13 @@ def risk_table(cfg: dict) -> pd.DataFrame:
             n_val = max(1, round(cfg["val_fraction"] * n))
             (train_x, train_y), (val_x, val_y) = (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val])
             usable = [k for k in ks if k <= len(train_x)]
-            base = fit_linear(train_x, train_y)
-            residuals = train_y - base(train_x)
-            rows.append(_row(n, seed, "base", 0, base(val_x), val_y, base(test_x), test_y))
-            # One search per query set serves both methods and every k.
-            val_idx = exact_search(train_x, val_x, usable[-1])[1]
-            test_idx = exact_search(train_x, test_x, usable[-1])[1]
-            for method, values, offset in (("knn", train_y, 0.0), ("resmem", residuals, 1.0)):
-                val_pred = knn_means(values, val_idx, usable) + offset * base(val_x)
-                test_pred = knn_means(values, test_idx, usable) + offset * base(test_x)
-                val_mse = ((val_pred - val_y) ** 2).mean(axis=1)
-                best = int(np.argmin(val_mse))  # the first minimum: ties go to the smaller k
-                rows.append(_row(n, seed, method, usable[best], val_pred[best], val_y, test_pred[best], test_y))
+            base = LinearRegression().fit(train_x, train_y)
+            rows.append(_row(n, seed, "base", 0, base.predict(val_x), val_y, base.predict(test_x), test_y))
+            for method, estimator in BASES.items():
+                model = ResMemRegressor(estimator, device="cpu").fit(train_x, train_y)
+                model.select(val_x, val_y, k=usable)
+                rows.append(_row(n, seed, method, model.k, model.predict(val_x), val_y, model.predict(test_x),
+                                 test_y))  # fmt: skip
     return pd.DataFrame(rows, columns=list(RISK_COLUMNS))
 
 
