@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from resmem.device import cpu_flags
-from resmem.io import package_versions
+from resmem.provenance import package_versions
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from resmem.config import ConfigError
 from resmem.knn import DEFAULT_QUERY_CHUNK, RERANK_CHUNK_BYTES
 
 MB = 10**6  # Snakemake's and SLURM's mem_mb are megabytes
@@ -46,6 +47,11 @@ class RunSizes:
     k_max: int
     hidden: int = 0  # h: a token datastore's final hidden width (0 for images)
     query_logits: bool = True  # images: the sweep reads the queries' logits; tokens compute them per block
+
+    def __post_init__(self) -> None:  # before any memory request is planned from a k no search could serve
+        if self.k_max > self.index_rows:
+            raise ConfigError(f"config key knn.k: the largest k ({self.k_max:,}) exceeds the {self.index_rows:,} "
+                              "rows this run's datastore indexes; lower it")  # fmt: skip
 
 
 def index_bytes(sizes: RunSizes, knn: dict) -> int:

@@ -78,6 +78,19 @@ def check_positive_number(value: object, name: str) -> float:
     return float(value)
 
 
+TEMPERATURE_RANGE = (1e-30, 1e30)  # the sweep engine divides by T in float32, where 1e-300 rounds to 0
+
+
+def check_temperature(value: object, name: str) -> float:
+    """A temperature within TEMPERATURE_RANGE (the config's `knn.temperature` bounds)."""
+    value = check_positive_number(value, name)
+    low, high = TEMPERATURE_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}] (the sweep divides by it in float32, where "
+                         f"{value:g} {'rounds to 0' if value < low else 'overflows'}); got {value!r}")  # fmt: skip
+    return value
+
+
 def check_grid(values: object, name: str, check: Callable[[object, str], object]) -> list:
     """A non-empty list of distinct values, each passing `check` (e.g. `check_positive_int`), in the order given."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):

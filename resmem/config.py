@@ -147,8 +147,10 @@ def check_names(config: dict) -> None:
                 )
             seen[name.casefold()] = f"{kind}.{name}"
             models: dict[str, str] = {}
-            for model in config[kind][name].get("models") or {}:
-                at = f"invalid config at {kind}.{name}.models.{model}"
+            # each model becomes results/<name>/<model>/: the trained ones, or else the embeddings files'
+            section = "models" if config[kind][name].get("models") else "embeddings"
+            for model in config[kind][name].get(section) or {}:
+                at = f"invalid config at {kind}.{name}.{section}.{model}"
                 if model.casefold() in RESERVED_MODEL_NAMES:
                     raise ConfigError(f"{at}: the name is taken by results/{name}/{model.lower()}; rename the model")
                 if model.casefold() in models:

@@ -27,6 +27,7 @@ from resmem.checks import (
     check_positive_int,
     check_positive_number,
     check_rows,
+    check_temperature,
     encode_labels,
     to_numpy,
 )
@@ -68,7 +69,7 @@ class ResMem(BaseEstimator):
     def _settings(self) -> tuple[int, float, float, str]:
         """The hyperparameters, checked: (k, σ, T, device)."""
         return (check_positive_int(self.k, "k"), check_positive_number(self.sigma, "sigma"),
-                check_positive_number(self.temperature, "temperature"), check_device(self.device))  # fmt: skip
+                check_temperature(self.temperature, "temperature"), check_device(self.device))  # fmt: skip
 
     def fit(
         self, embeddings: ArrayLike, logits: ArrayLike, labels: ArrayLike, classes: ArrayLike | None = None
@@ -167,7 +168,7 @@ class ResMem(BaseEstimator):
 
         ks = check_grid(k, "k", check_positive_int)
         sigmas = check_grid(sigma, "sigma", check_positive_number)
-        temperatures = check_grid(temperature, "temperature", check_positive_number)
+        temperatures = check_grid(temperature, "temperature", check_temperature)
         device = check_device(self.device)
         embeddings, logits = self._queries(embeddings, logits)
         codes = encode_labels(check_labels(labels, "labels", len(logits)), self.classes_, "labels")

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import struct
-import subprocess
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,7 +22,7 @@ from resmem.config import ConfigError
 
 log = logging.getLogger("resmem")
 
-PROVENANCE_PACKAGES = ("torch", "torchvision", "faiss", "snakemake", "numpy")
+COMPRESSED_READ_BYTES = 4 * 2**30  # the most one compressed .npz array may inflate to in memory
 
 
 def fetch_or_explain(at: str, missing: str, folder, fetch, advice: str) -> None:
@@ -102,6 +100,11 @@ def atomic_path(path):
     was there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a killed earlier write of this path left its temporary file (mkstemp's 8 random characters); Snakemake
+    # runs one job per output, so none of these is live
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}{glob.escape(path.suffix)}"):
+        log.info("removing %s, left by an earlier write that was killed", stale)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
     try:
@@ -279,6 +282,33 @@ def _checked_header(archive: zipfile.ZipFile, path, key: str) -> tuple[zipfile.Z
     return info, shape, fortran_order, dtype, header
 
 
+def _check_inflated_size(path, key: str, info: zipfile.ZipInfo, shape: tuple, _order, dtype: np.dtype, _header) -> None:
+    """A compressed array is read into memory: refused, before it is inflated, where its declared shape asks
+    for more than COMPRESSED_READ_BYTES (a 1.6 MB member can declare gigabytes)."""
+    declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if info.compress_type != zipfile.ZIP_STORED and declared > COMPRESSED_READ_BYTES:
+        raise ArtifactError(f"{path}: array {key!r} is compressed and would take {declared / 2**30:,.1f} GiB of "
+                            f"memory to read (more than {COMPRESSED_READ_BYTES / 2**30:.0f} GiB); write the file "
+                            "with np.savez (uncompressed), which is memory-mapped instead")  # fmt: skip
+
+
+def npz_shapes(path, keys, optional=()) -> dict[str, tuple[tuple, np.dtype]]:
+    """(shape, dtype) of the named arrays (and of those of `optional` the file has) from their headers alone,
+    compressed or not, nothing inflated beyond the header: what planning needs of a file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {name.removesuffix(".npy") for name in archive.namelist()}
+            missing = [k for k in keys if k not in names]
+            if missing:
+                raise ArtifactError(f"{path}: missing arrays {missing} (has {sorted(names)})")
+            return {key: (shape, dtype) for key in [*keys, *(k for k in optional if k in names)]
+                    for _, shape, _, dtype, _ in [_checked_header(archive, path, key)]}  # fmt: skip
+    except ArtifactError:
+        raise
+    except Exception as exc:
+        raise ArtifactError(f"{path}: cannot be read ({exc})") from exc
+
+
 def npz_memmap(path, key: str) -> np.ndarray:
     """A read-only memmap of one array of an uncompressed .npz, without reading it into memory, bounded to its
     own zip member (`_checked_header`)."""
@@ -309,8 +339,8 @@ def load_npz(path, keys, dtypes=None, mmap: bool = False, optional=()) -> dict[s
             present = [*keys, *(k for k in optional if k in data.files)]
             arrays = {}
             for key in present:
-                if not mmap:
-                    _checked_header(archive, path, key)  # (npz_memmap checks its own)
+                if not mmap:  # (npz_memmap checks its own header)
+                    _check_inflated_size(path, key, *_checked_header(archive, path, key))
                 arrays[key] = npz_memmap(path, key) if mmap else data[key]
     except ArtifactError:
         raise
@@ -342,59 +372,3 @@ def _json_default(obj):
 def write_csv(path, frame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
-
-
-def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str | None]:
-    """Installed versions, read from the package metadata (no import); faiss ships as faiss-gpu or faiss-cpu."""
-    aliases = {"faiss": ("faiss-gpu", "faiss-cpu", "faiss")}
-    versions = {}
-    for name in names:
-        versions[name] = None
-        for dist in aliases.get(name, (name,)):
-            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-                versions[name] = (
-                    f"{importlib.metadata.version(dist)} ({dist})" if dist != name else importlib.metadata.version(dist)
-                )
-                break
-    versions["python"] = platform.python_version()
-    return versions
-
-
-def git_commit(repo_dir) -> str | None:
-    """HEAD of the workflow's checkout, with '-dirty' when it has uncommitted changes; None outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo_dir,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
-
-
-def source_hash(package_dir=None) -> str:
-    """sha256 of the package's source: every *.py and *.yaml file below `package_dir` (default: the installed
-    resmem package), __pycache__ skipped, as sorted relative POSIX paths and bytes. Beside a '-dirty' commit it
-    tells which uncommitted code a result came from; it does not depend on where the package lies."""
-    if package_dir is None:
-        import resmem
-
-        package_dir = Path(resmem.__file__).parent
-    root = Path(package_dir)
-    files = sorted(
-        (path.relative_to(root).as_posix(), path)
-        for path in root.rglob("*")
-        if path.suffix in (".py", ".yaml") and "__pycache__" not in path.relative_to(root).parts and path.is_file()
-    )
-    digest = hashlib.sha256()
-    for name, path in files:
-        data = path.read_bytes()
-        digest.update(f"{name}\0{len(data)}\0".encode())  # the length delimits a file from the next
-        digest.update(data)
-    return digest.hexdigest()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resmem import io
+from resmem import io, provenance
 from resmem.artifacts import NEIGHBOR_KEYS, QUERY_SPLITS
 from resmem.config import ConfigError
 from resmem.device import CPU_KERNELS
@@ -69,7 +69,7 @@ def fit_and_save(
         "seed": seed,
         "seconds": time.perf_counter() - start,
         "final": history[-1],
-        "versions": io.package_versions(),
+        "versions": provenance.package_versions(),
         **meta,
     }
     with io.atomic_path(out["model"]) as tmp:
@@ -292,9 +292,9 @@ def write_provenance(path, experiment: str, config: dict, runs: list[dict], devi
     record = {
         "experiment": experiment,
         "config": config,
-        "git_commit": io.git_commit(repo_dir),
-        "source_sha256": io.source_hash(),
-        "versions": io.package_versions(),
+        "git_commit": provenance.git_commit(repo_dir),
+        "source_sha256": provenance.source_hash(),
+        "versions": provenance.package_versions(),
         "devices": sorted(set(devices)),
         "cpu_kernels": {name: os.environ[name] for name in CPU_KERNELS if name in os.environ},
         **extra,

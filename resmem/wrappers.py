@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from resmem.checks import check_device, check_grid, check_positive_int, check_positive_number
+from resmem.checks import check_device, check_grid, check_positive_int, check_positive_number, check_temperature
 from resmem.core import kernel_prefix_means
 from resmem.estimator import ResMem
 from resmem.knn import build_index, search
@@ -91,7 +91,7 @@ class ResMemClassifier(ClassifierMixin, _Memorizing):
     def fit(self, X: ArrayLike, y: ArrayLike) -> ResMemClassifier:
         """Fit the base estimator (a clone) and the embedding on X, y, then memorize the training residuals."""
         device = self._check_settings()
-        check_positive_number(self.temperature, "temperature")
+        check_temperature(self.temperature, "temperature")
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
         embeddings = self._fit_base(X, y)

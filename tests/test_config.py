@@ -22,6 +22,11 @@ BAD = {
     "k zero": (lambda c: exp(c)["knn"].update(k=[0, 2]), "experiments.smoke.knn.k[0]", "minimum of 1"),
     "k negative": (lambda c: exp(c)["knn"].update(k=[-3]), "experiments.smoke.knn.k[0]", "minimum of 1"),
     "sigma zero": (lambda c: exp(c)["knn"].update(sigma=[1.0, 0]), "experiments.smoke.knn.sigma[1]", "minimum of 0"),
+    "temperature that float32 rounds to 0": (
+        lambda c: exp(c)["knn"].update(temperature=[1.0, 1e-300]),
+        "experiments.smoke.knn.temperature[1]",
+        "1e-300 is less than the minimum of 1e-30",
+    ),
     "empty grid": (
         lambda c: exp(c)["knn"].update(temperature=[]),
         "experiments.smoke.knn.temperature",
@@ -69,6 +74,11 @@ BAD = {
         lambda c: exp(c)["models"].update({"summary.csv": {"arch": "small_cnn"}}),
         "experiments.smoke.models.summary.csv",
         "the name is taken by results/smoke/summary.csv",
+    ),
+    "embeddings model named like a summary file": (
+        lambda c: c["experiments"].update(mine={"embeddings": {"summary.md": {"path": "x.npz", "parameters": 10}}}),
+        "experiments.mine.embeddings.summary.md",
+        "the name is taken by results/mine/summary.md",
     ),
 }
 
@@ -186,3 +196,14 @@ def test_unreadable_config_file_is_named(tmp_path):
     path.write_text("experiments: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: cannot read the config"):
         load(path)
+
+
+def test_a_k_above_a_runs_rows_stops_planning_before_any_memory_request(tmp_path):
+    """k = 10¹⁹ once asked SLURM for 6·10¹⁶ MB before the index job's own check; now planning names the key
+    (the smoke run's smallest training fraction indexes 539 rows)."""
+    config = write_config(tmp_path / "c.yaml", lambda c: exp(c)["knn"].update(k=[1, 10**19]))
+    proc = snakemake(tmp_path, "--dry-run", configfile=config, check=False)
+    assert proc.returncode != 0
+    assert ("config key knn.k: the largest k (10,000,000,000,000,000,000) exceeds the 539 rows this run's datastore "
+            "indexes; lower it") in proc.stderr + proc.stdout  # fmt: skip
+    assert "Traceback" not in proc.stderr and "mem_mb" not in proc.stderr

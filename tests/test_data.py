@@ -1,6 +1,8 @@
 """Dataset loaders on small data generated here in the real on-disk formats; splits; batches."""
 
+import os
 import pickle
+import shutil
 import tarfile
 
 import numpy as np
@@ -195,7 +197,7 @@ def test_class_folders_list_what_torchvisions_image_folder_lists(tmp_path):
         (tmp_path / "pool" / name).write_bytes(b"")
     (tmp_path / "pool" / "b" / "linked").symlink_to(tmp_path / "pool" / "other", target_is_directory=True)
     reference = ImageFolder(str(tmp_path / "pool"), loader=lambda path: path)
-    classes, samples = class_folders("imagefolder", tmp_path / "pool")
+    classes, samples, _ = class_folders("imagefolder", tmp_path / "pool")
     assert (classes, samples) == (reference.classes, reference.samples)
     assert classes == ["Zeta", "a", "b", "other"] and len(samples) == 9
     assert samples[-2] == (str(tmp_path / "pool" / "b" / "linked" / "0.pgm"), 2)
@@ -206,6 +208,42 @@ def test_class_folders_list_what_torchvisions_image_folder_lists(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"dataset imagefolder: .*empty holds no class folders; put each class"):
         class_folders("imagefolder", tmp_path / "empty")
+
+
+def test_image_folders_follow_links_only_inside_their_split(tmp_path):
+    """A class folder linked to `..` would list the whole dataset, test images included, as one class (772 images
+    instead of 12 in the issue's case): a link out of the split, a loop, a FIFO and a name that is not UTF-8
+    are each named; a test folder that is the training folder is refused."""
+    from resmem.vision.data import class_folders
+
+    make_image_folders(tmp_path)
+    train = tmp_path / "train"
+    (train / "loop").symlink_to("..", target_is_directory=True)
+    with pytest.raises(ConfigError, match=r"train/loop links to .*, outside .*train; links in an image folder"):
+        class_folders("imagefolder", train)
+    (train / "loop").unlink()
+    (train / "cat" / "again").symlink_to(train / "cat", target_is_directory=True)
+    with pytest.raises(ConfigError, match=r"cat/again leads back to .*cat, a folder this class already lists"):
+        class_folders("imagefolder", train)
+    (train / "cat" / "again").unlink()
+    (train / "dog" / "outside.png").symlink_to(tmp_path / "test" / "dog" / "0.png")
+    with pytest.raises(ConfigError, match=r"dog/outside.png links to .*test/dog/0.png, outside"):
+        class_folders("imagefolder", train)
+    (train / "dog" / "outside.png").unlink()
+    os.mkfifo(train / "emu" / "fifo.jpg")  # reading it would block forever
+    with pytest.raises(ConfigError, match=r"emu/fifo.jpg is not a regular file \(a FIFO"):
+        class_folders("imagefolder", train)
+    (train / "emu" / "fifo.jpg").unlink()
+    os.close(os.open(os.fsencode(train / "emu") + b"/caf\xe9.png", os.O_CREAT | os.O_WRONLY))  # Latin-1 bytes
+    with pytest.raises(ConfigError, match=r"emu/caf\\udce9.png' has a name that is not UTF-8; rename it"):
+        class_folders("imagefolder", train)
+    os.unlink(os.fsencode(train / "emu") + b"/caf\xe9.png")
+    classes, samples, resolved = class_folders("imagefolder", train)
+    assert len(samples) == 18 and resolved == [str(train.resolve() / p[len(str(train)) + 1 :]) for p, _ in samples]
+    shutil.rmtree(tmp_path / "test")
+    (tmp_path / "test").symlink_to(train, target_is_directory=True)
+    with pytest.raises(ConfigError, match=r"test/cat/0.png is also a training image .*; a test image must not"):
+        load_dataset({"name": "imagefolder", "root": str(tmp_path), "image_size": 8})
 
 
 def test_imagefolder_subsampling_is_per_class_and_deterministic(tmp_path):

@@ -77,6 +77,12 @@ BAD_SETTINGS = [
     (dict(sigma=-1.0), ValueError, "sigma must be a finite number > 0; got -1.0"),
     (dict(temperature=0.0), ValueError, "temperature must be a finite number > 0; got 0.0"),
     (dict(temperature=float("inf")), ValueError, "temperature must be a finite number > 0; got inf"),
+    (
+        dict(temperature=1e-300),
+        ValueError,
+        "temperature must lie in \\[1e-30, 1e\\+30\\] \\(the sweep divides by it in "
+        "float32, where 1e-300 rounds to 0\\)",
+    ),  # fmt: skip
     (dict(sigma="1"), TypeError, "sigma must be a positive number; got '1' \\(str\\)"),
     (dict(k=0), ValueError, "k must be a positive integer; got 0"),
     (dict(k=1.5), TypeError, "k must be a positive integer; got 1.5 \\(float\\)"),
@@ -216,6 +222,18 @@ def test_select_counts_equal_predict_looped_over_the_grid(data):
     chosen = grid[grid.selected].iloc[0]
     assert chosen.accuracy == grid.accuracy.max() and grid.selected.sum() == 1
     assert (model.k, model.sigma, model.temperature) == (chosen.k, chosen.sigma, chosen.temperature)
+
+
+def test_extreme_temperatures_sweep_as_the_float64_reference_scores(data):
+    """At the ends of the accepted range, T = 1e-30 (the softmax is one-hot) and 1e30 (uniform), the sweep's
+    counts equal `score` at each point, which the float64 reference computes."""
+    model = ResMem(device="cpu").fit(*data["train"])
+    grid = model.select(*data["val"], k=[1, 8], sigma=[0.5], temperature=[1e-30, 1e30])
+    for row in grid.itertuples():
+        assert row.accuracy == model.set_params(k=row.k, sigma=row.sigma, temperature=row.temperature).score(
+            *data["val"]
+        )
+    assert grid.accuracy.min() > 0.3
 
 
 def test_select_breaks_ties_by_smaller_k_then_larger_sigma_then_smaller_temperature(data):

@@ -37,6 +37,22 @@ BAD = {
     "logit width": ({"test_logits": np.zeros((30, 5), np.float32)}, r"array \*_logits: widths differ"),
     "float labels": ({"train_y": np.zeros(60)}, r"array train_y: has dtype float64; expected integers"),
     "1-D embeddings": ({"test_emb": np.zeros(30, np.float32)}, r"array test_emb: has shape \(30,\)"),
+    "zero width": ({"train_emb": np.zeros((60, 0), np.float32)}, r"array train_emb: has shape \(60, 0\): no features"),
+    "float64 beyond float32": (
+        {"val_emb": np.full((20, 8), 1e300)},
+        r"array val_emb: holds values up to 1e\+300, "
+        r"above 3.26e\+18: in float32 \(the index and the sweep\) their squared distances",
+    ),
+    "float32 distances overflow": (
+        {"test_emb": np.full((30, 8), 1e20, np.float32)},
+        r"array test_emb: holds values "
+        r"up to 1e\+20, above 3.26e\+18",
+    ),  # fmt: skip
+    "logits beyond float32": (
+        {"train_logits": np.full((60, 4), -1e39)},
+        r"array train_logits: holds values up to "
+        r"1e\+39, above 3.4e\+38: in float32 \(the index and the sweep\) they overflow",
+    ),
 }
 
 
@@ -53,6 +69,26 @@ def test_a_compressed_file_is_read_too(tmp_path):
     with np.load(path) as data:
         np.savez_compressed(tmp_path / "packed.npz", **data)
     assert check_file(tmp_path / "packed.npz", "x")["test_y"].shape == (30,)
+
+
+def test_planning_reads_a_compressed_file_by_its_headers_and_refuses_a_bomb(tmp_path, monkeypatch):
+    """A compressed file's sizes come from its headers (planning memory-maps nothing), and an array that would
+    inflate beyond COMPRESSED_READ_BYTES is refused before it is inflated: 2 MB of zeros pack into a few KB."""
+    from resmem import io
+    from resmem.vision.sizes import run_sizes
+
+    with np.load(user_file(tmp_path / "plain.npz")) as data:
+        np.savez_compressed(tmp_path / "packed.npz", **data, big=np.zeros((1000, 256)))
+    experiment = {"knn": {"k": [1, 4]}, "embeddings": {"m": {"path": str(tmp_path / "packed.npz")}},
+                  "dataset": {"val_fraction": 0.2}}  # fmt: skip
+    sizes = run_sizes(experiment, {"model": "m", "train_fraction": 1.0})
+    assert (sizes.datastore_rows, sizes.dim, sizes.queries, sizes.classes) == (60, 8, 50, 4)
+    assert io.npz_shapes(tmp_path / "packed.npz", ["big"])["big"] == ((1000, 256), np.dtype(np.float64))
+    assert (tmp_path / "packed.npz").stat().st_size < 50_000
+    monkeypatch.setattr(io, "COMPRESSED_READ_BYTES", 1_000_000)
+    with pytest.raises(io.ArtifactError, match=r"array 'big' is compressed and would take 0.0 GiB of memory to read "
+                       r"\(more than 0 GiB\); write the file with np.savez"):  # fmt: skip
+        io.load_npz(tmp_path / "packed.npz", ["big"])
 
 
 def run_config(workdir, embeddings: dict) -> dict:

@@ -229,3 +229,27 @@ def test_planned_parameters_of_a_sharded_model_come_from_its_index(tmp_path):
     index = {"metadata": {"total_size": 2 * 7_000_000}, "weight_map": {}}  # bytes of bfloat16 shards
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     assert hf_shape(str(tmp_path), None) == {"hidden": 64, "vocab": 100, "parameters": 7_000_000}
+
+
+def test_pickled_weights_are_refused_unread_with_the_projects_message(tmp_path, capfd):
+    """A pytorch_model.bin that pickles os.system: torch's weights-only loader refuses it, and the error is the
+    project's (not a bare UnpicklingError advising weights_only=False); the command never ran."""
+    import os
+
+    import transformers
+
+    from resmem.lm.model import load_causal_lm
+    from tests.hf_tiny import tiny_config
+
+    transformers.GPT2LMHeadModel(tiny_config("gpt2", 40)).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+
+    class Command:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    torch.save({"transformer.wte.weight": Command()}, tmp_path / "m" / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match=r"models: the weights of .*m' hold pickled objects other than tensors "
+                       r"\(.*system.*\); they were refused unread"):  # fmt: skip
+        load_causal_lm({"hf": str(tmp_path / "m")})
+    assert not (tmp_path / "ran").exists()

@@ -14,7 +14,7 @@ import pytest
 import tomllib
 import yaml
 
-from resmem import io
+from resmem import provenance
 from tests.conftest import REPO, SNAKEMAKE
 
 # pip name -> conda-forge name, where they differ; faiss-gpu (Linux x86_64 wheel) is faiss-cpu on conda-forge.
@@ -77,26 +77,27 @@ def test_source_hash_follows_the_source_not_its_location(tmp_path):
     (package / "sub" / "__init__.py").write_text("")
     (package / "sub" / "mod.py").write_text("X = 1\n")
     (package / "config.schema.yaml").write_text("type: object\n")
-    before = io.source_hash(package)
-    assert len(before) == 64 and io.source_hash(shutil.copytree(package, tmp_path / "b" / "elsewhere")) == before
+    before = provenance.source_hash(package)
+    moved = shutil.copytree(package, tmp_path / "b" / "elsewhere")
+    assert len(before) == 64 and provenance.source_hash(moved) == before
     (package / "__pycache__").mkdir()
     (package / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\x00compiled")
     (package / "notes.txt").write_text("neither .py nor .yaml")
-    assert io.source_hash(package) == before
+    assert provenance.source_hash(package) == before
     (package / "sub" / "mod.py").write_text("X = 2\n")  # one byte
-    assert io.source_hash(package) != before
+    assert provenance.source_hash(package) != before
     (package / "sub" / "mod.py").write_text("X = 1\n")
     (package / "config.schema.yaml").write_text("type: array\n")
-    assert io.source_hash(package) != before
-    assert io.source_hash() == io.source_hash(REPO / "resmem")  # default: the package these tests import
+    assert provenance.source_hash(package) != before
+    assert provenance.source_hash() == provenance.source_hash(REPO / "resmem")  # default: the package imported here
 
 
 # The child reads resmem from SITE, not from the checkout: -S skips the .pth of the editable install, and cwd is
 # elsewhere. It reports what it found as JSON.
 INSTALLED_CHILD = """
 import json, sys
-import resmem, resmem.config, resmem.io
-report = {"file": resmem.__file__, "schema": str(resmem.config.SCHEMA), "hash": resmem.io.source_hash()}
+import resmem, resmem.config, resmem.provenance
+report = {"file": resmem.__file__, "schema": str(resmem.config.SCHEMA), "hash": resmem.provenance.source_hash()}
 report["experiments"] = sorted(resmem.config.load(sys.argv[1])["experiments"])
 try:
     resmem.config.load(sys.argv[2])
@@ -144,7 +145,7 @@ def test_installed_wheel_ships_the_schema_and_validates_configs(tmp_path):
     assert report["experiments"] == ["smoke"]
     assert "experiments.x.train" in report["error"] and "'learning_rate' was unexpected" in report["error"]
     # Every source file of the checkout's package, subpackages and schema included, is in the wheel.
-    assert report["hash"] == io.source_hash(REPO / "resmem")
+    assert report["hash"] == provenance.source_hash(REPO / "resmem")
 
 
 def test_license_and_citation_agree_with_the_package():
@@ -161,3 +162,20 @@ def test_license_and_citation_agree_with_the_package():
     assert paper["title"] == "ResMem: Learn what you can and memorize the rest" and paper["year"] == 2023
     assert {"type": "other", "value": "arXiv:2302.01576"} in paper["identifiers"]
     assert [a["family-names"] for a in paper["authors"]][:2] == ["Yang", "Lukasik"]
+
+
+def test_the_slurm_profile_is_checked_without_a_controller(tmp_path):
+    """profiles/slurm parses as Snakemake's and the SLURM plugin's options (a dry run plans every job through it
+    with no controller: tests/test_slurm.py needs one); a misspelt key in a copy of it is an error that names it."""
+    from tests.conftest import snakemake
+
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm" and importlib.util.find_spec("snakemake_executor_plugin_slurm")
+    planned = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), "--dry-run",
+                        configfile=REPO / "config" / "smoke.yaml")  # fmt: skip
+    assert "Job stats:" in planned.stdout
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.yaml").write_text(yaml.safe_dump({**profile, "latency-wiat": 60}))
+    wrong = snakemake(tmp_path, "--profile", str(tmp_path / "bad"), "--dry-run",
+                      configfile=REPO / "config" / "smoke.yaml", check=False)  # fmt: skip
+    assert wrong.returncode != 0 and "unrecognized arguments: --latency-wiat=60" in wrong.stderr

@@ -141,3 +141,14 @@ def test_split_is_stratified_disjoint_and_deterministic():
         share = (labels[a["test_idx"]] == cls).mean()
         assert abs(share - (labels == cls).mean()) < 0.01
     assert not np.array_equal(make_split(digits, 0.25, 0.2, 8)["test_idx"], a["test_idx"])
+
+
+def test_checkpoint_of_another_seed_is_ignored(data, reference, tmp_path):
+    """The seed is part of a checkpoint's fingerprint: seed 1's finished checkpoint is not taken for seed 0's run
+    (it would return seed 1's weights at once)."""
+    checkpoint = tmp_path / "train_checkpoint.pt"
+    other, _ = fit(data, checkpoint, seed=1)
+    run, history = fit(data, checkpoint, seed=0)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert_same_weights(reference[0], state(run))
+    assert any(not torch.equal(value, state(other)[key]) for key, value in state(run).items())

@@ -221,6 +221,27 @@ def test_a_killed_streamed_write_leaves_scratch_that_the_next_attempt_removes(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["datastore.npz"]
 
 
+def test_a_write_killed_mid_way_leaves_a_temporary_file_that_the_next_write_removes(tmp_path):
+    """SIGKILL inside an atomic write (no cleanup can run) leaves its hidden temporary file; the next write of the
+    same path removes it, and leaves other files beside it alone."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys; from resmem import io\n"
+            "with io.atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_text('half'); os.kill(os.getpid(), signal.SIGKILL)")  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", code, tmp_path / "summary.md"], cwd=REPO)
+    assert killed.returncode == -signal.SIGKILL
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".summary.md.") and left.read_text() == "half"
+    (tmp_path / ".summary.md.notes").write_text("not a temporary file of a write")
+    from resmem import io
+
+    io.write_text(tmp_path / "summary.md", "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".summary.md.notes", "summary.md"]
+
+
 def test_a_streamed_write_that_cannot_reserve_its_disk_fails_before_writing(tmp_path, monkeypatch):
     import errno
 
@@ -321,3 +342,21 @@ def test_an_object_array_in_a_users_embeddings_file_is_a_config_error(tmp_path, 
     with pytest.raises(ConfigError, match=r"invalid config at experiments.x.embeddings.m: .*emb.npz: array 'test_emb' "
                                           r"has dtype object"):  # fmt: skip
         check_file(tmp_path / "emb.npz", "experiments.x.embeddings.m")
+
+
+def test_every_loader_in_the_package_refuses_pickles_explicitly():
+    """Every np.load passes allow_pickle=False and every torch.load weights_only=True, spelled out (a default can
+    change between versions): found by parsing the package, so that removing a flag fails here."""
+    import ast
+
+    calls = []
+    for path in sorted((REPO / "resmem").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+                owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+                flag = {"np": "allow_pickle", "torch": "weights_only"}.get(owner)
+                if flag:
+                    given = {k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)}
+                    calls.append((f"{path.name}:{node.lineno}", owner, given.get(flag)))
+    assert len(calls) >= 4, calls
+    assert all(value is (owner == "torch") for _, owner, value in calls), calls

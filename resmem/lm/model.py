@@ -12,6 +12,7 @@ are recomputed, and the search key (that same state, or the input of the last fe
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,7 +162,15 @@ def load_causal_lm(spec: dict) -> CausalLM:
             spec["hf"], revision=spec.get("revision"), local_files_only=True, dtype=torch.float32,
             trust_remote_code=False,
         )  # fmt: skip
-    except (OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met a pickled object, and ran nothing
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if "GLOBAL" in line), lines[-1] if lines else type(exc).__name__)
+        raise ConfigError(
+            f"models: the weights of {spec['hf']!r} hold pickled objects other than tensors ({reason}); they "
+            "were refused unread, since loading them could run code: use safetensors weights (save_pretrained's "
+            "default) from a source you trust"
+        ) from None
+    except (OSError, ValueError, EOFError, RuntimeError) as exc:
         raise ConfigError(
             f"models: cannot load the Hugging Face causal LM {spec['hf']!r} ({exc}); run the workflow where it "
             "can fetch it (or `python -m resmem.lm.hf CONFIG`), or give hf a folder written by save_pretrained"

@@ -126,9 +126,11 @@ def _folders(name: str, train_dir: Path, test_dir: Path, image_size: int) -> Dat
             f"dataset {name}: {', '.join(map(str, missing))} not found; it needs class folders "
             f"under {train_dir} and {test_dir} (set 'dataset.root')"
         )
-    (classes, train), (test_classes, test) = class_folders(name, train_dir), class_folders(name, test_dir)
+    (classes, train, train_files), (test_classes, test, test_files) = (class_folders(name, train_dir),
+                                                                       class_folders(name, test_dir))  # fmt: skip
     if classes != test_classes:
         raise ConfigError(f"dataset {name}: {train_dir} and {test_dir} hold different class folders")
+    check_disjoint(name, train_files, test_files, test)
     pools = [
         Pool(
             np.array([label for _, label in samples], dtype=np.int64),
@@ -142,26 +144,79 @@ def _folders(name: str, train_dir: Path, test_dir: Path, image_size: int) -> Dat
     return Dataset(name, *pools, num_classes=len(classes), classes=classes)
 
 
-def class_folders(name: str, directory: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def class_folders(name: str, directory: Path) -> tuple[list[str], list[tuple[str, int]], list[str]]:
     """torchvision's ImageFolder listing, without importing torchvision (seconds in every job that lists a
-    folder): the class folders in name order, and (path, class index) of each image file under each class folder,
-    its subfolders too (links followed), in name order. A folder without classes, or a class without an image,
-    is a ConfigError naming it."""
+    folder): the class folders in name order, and (path, class index) of each image file under each class
+    folder, its subfolders too, in name order, and the file each of them resolves to. Links are followed only
+    where they stay inside `directory`; a link out of it, a loop, an image name that is not a regular file (a
+    FIFO, a device) or not UTF-8, a folder without classes and a class without an image are each a ConfigError
+    naming the path."""
+    top = os.path.realpath(directory)
     classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
     if not classes:
         raise ConfigError(f"dataset {name}: {directory} holds no class folders; put each class's images in a "
                           "folder of its own under it")  # fmt: skip
-    samples, empty = [], []
+    samples, resolved, empty = [], [], []
     for index, cls in enumerate(classes):
-        found = [(os.path.join(root, file), index)
-                 for root, _, files in sorted(os.walk(directory / cls, followlinks=True))
-                 for file in sorted(files) if file.lower().endswith(IMAGE_EXTENSIONS)]  # fmt: skip
-        samples += found
+        found = _image_files(name, os.path.join(directory, cls), top)
+        samples += [(path, index) for path, _ in found]
+        resolved += [real for _, real in found]
         empty += [] if found else [cls]
     if empty:
         raise ConfigError(f"dataset {name}: no image file ({', '.join(IMAGE_EXTENSIONS)}) in the class folders "
                           f"{', '.join(empty)} of {directory}; add images or remove those folders")  # fmt: skip
-    return classes, samples
+    return classes, samples, resolved
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _image_files(name: str, folder: str, top: str) -> list[tuple[str, str]]:
+    """(path, the file it resolves to) of the image files under `folder` in os.walk's order sorted by folder,
+    then by name (ImageFolder's), each folder entered once and only inside `top` (a link to `..` would list the
+    other split's images as a class)."""
+    listed, pending, entered = [], [folder], set()
+    while pending:
+        root = pending.pop()
+        real = os.path.realpath(root)
+        if not _inside(real, top):
+            raise ConfigError(f"dataset {name}: {root} links to {real}, outside {top}; links in an image folder "
+                              "must stay inside it (copy or move the images there instead)")  # fmt: skip
+        if real in entered:
+            raise ConfigError(f"dataset {name}: {root} leads back to {real}, a folder this class already lists (a "
+                              "link loop); remove the link")  # fmt: skip
+        entered.add(real)
+        files = []
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            path = os.path.join(root, entry.name)
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(f"dataset {name}: {ascii(path)} has a name that is not UTF-8; rename it") from None
+            if entry.is_dir():
+                pending.append(path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                if not entry.is_file():
+                    raise ConfigError(f"dataset {name}: {path} is not a regular file (a FIFO, socket, device or a "
+                                      "broken link); an image must be a file: remove it")  # fmt: skip
+                target = os.path.realpath(path) if entry.is_symlink() else os.path.join(real, entry.name)
+                if not _inside(target, top):
+                    raise ConfigError(f"dataset {name}: {path} links to {target}, outside {top}; links in an image "
+                                      "folder must stay inside it")  # fmt: skip
+                files.append((path, target))
+        listed.append((root, files))
+    return [file for _, files in sorted(listed) for file in files]
+
+
+def check_disjoint(name: str, train: list[str], test: list[str], test_paths: list[tuple[str, int]]) -> None:
+    """No image file is both a training and a test image: `train` and `test` are the files the splits' images
+    resolve to (a link into the other split, or one split's folder inside the other's, would share one)."""
+    train_files = set(train)
+    shared = next((i for i, real in enumerate(test) if real in train_files), None)
+    if shared is not None:
+        raise ConfigError(f"dataset {name}: {test_paths[shared][0]} is also a training image ({test[shared]}); a "
+                          "test image must not be in the training split")  # fmt: skip
 
 
 def file_digest(pool: Pool) -> str:

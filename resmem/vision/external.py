@@ -5,11 +5,12 @@ a stratified val split carved from train where the file has none."""
 from __future__ import annotations
 
 import logging
+import math
 import zipfile
 
 import numpy as np
 
-from resmem import io
+from resmem import io, provenance
 from resmem.artifacts import SPLITS
 from resmem.config import ConfigError
 from resmem.vision.artifacts import EMBEDDING_KEYS
@@ -20,6 +21,16 @@ log = logging.getLogger("resmem")
 REQUIRED = tuple(f"{split}_{kind}" for split in ("train", "test") for kind in ("emb", "logits", "y"))
 VAL = tuple(f"val_{kind}" for kind in ("emb", "logits", "y"))
 CHECK_ROWS = 65_536  # rows read at a time for the NaN/inf check: memory stays bounded for any file
+
+
+KIND_OVERFLOWS = {"emb": "their squared distances overflow", "logits": "they overflow"}
+
+
+def float32_limit(kind: str, width: int) -> float:
+    """The largest magnitude float32 holds for an array: embeddings so that a squared distance, at most
+    width × (2·max)², stays finite; logits so that their cast does."""
+    largest = float(np.finfo(np.float32).max)
+    return math.sqrt(largest / (4 * width)) if kind == "emb" else largest
 
 
 def _array(path, key: str) -> np.ndarray:
@@ -63,6 +74,8 @@ def check_file(path, at: str) -> dict[str, np.ndarray]:
             fail(name, f"has shape {array.shape}; expected {'(rows,)' if label else '(rows, width)'}")
         if label != np.issubdtype(array.dtype, np.integer) or not (label or np.issubdtype(array.dtype, np.floating)):
             fail(name, f"has dtype {array.dtype}; expected {'integers' if label else 'floats'}")
+        if not label and array.shape[1] == 0:
+            fail(name, f"has shape {array.shape}: no {'features' if name.endswith('_emb') else 'classes'}")
     for s in splits:
         rows = {k: len(arrays[f"{s}_{k}"]) for k in ("emb", "logits", "y")}
         if len(set(rows.values())) != 1:
@@ -81,9 +94,15 @@ def check_file(path, at: str) -> dict[str, np.ndarray]:
                            f"(labels must lie in [0, {classes}))")  # fmt: skip
         for kind in ("emb", "logits"):
             array = arrays[f"{s}_{kind}"]
+            largest = float32_limit(kind, array.shape[1])
             for start in range(0, len(array), CHECK_ROWS):
-                if not np.isfinite(array[start : start + CHECK_ROWS]).all():
+                block = array[start : start + CHECK_ROWS]
+                if not np.isfinite(block).all():
                     fail(f"{s}_{kind}", "holds NaN or inf values")
+                peak = float(np.abs(block).max()) if block.size else 0.0
+                if peak > largest:
+                    fail(f"{s}_{kind}", f"holds values up to {peak:.3g}, above {largest:.3g}: in float32 (the index "
+                                        f"and the sweep) {KIND_OVERFLOWS[kind]}; rescale them")  # fmt: skip
     return arrays
 
 
@@ -143,7 +162,7 @@ def embeddings_from_file(entry: dict, out: dict, at: str, dataset: dict, config:
         "train_fraction": 1.0,
         "train_examples": counts["train"],
         "view": f"embeddings from {entry['path']}",
-        "versions": io.package_versions(),
+        "versions": provenance.package_versions(),
         "config": config,
     }
     io.write_json(out["meta"], meta)

@@ -174,15 +174,16 @@ def run_sizes(experiment: dict, run: dict, datastore_path=None) -> RunSizes:
     if source is None and "embeddings" in experiment:
         source = experiment["embeddings"][run["model"]]["path"]
     if source is not None:
-        arrays = io.load_npz(source, ["train_emb", "test_emb", "test_logits"], mmap=True, optional=["val_emb"])
-        n, dim = arrays["train_emb"].shape
-        queries = len(arrays["test_emb"]) + len(arrays.get("val_emb", ()))
-        if "val_emb" not in arrays:  # the embeddings_file stage carves val from train
+        shapes = {key: shape for key, (shape, _) in io.npz_shapes(
+            source, ["train_emb", "test_emb", "test_logits"], optional=["val_emb"]).items()}  # fmt: skip
+        n, dim = shapes["train_emb"]
+        queries = shapes["test_emb"][0] + shapes.get("val_emb", (0,))[0]
+        if "val_emb" not in shapes:  # the embeddings_file stage carves val from train
             val = round(experiment["dataset"]["val_fraction"] * n)
             n, queries = n - val, queries + val
         if source != datastore_path:  # the user's file: the run keeps a fraction of its training rows
             n = round(float(run["train_fraction"]) * n)
-        return RunSizes(n, n, dim, queries, arrays["test_logits"].shape[1], k_max)
+        return RunSizes(n, n, dim, queries, shapes["test_logits"][1], k_max)
     train, val, test, classes = split_sizes(experiment["dataset"])
     n = round(float(run["train_fraction"]) * train)
     channels, _ = input_shape(experiment["dataset"])

@@ -604,3 +604,27 @@ def final_outputs():
                 f"{base}/risk.csv" if kind == "regression" else f"{base}/summary.csv"
             )
     return outputs
+
+
+def check_largest_k():
+    """Every run's sizes once before any job is planned: a k above a run's datastore rows is named here (a
+    ConfigError from RunSizes) instead of surfacing from a memory request of petabytes.
+    """
+    for kind, sizes_of in (
+        ("experiments", vision_run_sizes),
+        ("lm_experiments", lm_run_sizes),
+    ):
+        for name in config.get(kind) or {}:
+            seen = set()
+            for run in runs(kind, name):
+                key = tuple(v for k, v in run.items() if k != "seed")
+                if key not in seen:
+                    seen.add(key)
+                    sizes_of(name, run, None)
+
+
+try:
+    if workflow.is_main_process:
+        check_largest_k()
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
