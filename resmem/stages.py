@@ -257,14 +257,23 @@ def load_predictions(path, keys, dtypes=None) -> dict[str, np.ndarray]:
     return arrays
 
 
-def gain_columns(method: str, base_correct, method_correct, point: dict, block: int | None = 1) -> dict:
+def gain_columns(method: str, base_correct, method_correct, point: dict, block: int | None = 1, run=None) -> dict:
     """A run's summary columns of one method's test-accuracy gain over the base model on the same test examples
     (`point`: its selected point, as `resmem.sweep.select` records it): <method>_test_acc, _gain with its paired
     interval _gain_ci_low/_high, _p_value and _test (`resmem.stats.paired_gain`, blocks of `block` positions;
     None: chosen from the data) and _best_test_acc, the best test accuracy anywhere on its grid. _p_holm is
-    added over the whole experiment (`holm_columns`)."""
+    added over the whole experiment (`holm_columns`). The predictions must count what the sweep counted at that
+    point, for the base model and the method (`run`: its paths, for the message)."""
     from resmem.stats import paired_gain
 
+    for who, correct, swept in (("the base model", base_correct, point["base_test_accuracy"]),
+                                (method, method_correct, point["test_accuracy"])):  # fmt: skip
+        counted = float(np.mean(correct))
+        if not abs(counted - swept) <= 1e-9:
+            files = f"{run['predictions']} and {run['selected']}" if run else "the predictions and the sweep"
+            raise ArtifactError(f"{files} disagree: {who}'s test accuracy is {counted:.6f} in the predictions but "
+                                f"{swept:.6f} in the sweep at its selected point; one of them was changed or is "
+                                "stale: delete both and rerun their sweep, select and predict rules")  # fmt: skip
     verdict = paired_gain(base_correct, method_correct, block=block)
     columns = {"test_acc": point["test_accuracy"], **{key: verdict[key] for key in VERDICT_KEYS},
                "best_test_acc": point["best_test_accuracy"]}  # fmt: skip

@@ -36,6 +36,26 @@ GRIDS = {
 }
 
 
+def test_edited_predictions_are_refused_by_the_aggregate(smoke_run, tmp_path):
+    """predictions.npz rewritten so that ResMem is always right (a +78-point gain over a base model whose sweep
+    says otherwise, in the issue's case): the aggregate compares its counts with the sweep's at the selected
+    point and names both files instead of writing that table."""
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(smoke_run["workdir"], workdir)
+    run = workdir / "results" / "smoke" / "cnn_w1" / "frac1" / "seed0"
+    with np.load(run / "predictions.npz") as predictions:
+        arrays = dict(predictions)
+    np.savez(run / "predictions.npz", **{**arrays, "resmem": arrays["labels"]})
+    proc = snakemake(workdir, "results/smoke/summary.csv", "--forcerun", "aggregate", configfile=smoke_run["config"],
+                     check=False)  # fmt: skip
+    assert proc.returncode != 0
+    message = (r"predictions.npz and .*selected.json disagree: resmem's test accuracy is 1.000000 in the "
+               r"predictions but 0\.\d+ in the sweep at its selected point")  # fmt: skip
+    assert re.search(message, proc.stdout + proc.stderr)
+
+
 def run_dir(smoke_run, model, fraction="1"):
     return smoke_run["results"] / model / f"frac{fraction}" / "seed0"
 

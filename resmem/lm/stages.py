@@ -347,7 +347,7 @@ def summarize(run: dict, stats: dict) -> tuple[dict, dict]:
                    if "knnlm" in methods else unknown}  # fmt: skip
     for m in LM_METHODS:
         if m in methods:
-            row.update(shared.gain_columns(m, right["base"], right[m], chosen[m], block))
+            row.update(shared.gain_columns(m, right["base"], right[m], chosen[m], block, run))
         else:
             row.update({f"{m}_{field}": nan for field in GAIN_FIELDS})
         differences[f"{m}_gain"] = right[m].astype(np.int8) - right["base"] if m in methods else unknown

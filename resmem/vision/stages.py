@@ -378,7 +378,7 @@ def summarize(run: dict) -> tuple[dict, dict]:
         prefix = "" if method == "resmem" else f"{method}_"  # ResMem's selected point: k, sigma, temperature
         row.update({f"{prefix}{p}": chosen[method][p] for p in PARAMETERS[method]})
         base, right = (predicted[m] == predicted["labels"] for m in ("base", method))
-        row.update(shared.gain_columns(method, base, right, chosen[method]))
+        row.update(shared.gain_columns(method, base, right, chosen[method], run=run))
         differences[f"{method}_gain"] = right.astype(np.int8) - base
     row["differences"] = differences  # resmem.verdicts.with_seed_tests
     run_columns = {"model": run["model"], "train_fraction": run["train_fraction"], "seed": run["seed"]}
