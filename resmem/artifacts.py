@@ -3,6 +3,7 @@ Each kind's own artifacts are named in its package (`resmem.vision.artifacts`, `
 
 SPLITS = ("train", "val", "test")
 QUERY_SPLITS = ("val", "test")
+# neighbors.npz: these, and `normalize` (whether the search normalized the vectors: what its readers recompute)
 NEIGHBOR_KEYS = tuple(f"{split}_{kind}" for split in QUERY_SPLITS for kind in ("dist", "idx"))
 # the image grid sweep (resmem.sweep): method base, resmem, knn or knn_interp; a method's unused parameters are empty
 SWEEP_COLUMNS = ("method", "split", "k", "sigma", "temperature", "lam", "accuracy")

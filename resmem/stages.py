@@ -157,6 +157,7 @@ def index(keys, out: dict, knn: dict, device: str, store_fraction: float = 1.0) 
 
 VERDICT_KEYS = ("gain", "gain_ci_low", "gain_ci_high", "p_value", "test")  # of resmem.stats.paired_gain
 ROWS_DTYPES = {"rows": np.int64, "datastore_rows": np.int64, "fraction": np.float64}
+NEIGHBOR_CHECK_QUERIES = 256  # queries per split whose recorded neighbour distances every reader recomputes
 INDEX_RECORD = ("type", "dim", "ntotal", "bytes", "sha256")  # resmem.knn.write_index's record, in the rows file
 
 
@@ -195,21 +196,69 @@ def neighbors(index_path, rows_path, datastore_path, keys, queries: dict, out: d
         for start in range(0, len(idx), knn["query_chunk"]):  # in place, chunk by chunk: no Q×k copies
             block = idx[start : start + knn["query_chunk"]]
             block[...] = np.where(block >= 0, rows[block], -1)
-    io.save_npz(out["neighbors"], **found)
+    for split in queries:  # an index (with its rows file) from other vectors finds rows at other distances
+        check_distances(
+            index_path,
+            datastore_path,
+            found,
+            split,
+            queries[split],
+            keys,
+            knn["normalize"],
+            k_max,
+            "its index was built from other vectors: delete it and its rows file and rerun its index rule",
+        )
+    io.save_npz(out["neighbors"], **found, normalize=np.bool_(knn["normalize"]))  # what `load_neighbors` recomputes
     io.write_json(out["report"], {**report, "datastore_fraction": float(held["fraction"])})
 
 
-def load_neighbors(path, query_rows: dict, k_needed: int, datastore_path) -> dict[str, np.ndarray]:
-    """neighbors.npz, checked to have one row per query ({split: count}) and at least `k_needed` columns."""
-    found = io.load_npz(path, NEIGHBOR_KEYS, {k: np.int64 if k.endswith("_idx") else np.float32 for k in NEIGHBOR_KEYS})
+def load_neighbors(path, queries: dict, k_needed: int, datastore_path, keys) -> dict[str, np.ndarray]:
+    """neighbors.npz, checked to have one row per query ({split: query vectors}) and at least `k_needed` columns,
+    and to be the search of these queries in the datastore `keys`: the distances it records for every neighbour
+    of NEIGHBOR_CHECK_QUERIES queries per split, spread over the split, are recomputed (an edited or swapped file
+    names other rows or other distances)."""
+    found = io.load_npz(path, NEIGHBOR_KEYS, {k: np.int64 if k.endswith("_idx") else np.float32 for k in NEIGHBOR_KEYS},
+                        optional=["normalize"])  # fmt: skip
     for split in QUERY_SPLITS:
         rows, searched = found[f"{split}_idx"].shape
-        if rows != query_rows[split] or searched < k_needed:
+        if rows != len(queries[split]) or searched < k_needed:
             raise ArtifactError(
                 f"{path}: {rows} × {searched} {split} neighbors do not fit {datastore_path} "
-                f"({query_rows[split]} queries) and k up to {k_needed}; delete it and rerun its neighbors rule"
+                f"({len(queries[split])} queries) and k up to {k_needed}; delete it and rerun its neighbors rule"
             )
+    if "normalize" in found:  # (files written before it was recorded are not recomputed)
+        for split in QUERY_SPLITS:
+            normalize = bool(found["normalize"])
+            check_distances(path, datastore_path, found, split, queries[split], keys, normalize, k_needed)
     return found
+
+
+NEIGHBORS_REMEDY = "the file was edited or comes from another search: delete it and rerun its neighbors rule"
+
+
+def check_distances(path, datastore_path, found: dict, split: str, queries, keys, normalize: bool, k: int,
+                    remedy: str = NEIGHBORS_REMEDY) -> None:  # fmt: skip
+    """The first k recorded distances of a sample of queries equal ‖q − x‖ over the rows they name, within
+    float32's rounding of ‖q‖² + ‖x‖² − 2q·x (faiss's formula), and ascend."""
+    from resmem.knn import prepare
+
+    picked = np.unique(np.linspace(0, len(queries) - 1, min(len(queries), NEIGHBOR_CHECK_QUERIES)).astype(np.int64))
+    for q in picked.tolist():
+        idx, dist = found[f"{split}_idx"][q, :k], found[f"{split}_dist"][q, :k].astype(np.float64)
+        named = idx >= 0  # an IVF probe may find fewer than k
+        if np.any(idx[named] >= len(keys)) or np.any(np.diff(dist[named]) < 0):
+            raise ArtifactError(f"{path}: {split} query {q}'s neighbours are not rows of {len(keys)} in ascending "
+                                f"distance; {remedy}")  # fmt: skip
+        query = prepare(queries[q : q + 1], normalize).astype(np.float64)
+        rows = prepare(np.take(keys, idx[named], axis=0), normalize).astype(np.float64)
+        exact = np.sum((rows - query) ** 2, axis=1)
+        scale = np.sum(query**2) + np.sum(rows**2, axis=1)
+        off = np.abs(dist[named] ** 2 - exact) > 8 * query.shape[1] * 2.0**-24 * scale + 1e-30
+        if off.any():
+            j = int(np.argmax(off))
+            raise ArtifactError(f"{path}: {split} query {q}'s neighbour {int(idx[named][j])} comes at distance "
+                                f"{dist[named][j]:.6g}, but lies at {np.sqrt(exact[j]):.6g} in {datastore_path}; "
+                                f"{remedy}")  # fmt: skip
 
 
 def select(sweep_path, out_path, choose: Callable[[pd.DataFrame], dict]) -> None:

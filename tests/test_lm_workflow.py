@@ -62,7 +62,7 @@ def test_store_artifacts(lm_run, fraction):
     entries = 20_000 * float(fraction)
     assert faiss.read_index(str(run / "index.faiss")).ntotal == entries
     with np.load(run / "neighbors.npz") as found:
-        assert sorted(found.files) == sorted(NEIGHBOR_KEYS) and found["test_idx"].shape == (1_000, 8)
+        assert sorted(found.files) == sorted([*NEIGHBOR_KEYS, "normalize"]) and found["test_idx"].shape == (1_000, 8)
         rows = np.unique(found["test_idx"])
     if fraction == "0.5":  # indices refer to datastore rows of the nested subset
         from resmem.stages import datastore_rows

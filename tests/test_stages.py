@@ -240,3 +240,47 @@ def test_streamed_npz_holds_every_block_and_frees_each_scratch_file_once_copied(
     np.testing.assert_array_equal(loaded["keys"], keys)
     np.testing.assert_array_equal(loaded["next"], nxt)
     np.testing.assert_array_equal(loaded["head"], np.eye(3))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_edited_neighbors_of_the_right_shape_are_refused(tmp_path, normalize):
+    """neighbors.npz with its rows shuffled within each query (same shape, same dtypes, still in range: the issue's
+    83 % → 30 % case), its distances scaled, or its rows out of order: every reader recomputes the recorded
+    distances of a sample of queries and names the file; the true file passes, with or without normalize."""
+    emb, split, rows = write_artifacts(tmp_path)
+    build(tmp_path, emb, split, rows, normalize=normalize)
+    search(tmp_path, emb, "neighbors", k=[1, 8], normalize=normalize)
+    settings = knn(k=[1, 8], normalize=normalize)
+    stages.sweep(emb, tmp_path / "neighbors.npz", tmp_path / "sweep.csv", settings)  # the file as searched
+    with np.load(tmp_path / "neighbors.npz") as data:
+        true = dict(data)
+    shuffled = np.random.default_rng(1).permuted(true["test_idx"], axis=1)
+    for name, edit, message in (
+        ("shuffled", {"test_idx": shuffled}, r"test query 0's neighbour \d+ comes at .*; the file was edited"),
+        ("scaled", {"val_dist": true["val_dist"] * 1.01}, r"val query 0's neighbour \d+ comes at distance"),
+        ("out of order", {"val_dist": true["val_dist"][:, ::-1].copy()}, r"val query 0's neighbours are not rows"),
+    ):
+        io.save_npz(tmp_path / "neighbors.npz", **{**true, **edit})
+        with pytest.raises(ArtifactError, match=rf"neighbors.npz: {message}"):
+            stages.sweep(emb, tmp_path / "neighbors.npz", tmp_path / f"{name}.csv", settings)
+        assert not (tmp_path / f"{name}.csv").exists()
+
+
+def test_an_index_swapped_with_its_rows_file_from_another_run_is_refused_by_the_search(tmp_path):
+    """index.faiss and its rows file replaced together by another run's (the sha256 that guards the index lives in
+    the rows file, so the pair agrees with itself; ResMem fell from 83 % to 17 % in the issue's case): the search
+    finds rows at distances the current embeddings do not have, and names the index."""
+    emb, split, rows = write_artifacts(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    with np.load(emb) as data:
+        arrays = dict(data)
+    noise = np.random.default_rng(5).normal(size=arrays["train_emb"].shape).astype(np.float32)
+    io.save_npz(other / "embeddings.npz", **{**arrays, "train_emb": arrays["train_emb"] + noise})
+    build(other, other / "embeddings.npz", split, rows)
+    for name in ("index.faiss", "index_rows.npz"):
+        (tmp_path / name).write_bytes((other / name).read_bytes())
+    with pytest.raises(ArtifactError, match=r"index.faiss: (val|test) query 0's neighbour \d+ comes at distance .*, "
+                       r"but lies at .* in .*embeddings.npz; its index was built from other vectors"):  # fmt: skip
+        search(tmp_path, emb, "nb", k=[1, 8])
+    assert not (tmp_path / "nb.npz").exists()

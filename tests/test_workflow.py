@@ -92,7 +92,7 @@ def test_run_artifacts(smoke_run, model):
     assert index.ntotal == len(train_emb)
 
     with np.load(run / "neighbors.npz") as nb:
-        assert sorted(nb.files) == sorted(NEIGHBOR_KEYS)
+        assert sorted(nb.files) == sorted([*NEIGHBOR_KEYS, "normalize"]) and not nb["normalize"]
         assert nb["val_idx"].shape == (len(val_emb), 4)  # k_max of the smoke grid
         # Euclidean, not squared: the first distance equals the direct norm (here in float64). faiss forms
         # d² = |x|² + |y|² − 2·x·y in float32, sums of D terms that cancel where neighbours are close: within

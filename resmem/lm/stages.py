@@ -253,8 +253,8 @@ def sweep(datastore_path, neighbors_path, out_path, knn: dict, device: str = "cp
     from resmem.lm.tokens import sweep_table
 
     arrays = load_datastore(datastore_path)
-    query_rows = {s: len(arrays[f"{s}_next"]) for s in QUERY_SPLITS}
-    found = shared.load_neighbors(neighbors_path, query_rows, max(knn["k"]), datastore_path)
+    queries = {s: arrays[f"{s}_keys"] for s in QUERY_SPLITS}
+    found = shared.load_neighbors(neighbors_path, queries, max(knn["k"]), datastore_path, arrays["train_keys"])
     table = sweep_table(
         arrays, found, knn["k"], knn["sigma"], knn["temperature"], knn["lam"], int(knn["sweep_chunk_mb"] * 2**20),
         knn["knnlm_kernel"], knn["tau"], knn["resmem_k"], device, knn.get("methods", LM_METHODS),
@@ -271,8 +271,8 @@ def predict(datastore_path, neighbors_path, selected_path, out_path, knn: dict, 
 
     arrays = load_datastore(datastore_path)
     chosen = read_json(selected_path)
-    query_rows = {s: len(arrays[f"{s}_next"]) for s in QUERY_SPLITS}
-    found = shared.load_neighbors(neighbors_path, query_rows, max(c["k"] for c in chosen.values()), datastore_path)
+    queries, k_needed = {s: arrays[f"{s}_keys"] for s in QUERY_SPLITS}, max(c["k"] for c in chosen.values())
+    found = shared.load_neighbors(neighbors_path, queries, k_needed, datastore_path, arrays["train_keys"])
     head, chunk_bytes = (arrays["head_weight"], arrays["head_bias"]), int(knn["sweep_chunk_mb"] * 2**20)
     logits, labels = KeyLogits(final_hidden(arrays, "test"), *head, device), np.asarray(arrays["test_next"])
     dist, idx, train_next = found["test_dist"], found["test_idx"], arrays["train_next"]

@@ -312,8 +312,8 @@ def neighbors(index_path, rows_path, embeddings_path, out: dict, knn: dict, devi
 
 
 def _neighbors_of(arrays: dict, neighbors_path, embeddings_path, k_needed: int) -> dict:
-    query_rows = {s: len(arrays[f"{s}_y"]) for s in QUERY_SPLITS}
-    return shared.load_neighbors(neighbors_path, query_rows, k_needed, embeddings_path)
+    queries = {s: arrays[f"{s}_emb"] for s in QUERY_SPLITS}
+    return shared.load_neighbors(neighbors_path, queries, k_needed, embeddings_path, arrays["train_emb"])
 
 
 def sweep(embeddings_path, neighbors_path, out_path, knn: dict, device: str = "cpu") -> None:
