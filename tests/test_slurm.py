@@ -63,14 +63,13 @@ def test_smoke_through_slurm_equals_the_local_run_in_fewer_submissions(smoke_run
 
 
 def test_a_failing_slurm_job_is_retried_with_more_memory_then_fails_the_run_naming_its_log(tmp_path):
-    # Class folders without an image file: they pass the checks made before any job, and the first job (split)
-    # fails on the cluster when it lists the images.
-    for split in ("train", "test"):
-        (tmp_path / "no_images" / split / "cat").mkdir(parents=True)
-        (tmp_path / "no_images" / split / "cat" / "notes.txt").write_text("not an image")
+    # A damaged CIFAR-100 archive: planning only sees that it is there, and the first job (split) fails on the
+    # cluster when it checks the archive's md5 before extracting it.
+    (tmp_path / "cifar").mkdir()
+    (tmp_path / "cifar" / "cifar-100-python.tar.gz").write_bytes(b"not the archive" * 64)
 
     def broken(config):
-        config["experiments"]["smoke"]["dataset"] = {"name": "imagefolder", "root": str(tmp_path / "no_images")}
+        config["experiments"]["smoke"]["dataset"] = {"name": "cifar100", "root": str(tmp_path / "cifar")}
 
     config = write_config(tmp_path / "broken.yaml", broken)
     proc = snakemake(tmp_path, *SLURM, "--retries", "1", configfile=config, check=False)
@@ -81,7 +80,7 @@ def test_a_failing_slurm_job_is_retried_with_more_memory_then_fails_the_run_nami
     assert any("mem_mb=2000," in line for line in split_requests)  # the retry asks for twice as much
     assert "Error in rule split" in output and "results/smoke/logs/split.log" in output
     log = (tmp_path / "results" / "smoke" / "logs" / "split.log").read_text()
-    assert "dataset imagefolder: no image file (.jpg, " in log and "in the class folders cat of " in log
+    assert "cifar-100-python.tar.gz: md5 " in log and "is not the published eb9058c3a382ffc7106e4002c42a8d85" in log
 
 
 def test_gpu_jobs_reach_the_gpu_partition_and_the_rest_the_default_one_under_the_account(tmp_path):
