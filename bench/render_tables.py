@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bench_cpu_determinism
+import bench_custody
 import bench_datastore
 import bench_image_cache
 import bench_model_memory
@@ -132,6 +133,8 @@ TABLES = {
     "bench_plan:anchors": Table(part(plan_part, 0), PLAN),
     "bench_select": Table(lambda runs: bench_select.table(runs[0][1]["results"]),
                           (("bench_select", "", "python bench/bench_select.py"),)),
+    "bench_custody": Table(lambda runs: bench_custody.table(runs[0][1]["results"]),
+                           (("bench_custody", "", "python bench/bench_custody.py --results results"),)),
     "bench_stats": Table(lambda runs: bench_stats.tables(runs[0][1]["results"]),
                          (("bench_stats", "", "python bench/bench_stats.py"),)),
     "bench_timing": Table(lambda runs: bench_timing.table(runs[0][1]["results"]),

@@ -1,6 +1,7 @@
 """Names of what the stages of every kind write: the contract between stages, the tests and users' own code.
 Each kind's own artifacts are named in its package (`resmem.vision.artifacts`, `resmem.lm.artifacts`)."""
 
+RESULTS = "results"  # the folder of every workflow artifact, relative to the working directory
 SPLITS = ("train", "val", "test")
 QUERY_SPLITS = ("val", "test")
 # neighbors.npz: these, and `normalize` (whether the search normalized the vectors: what its readers recompute)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resmem import io, provenance
+from resmem import custody, io, provenance
 from resmem.artifacts import NEIGHBOR_KEYS, QUERY_SPLITS
 from resmem.config import ConfigError
 from resmem.device import CPU_KERNELS
@@ -293,7 +293,10 @@ def aggregate(
     io.write_csv(out["summary_csv"], summary[list(columns)])
     tables = {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
     write_report(summary, tables, experiment, out)
-    write_provenance(out["provenance"], experiment, config, runs, summary.device, repo_dir, **provenance_extra)
+    sources = [
+        value for run in runs for value in run.values() if isinstance(value, str)
+    ]  # its files (chain skips the rest)
+    write_provenance(out["provenance"], experiment, config, runs, summary.device, repo_dir, sources, **provenance_extra)
 
 
 def load_predictions(path, keys, dtypes=None) -> dict[str, np.ndarray]:
@@ -343,10 +346,13 @@ def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def write_provenance(path, experiment: str, config: dict, runs: list[dict], devices, repo_dir, **extra) -> None:
+def write_provenance(
+    path, experiment: str, config: dict, runs: list[dict], devices, repo_dir, sources, **extra
+) -> None:
     """What made an experiment's results: its config, the git commit and a hash of the package source (so a
-    dirty tree is identifiable), package versions, devices, the CPU kernels pinned (`resmem.device.CPU_KERNELS`)
-    and the runs aggregated."""
+    dirty tree is identifiable), package versions, devices, the CPU kernels pinned (`resmem.device.CPU_KERNELS`),
+    the runs aggregated and the chain of custody of the files read (`sources`) down to the inputs
+    (`resmem.custody.chain`: each artifact, the rule that wrote it and its sha256)."""
     record = {
         "experiment": experiment,
         "config": config,
@@ -357,6 +363,7 @@ def write_provenance(path, experiment: str, config: dict, runs: list[dict], devi
         "cpu_kernels": {name: os.environ[name] for name in CPU_KERNELS if name in os.environ},
         **extra,
         "runs": [{k: str(v) for k, v in run.items()} for run in runs],
+        "chain": custody.chain(sources),
     }
     io.write_json(path, record)
 

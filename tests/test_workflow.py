@@ -36,11 +36,15 @@ GRIDS = {
 }
 
 
-def test_edited_predictions_are_refused_by_the_aggregate(smoke_run, tmp_path):
+@pytest.mark.parametrize("recorded", [False, True], ids=["edited", "edited and re-recorded"])
+def test_edited_predictions_are_refused_by_the_aggregate(smoke_run, tmp_path, monkeypatch, recorded):
     """predictions.npz rewritten so that ResMem is always right (a +78-point gain over a base model whose sweep
-    says otherwise, in the issue's case): the aggregate compares its counts with the sweep's at the selected
-    point and names both files instead of writing that table."""
+    says otherwise, in the issue's case): its custody record names the edit; and where the record was rewritten
+    too (a predict stage that miscounts), the aggregate compares its counts with the sweep's at the selected point
+    and names both files instead of writing that table."""
     import shutil
+
+    from resmem import custody
 
     workdir = tmp_path / "copy"
     shutil.copytree(smoke_run["workdir"], workdir)
@@ -48,12 +52,19 @@ def test_edited_predictions_are_refused_by_the_aggregate(smoke_run, tmp_path):
     with np.load(run / "predictions.npz") as predictions:
         arrays = dict(predictions)
     np.savez(run / "predictions.npz", **{**arrays, "resmem": arrays["labels"]})
+    message = (r"results/smoke/cnn_w1/frac1/seed0/predictions.npz is not the file its rule wrote \(.+ where rule "
+               r"predict wrote .+\): it was edited or replaced since; rewrite it and what was computed from it: "
+               r"snakemake --forcerun results/smoke/cnn_w1/frac1/seed0/predictions.npz")  # fmt: skip
+    if recorded:
+        monkeypatch.chdir(workdir)
+        name = "results/smoke/cnn_w1/frac1/seed0/predictions.npz"
+        custody.write_record(name, "predict", json.loads(custody.record_path(name).read_text())["inputs"])
+        message = (r"predictions.npz and .*selected.json disagree: resmem's test accuracy is 1.000000 in the "
+                   r"predictions but 0\.\d+ in the sweep at its selected point")  # fmt: skip
     proc = snakemake(workdir, "results/smoke/summary.csv", "--forcerun", "aggregate", configfile=smoke_run["config"],
                      check=False)  # fmt: skip
     assert proc.returncode != 0
-    message = (r"predictions.npz and .*selected.json disagree: resmem's test accuracy is 1.000000 in the "
-               r"predictions but 0\.\d+ in the sweep at its selected point")  # fmt: skip
-    assert re.search(message, proc.stdout + proc.stderr)
+    assert re.search(message, proc.stdout + proc.stderr), proc.stderr[-3000:]
 
 
 def run_dir(smoke_run, model, fraction="1"):

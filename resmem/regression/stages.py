@@ -26,4 +26,4 @@ def report(experiment: str, risk_path, out: dict, cfg: dict, config: dict, repo_
     plot_risk(table, experiment, cfg, linear_risk, out["png"], out["pdf"])
     io.write_text(out["summary_md"], summary_markdown(table, experiment, cfg, linear_risk))
     extra = {"best_linear_risk": linear_risk, "noise_floor": cfg["noise"] ** 2}
-    write_provenance(out["provenance"], experiment, config, [], ["cpu"], repo_dir, **extra)
+    write_provenance(out["provenance"], experiment, config, [], ["cpu"], repo_dir, [risk_path], **extra)

@@ -14,6 +14,7 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
 from resmem import bounds, timing
+from resmem.artifacts import RESULTS
 from resmem.config import (
     ConfigError,
     check_input_paths,
@@ -49,11 +50,11 @@ except ConfigError as error:
 
 
 # Where every result lives: one folder per experiment, below it one per run.
-EXPERIMENT = "results/{experiment}"
-VISION_RUN = "results/{experiment}/{model}/frac{train_fraction}/seed{seed}"  # model × training fraction × seed
-LM_RUN = "results/{experiment}/{model}/seed{seed}"  # model × seed: the model and its token datastore
-LM_STORE = "results/{experiment}/{model}/seed{seed}/store{store_fraction}"  # a datastore fraction's search
-LM_CORPUS = "results/{experiment}/corpus/{tokenizer}"  # .npz/.json: the corpus tokenized by one tokenizer
+EXPERIMENT = f"{RESULTS}/{{experiment}}"
+VISION_RUN = f"{EXPERIMENT}/{{model}}/frac{{train_fraction}}/seed{{seed}}"  # model × training fraction × seed
+LM_RUN = f"{EXPERIMENT}/{{model}}/seed{{seed}}"  # model × seed: the model and its token datastore
+LM_STORE = f"{LM_RUN}/store{{store_fraction}}"  # a datastore fraction's search
+LM_CORPUS = f"{EXPERIMENT}/corpus/{{tokenizer}}"  # .npz/.json: the corpus tokenized by one tokenizer
 DECODED_IMAGES = f"{EXPERIMENT}/images.npz"  # a folder dataset decoded into memory
 
 

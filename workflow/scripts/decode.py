@@ -1,7 +1,7 @@
-from resmem.logs import job_log
+from resmem.logs import workflow_job
 from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0]):
+with workflow_job(sm):
     at = f"experiments.{sm.wildcards.experiment}"  # the config key, for messages
     stages.decode(sm.output.images, sm.params.dataset, sm.params.augment, sm.threads, at)

@@ -1,11 +1,11 @@
 from importlib import import_module
 
 from resmem.device import claim_gpu
-from resmem.logs import job_log
+from resmem.logs import workflow_job
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 stages = import_module(sm.params.stages)  # the kind's stage module
-with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
+with workflow_job(sm), claim_gpu(sm.config["device"]):
     checks = {name: path for name, path in sm.input.items() if name != "datastore"}
     out = dict(sm.output.items())
     stages.index(sm.input.datastore, out, sm.params.knn, sm.config["device"], sm.params.store_fraction, **checks)

@@ -1,6 +1,6 @@
 from resmem.lm import stages
-from resmem.logs import job_log
+from resmem.logs import workflow_job
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0]):
+with workflow_job(sm):
     stages.corpus(sm.output.corpus, sm.output.meta, sm.params.corpus, sm.params.tokenizer_source)

@@ -2,10 +2,10 @@ import torch
 
 from resmem.device import claim_gpu
 from resmem.lm import stages
-from resmem.logs import job_log
+from resmem.logs import workflow_job
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
+with workflow_job(sm), claim_gpu(sm.config["device"]):
     torch.set_num_threads(sm.threads)
     inputs = (sm.input.datastore, sm.input.neighbors, sm.input.selected)
     stages.predict(*inputs, sm.output.predictions, sm.params.knn, sm.config["device"])

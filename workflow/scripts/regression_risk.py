@@ -1,6 +1,6 @@
-from resmem.logs import job_log
+from resmem.logs import workflow_job
 from resmem.regression import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0]):
+with workflow_job(sm):
     stages.risk(sm.output.risk, sm.params.study)

@@ -1,8 +1,8 @@
 from importlib import import_module
 
-from resmem.logs import job_log
+from resmem.logs import workflow_job
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 stages = import_module(sm.params.stages)  # the kind's stage module
-with job_log(sm.log[0]):
+with workflow_job(sm):
     stages.select(sm.input.sweep, sm.output.selected)

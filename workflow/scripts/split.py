@@ -1,6 +1,6 @@
-from resmem.logs import job_log
+from resmem.logs import workflow_job
 from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0]):
+with workflow_job(sm):
     stages.split(sm.output.split, sm.params.dataset)

@@ -1,9 +1,9 @@
 from resmem.device import claim_gpu
-from resmem.logs import job_log
+from resmem.logs import workflow_job
 from resmem.vision import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0]), claim_gpu(sm.config["device"]):
+with workflow_job(sm), claim_gpu(sm.config["device"]):
     stages.train(
         sm.input.split,
         dict(sm.output.items()),
