@@ -8,8 +8,9 @@ run together with its record) and its own inputs (a file computed from another v
 also reads). A mismatch stops the job with the file named and the command that rewrites it, before the stage
 reads anything. `python -m resmem.verify` checks a whole folder the same way (`resmem.verify`).
 
-Cost: each output is read once more after it is written and each input once before its job, at the speed of
-sha256 (bench/bench_custody.py measures it per GB; docs/performance.md).
+Cost: an output is hashed while it is written (`resmem.digests`; the .npz writers and the index) or read once
+more after (small files: JSON, tables, figures, checkpoints); each input is read once before its job, at the
+speed of sha256, and that digest serves the job's own readers (bench/bench_custody.py; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from resmem.artifacts import RESULTS
-from resmem.io import ArtifactError, file_hash, write_json
+from resmem.digests import remembering, sha256
+from resmem.io import ArtifactError, write_json
 
 RECORD_SUFFIX = ".custody.json"
 RECORD_FORMAT = 1
@@ -46,7 +48,7 @@ def artifact_name(path, root=None) -> str | None:
 
 def digest(path) -> dict:
     """A file's size in bytes and sha256."""
-    return {"bytes": os.path.getsize(path), "sha256": file_hash(path)}
+    return {"bytes": os.path.getsize(path), "sha256": sha256(path)}
 
 
 def rerun(path) -> str:
@@ -80,10 +82,10 @@ def check_file(path, record: dict) -> dict:
     size = os.path.getsize(path)
     if size != record["bytes"]:
         what = f"{size} bytes where rule {record['rule']} wrote {record['bytes']}"
-    elif (sha256 := file_hash(path)) != record["sha256"]:
-        what = f"sha256 {sha256[:16]}… where rule {record['rule']} wrote {record['sha256'][:16]}…"
+    elif (found := sha256(path)) != record["sha256"]:
+        what = f"sha256 {found[:16]}… where rule {record['rule']} wrote {record['sha256'][:16]}…"
     else:
-        return {"bytes": size, "sha256": sha256}
+        return {"bytes": size, "sha256": found}
     raise ArtifactError(f"{path} is not the file its rule wrote ({what}): it was edited or replaced since; "
                         f"{rerun(path)}")  # fmt: skip
 
@@ -125,10 +127,11 @@ def job(inputs: Iterable, outputs: Iterable, rule: str):
     outputs = [str(path) for path in outputs]
     for path in outputs:
         record_path(path).unlink(missing_ok=True)
-    digests = check_inputs(inputs)
-    yield
-    for path in outputs:
-        write_record(path, rule, digests)
+    with remembering():  # each file hashed once in the job: its check here serves its readers, its writer its record
+        digests = check_inputs(inputs)
+        yield
+        for path in outputs:
+            write_record(path, rule, digests)
 
 
 def chain(paths: Iterable) -> list[dict]:

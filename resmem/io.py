@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from resmem.config import ConfigError
+from resmem.digests import HashingWriter, file_hash, remember
 
 log = logging.getLogger("resmem")
 
@@ -49,15 +49,6 @@ def hub_files(repo_id: str, revision: str | None = None) -> list[str]:
 
 class ArtifactError(ValueError):
     """An input file is missing, truncated or does not match what the stage expects."""
-
-
-def file_hash(path, algorithm: str = "sha256") -> str:
-    """The hex digest of a file, read in 16 MiB pieces."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while piece := f.read(16 << 20):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def check_hash_in_name(path, what: str) -> None:
@@ -139,9 +130,22 @@ def extract_archive(archive, root, md5: str, source: str) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def hashed_atomic_file(path):
+    """`atomic_path`, opened for writing through a `HashingWriter`: the file's sha256 is remembered
+    (`resmem.digests.remember`) once it is in place, so its custody record and readers in this job need not
+    read it again."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file, HashingWriter(file) as writer:
+        yield writer
+    remember(path, writer.hexdigest())
+
+
 def save_npz(path, **arrays) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+    """np.savez's file (uncompressed, one .npy member per array, no pickles), hashed while it is written."""
+    with hashed_atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def remove_stale_scratch(path) -> None:
@@ -209,7 +213,7 @@ def save_npz_streaming(path, blocks, rows: dict[str, int] | None = None) -> None
         short = {k: (filled[k], rows[k]) for k in arrays if filled[k] != rows[k]}
         if short:
             raise ValueError(f"{path}: rows written vs expected {short}")
-        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with hashed_atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for key in filled:
                 scratch = path.parent / f".{path.name}.{key}.npy"
                 with archive.open(f"{key}.npy", "w", force_zip64=True) as member:

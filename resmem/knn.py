@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import Any
@@ -10,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from resmem.device import faiss_gpu_count, gpu_number
-from resmem.io import ArtifactError, atomic_path, file_hash
+from resmem.digests import sha256
+from resmem.io import ArtifactError, hashed_atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -264,19 +264,10 @@ def write_index(index, path) -> dict:
     (a full disk) raises and leaves nothing under `path`; returns its `index_record` with bytes and sha256."""
     import faiss
 
-    digest, size = hashlib.sha256(), 0
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-
-        def write(chunk: bytes) -> int:
-            nonlocal size
-            f.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-            return len(chunk)
-
-        faiss.write_index(index, faiss.PyCallbackIOWriter(write))
+    with hashed_atomic_file(path) as f:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
         f.flush()
-    return {**index_record(index), "bytes": size, "sha256": digest.hexdigest()}
+    return {**index_record(index), "bytes": f.size, "sha256": f.hexdigest()}
 
 
 def read_index(path, record: dict, remedy: str = "delete it and rerun its index rule"):
@@ -286,7 +277,7 @@ def read_index(path, record: dict, remedy: str = "delete it and rerun its index 
     import faiss
 
     where = f"{path} (recorded: {record['type']}, d = {record['dim']}, {record['ntotal']} vectors)"
-    if os.path.getsize(path) != record["bytes"] or file_hash(path) != record["sha256"]:
+    if os.path.getsize(path) != record["bytes"] or sha256(path) != record["sha256"]:
         raise ArtifactError(f"{where}: the file is not the one that was written (size or sha256 differ); {remedy}")
     try:
         built = faiss.read_index(str(path))

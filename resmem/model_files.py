@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from resmem.io import ArtifactError, file_hash, load_npz, save_npz, write_json
+from resmem.digests import sha256
+from resmem.io import ArtifactError, load_npz, save_npz, write_json
 
 if TYPE_CHECKING:
     from resmem.estimator import ResMem
@@ -62,7 +63,7 @@ def save_model(model: ResMem, folder: str | Path) -> None:
         "classes_dtype": model.classes_.dtype.str,
         "n_features_in": int(model.n_features_in_),
         "files": {
-            ARRAYS: {"bytes": os.path.getsize(folder / ARRAYS), "sha256": file_hash(folder / ARRAYS)},
+            ARRAYS: {"bytes": os.path.getsize(folder / ARRAYS), "sha256": sha256(folder / ARRAYS)},
             INDEX: write_index(model.index_, folder / INDEX),
         },  # fmt: skip
     }
@@ -98,7 +99,7 @@ def load_model(cls: type[ResMem], folder: str | Path) -> ResMem:
     if (
         not arrays_path.is_file()
         or os.path.getsize(arrays_path) != record["bytes"]
-        or (file_hash(arrays_path) != record["sha256"])
+        or (sha256(arrays_path) != record["sha256"])
     ):
         raise ArtifactError(f"{arrays_path}: missing, or not the file ResMem.save wrote (size or sha256 differ "
                             f"from {METADATA}'s record); {REMEDY}")  # fmt: skip

@@ -56,7 +56,7 @@ def trusted_cifar(monkeypatch):
     cannot match the real checksums); everything else is the real code's."""
     import torchvision.datasets.cifar as cifar
 
-    from resmem.io import file_hash
+    from resmem.digests import file_hash
 
     def trust(root):
         monkeypatch.setattr(cifar.CIFAR100, "tgz_md5", file_hash(root / "cifar-100-python.tar.gz", "md5"))
@@ -123,7 +123,8 @@ def test_cifar100_archive_that_is_not_the_published_one_is_never_extracted(tmp_p
 def test_an_archive_whose_members_leave_its_folder_is_refused(tmp_path, member, link):
     """Even with a matching checksum, members out of the root ('..', links out of it) are refused by the data
     filter: nothing appears outside the root, nor in it."""
-    from resmem.io import extract_archive, file_hash
+    from resmem.digests import file_hash
+    from resmem.io import extract_archive
 
     root = tmp_path / "a" / "b"
     root.mkdir(parents=True)
@@ -139,7 +140,8 @@ def test_an_archive_whose_members_leave_its_folder_is_refused(tmp_path, member, 
 
 
 def test_an_archive_member_with_an_absolute_path_lands_inside_the_root(tmp_path):
-    from resmem.io import extract_archive, file_hash
+    from resmem.digests import file_hash
+    from resmem.io import extract_archive
 
     root = tmp_path / "root"
     root.mkdir()
@@ -244,6 +246,34 @@ def test_image_folders_follow_links_only_inside_their_split(tmp_path):
     (tmp_path / "test").symlink_to(train, target_is_directory=True)
     with pytest.raises(ConfigError, match=r"test/cat/0.png is also a training image .*; a test image must not"):
         load_dataset({"name": "imagefolder", "root": str(tmp_path), "image_size": 8})
+
+
+def test_a_test_image_with_the_bytes_of_a_training_image_stops_the_split(tmp_path):
+    """A copy under another name (no link, so the paths cannot show it) leaks the test set as surely as a link:
+    the split job names each copy and writes nothing. Files that share their size and their first and last
+    COPY_PROBE_BYTES but differ in between are not copies."""
+    from resmem.vision.data import COPY_PROBE_BYTES, check_no_copies
+    from resmem.vision.stages import split
+
+    make_image_folders(tmp_path)
+    cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "test_fraction": 0.25,
+           "val_fraction": 0.2, "split_seed": 0}  # fmt: skip
+    body = np.random.default_rng(1).bytes(3 * COPY_PROBE_BYTES)
+    (tmp_path / "train" / "cat" / "big.png").write_bytes(body)
+    inner = 3 * COPY_PROBE_BYTES // 2
+    (tmp_path / "test" / "cat" / "big.png").write_bytes(body[:inner] + bytes([body[inner] ^ 1]) + body[inner + 1 :])
+    check_no_copies(load_dataset(cfg))  # same size and ends, other bytes inside: no copy
+    for copy, original in (("emu/copy.png", "dog/2.png"), ("cat/z.png", "emu/5.png")):
+        shutil.copyfile(tmp_path / "train" / original, tmp_path / "test" / copy)
+    out = tmp_path / "split.npz"
+    with pytest.raises(ConfigError) as raised:
+        split(out, cfg)
+    assert str(raised.value) == (
+        f"dataset imagefolder: 2 test images have the same bytes as a training image ({tmp_path}/test/cat/z.png = "
+        f"{tmp_path}/train/emu/5.png; {tmp_path}/test/emu/copy.png = {tmp_path}/train/dog/2.png); a test image "
+        "must not be in the training split: remove one copy of each"
+    )
+    assert not out.exists()
 
 
 def test_imagefolder_subsampling_is_per_class_and_deterministic(tmp_path):

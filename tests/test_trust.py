@@ -175,7 +175,7 @@ def test_an_index_write_on_a_full_disk_fails_and_keeps_the_old_index(tmp_path, m
 
     import faiss
 
-    from resmem import knn
+    from resmem import io, knn
 
     first = faiss.IndexFlatL2(4)
     first.add(np.ones((3, 4), np.float32))
@@ -183,7 +183,7 @@ def test_an_index_write_on_a_full_disk_fails_and_keeps_the_old_index(tmp_path, m
     assert record["ntotal"] == 3 and record["bytes"] == (tmp_path / "index.faiss").stat().st_size
     second = faiss.IndexFlatL2(4)
     second.add(np.zeros((50, 4), np.float32))
-    monkeypatch.setattr(knn, "open", lambda path, mode: builtins.open("/dev/full", mode), raising=False)
+    monkeypatch.setattr(io, "open", lambda path, mode: builtins.open("/dev/full", mode), raising=False)
     with pytest.raises(OSError, match="No space left"):
         knn.write_index(second, tmp_path / "index.faiss")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.faiss"]
@@ -319,6 +319,35 @@ def test_images_are_opened_by_format_and_size(tmp_path):
         open_image(tmp_path / "bomb.png")
     Image.new("RGB", (5, 4), (200, 10, 10)).save(tmp_path / "ok.jpg")
     assert open_image(tmp_path / "ok.jpg").size == (5, 4)
+
+
+def test_an_image_replaced_by_a_fifo_after_listing_is_refused_at_decode(tmp_path):
+    """The listing refuses FIFOs, but one put in an image's place before its decode must not block the loader
+    forever: the decode itself (in a thread here, so a hang fails the test instead of stalling it) names it."""
+    import threading
+
+    from PIL import Image
+
+    from resmem.vision.loader import open_image
+
+    Image.new("RGB", (5, 4)).save(tmp_path / "cat.jpg")
+    assert open_image(tmp_path / "cat.jpg").size == (5, 4)
+    (tmp_path / "cat.jpg").unlink()
+    os.mkfifo(tmp_path / "cat.jpg")
+    raised = []
+
+    def decode():
+        try:
+            open_image(tmp_path / "cat.jpg")
+        except Exception as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=decode, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "open_image blocked on a FIFO"
+    assert isinstance(raised[0], ConfigError)
+    assert "cat.jpg: not a regular file (a FIFO, socket or device)" in str(raised[0])
 
 
 def test_keys_that_overflow_float16_fail_the_datastore_naming_the_array(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from resmem.config import ConfigError
+from resmem.digests import sha256
 from resmem.io import extract_archive
 
 DATASETS = ("cifar100", "digits", "imagefolder", "imagenet")
@@ -217,6 +218,58 @@ def check_disjoint(name: str, train: list[str], test: list[str], test_paths: lis
     if shared is not None:
         raise ConfigError(f"dataset {name}: {test_paths[shared][0]} is also a training image ({test[shared]}); a "
                           "test image must not be in the training split")  # fmt: skip
+
+
+COPY_PROBE_BYTES = 4096  # a file's first and last this many bytes are compared before its whole sha256
+COPY_CHECK_THREADS = 8  # the check waits on the disk (small reads of many files), not on the CPU
+COPIES_SHOWN = 5
+
+
+def check_no_copies(data: Dataset) -> None:
+    """No test image of a folder dataset has the same bytes as a training image under another name: a copy
+    leaks the test set as surely as a link (which `check_disjoint` catches from the paths alone). Files are
+    compared in rounds that read more of fewer: their sizes (a stat each), their first and last
+    COPY_PROBE_BYTES (for the files whose size a file of the other split has), their whole sha256 (for those
+    whose ends match too). Near-copies (the same picture re-encoded or resized) are not detected. Runs in the
+    split job, once per dataset (bench/bench_custody.py times it per file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if data.train.paths is None:
+        return
+    candidates = {"train": data.train.paths, "test": data.test.paths}
+    with ThreadPoolExecutor(COPY_CHECK_THREADS) as pool:
+        for key in (os.path.getsize, _ends_digest, sha256):
+            keyed = {split: _grouped(pool, key, paths) for split, paths in candidates.items()}
+            shared = keyed["train"].keys() & keyed["test"].keys()
+            candidates = {split: [p for k in shared for p in groups[k]] for split, groups in keyed.items()}
+    if shared:
+        copies = sorted((test_path, keyed["train"][k][0]) for k in shared for test_path in keyed["test"][k])
+        shown = "; ".join(f"{test_path} = {train_path}" for test_path, train_path in copies[:COPIES_SHOWN])
+        more = f" and {len(copies) - COPIES_SHOWN} more" if len(copies) > COPIES_SHOWN else ""
+        raise ConfigError(f"dataset {data.name}: {len(copies)} test images have the same bytes as a training image "
+                          f"({shown}{more}); a test image must not be in the training split: remove one copy "
+                          "of each")  # fmt: skip
+
+
+def _grouped(pool, key, paths: list[str]) -> dict:
+    """{key(path): [paths with that key]}, the keys computed by the threads of `pool` in chunks (Python 3.11's
+    Executor.map would queue a future for each of a million files at once)."""
+    groups: dict = {}
+    for start in range(0, len(paths), 4096):
+        chunk = paths[start : start + 4096]
+        for path, value in zip(chunk, pool.map(key, chunk), strict=True):
+            groups.setdefault(value, []).append(path)
+    return groups
+
+
+def _ends_digest(path: str) -> bytes:
+    """A digest of the file's first and last COPY_PROBE_BYTES (all of it when it is shorter than both)."""
+    import hashlib
+
+    with open(path, "rb") as file:
+        head = file.read(COPY_PROBE_BYTES)
+        file.seek(max(COPY_PROBE_BYTES, os.fstat(file.fileno()).st_size - COPY_PROBE_BYTES))
+        return hashlib.sha256(head + file.read()).digest()
 
 
 def file_digest(pool: Pool) -> str:

@@ -155,18 +155,27 @@ MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (a decompression bo
 
 
 def open_image(path):
-    """An image file of a dataset folder, decoded to RGB, or a ConfigError naming the file."""
+    """An image file of a dataset folder, decoded to RGB, or a ConfigError naming the file. It must be a regular
+    file when it is opened, not only when the folder was listed: a FIFO put there since would block forever."""
+    import os
+    import stat
     import warnings
 
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=IMAGE_FORMATS) as image:
-                if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise Image.DecompressionBombError(f"{image.width} × {image.height} pixels")
-                return image.convert("RGB")
+        # O_NONBLOCK: a FIFO opens at once (without it, open waits for a writer); a regular file reads as usual
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ConfigError(f"{path}: not a regular file (a FIFO, socket or device); an image must be a file: "
+                                  "remove it from the dataset folder")  # fmt: skip
+            os.set_blocking(file.fileno(), True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file, formats=IMAGE_FORMATS) as image:
+                    if image.width * image.height > MAX_IMAGE_PIXELS:
+                        raise Image.DecompressionBombError(f"{image.width} × {image.height} pixels")
+                    return image.convert("RGB")
     except (OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:  # UnidentifiedImageError
         raise ConfigError(
             f"{path}: not an image this workflow reads ({exc}; formats {', '.join(IMAGE_FORMATS)}, at most "

@@ -21,7 +21,7 @@ from resmem.io import ArtifactError
 from resmem.stages import fit_and_save, read_json
 from resmem.sweep import PARAMETERS
 from resmem.vision.artifacts import EMBEDDING_KEYS, PREDICTION_KEYS, SPLIT_KEYS, SUMMARY_COLUMNS
-from resmem.vision.data import Dataset, load_dataset, make_split, train_subset
+from resmem.vision.data import Dataset, check_no_copies, load_dataset, make_split, train_subset
 from resmem.vision.sizes import embeddings_disk_bytes, feature_width, network_threads
 
 log = logging.getLogger("resmem")
@@ -29,6 +29,7 @@ log = logging.getLogger("resmem")
 
 def split(out_path, dataset: dict) -> None:
     data = load_dataset(dataset)
+    check_no_copies(data)
     parts = make_split(data, dataset["test_fraction"], dataset["val_fraction"], dataset["split_seed"])
     log.info("%s: %s", dataset["name"], {k: len(v) for k, v in parts.items()})
     io.save_npz(out_path, train_pool=np.int64(len(data.train)), test_pool=np.int64(len(data.test)), **parts)
