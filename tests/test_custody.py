@@ -227,3 +227,18 @@ def test_an_edited_neighbors_file_and_a_swapped_index_stop_the_next_job_and_fail
     assert re.search(r"ERROR: results/smoke/cnn_w1/frac1/seed0/neighbors.npz is not the file its rule wrote", output)
     assert "ERROR: results/smoke/cnn_w4/frac1/seed0/index.faiss: its record says rule index wrote it as " in output
     assert "Error in rule sweep" in output and "Error in rule neighbors" in output
+
+
+def test_the_published_provenance_lists_the_chain_its_summary_was_computed_from():
+    """docs/results/ holds the default run's provenance: each lists its chain, every entry an artifact of the
+    results folder with the rule that wrote it and its sha256."""
+    from tests.conftest import REPO
+
+    published = sorted((REPO / "docs" / "results").glob("*/provenance.json"))
+    assert [p.parent.name for p in published] == ["digits", "linear_plus_sines", "stdlib_lm"]
+    for path in published:
+        chain = json.loads(path.read_text())["chain"]
+        assert chain, path
+        for entry in chain:
+            assert entry["artifact"].startswith(f"results/{path.parent.name}/") and entry["rule"], entry
+            assert re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]), entry
