@@ -1,5 +1,6 @@
 """Dataset loaders on small data generated here in the real on-disk formats; splits; batches."""
 
+import logging
 import os
 import pickle
 import shutil
@@ -248,7 +249,7 @@ def test_image_folders_follow_links_only_inside_their_split(tmp_path):
         load_dataset({"name": "imagefolder", "root": str(tmp_path), "image_size": 8})
 
 
-def test_a_test_image_with_the_bytes_of_a_training_image_stops_the_split(tmp_path):
+def test_a_test_image_with_the_bytes_of_a_training_image_stops_the_split(tmp_path, caplog):
     """A copy under another name (no link, so the paths cannot show it) leaks the test set as surely as a link:
     the split job names each copy and writes nothing. Files that share their size and their first and last
     COPY_PROBE_BYTES but differ in between are not copies."""
@@ -262,7 +263,12 @@ def test_a_test_image_with_the_bytes_of_a_training_image_stops_the_split(tmp_pat
     (tmp_path / "train" / "cat" / "big.png").write_bytes(body)
     inner = 3 * COPY_PROBE_BYTES // 2
     (tmp_path / "test" / "cat" / "big.png").write_bytes(body[:inner] + bytes([body[inner] ^ 1]) + body[inner + 1 :])
-    check_no_copies(load_dataset(cfg))  # same size and ends, other bytes inside: no copy
+    with caplog.at_level(logging.INFO, logger="resmem"):
+        check_no_copies(load_dataset(cfg))  # same size and ends, other bytes inside: no copy
+    # small PNGs whose ends match are the same file (none here): only the two big files are hashed whole
+    assert caplog.messages[-1] == (
+        "byte copies across the splits: sha256 of 2 files read, 0 test files alike a training file"
+    )
     for copy, original in (("emu/copy.png", "dog/2.png"), ("cat/z.png", "emu/5.png")):
         shutil.copyfile(tmp_path / "train" / original, tmp_path / "test" / copy)
     out = tmp_path / "split.npz"

@@ -10,6 +10,7 @@ test pool of its own, so its test split is carved from the same pool.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 from resmem.config import ConfigError
 from resmem.digests import sha256
 from resmem.io import extract_archive
+
+log = logging.getLogger("resmem")
 
 DATASETS = ("cifar100", "digits", "imagefolder", "imagenet")
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -238,10 +241,13 @@ def check_no_copies(data: Dataset) -> None:
         return
     candidates = {"train": data.train.paths, "test": data.test.paths}
     with ThreadPoolExecutor(COPY_CHECK_THREADS) as pool:
-        for key in (os.path.getsize, _ends_digest, sha256):
+        for key, what in ((os.path.getsize, "sizes"), (_ends_digest, "first and last bytes"), (sha256, "sha256")):
+            read = sum(map(len, candidates.values()))
             keyed = {split: _grouped(pool, key, paths) for split, paths in candidates.items()}
             shared = keyed["train"].keys() & keyed["test"].keys()
             candidates = {split: [p for k in shared for p in groups[k]] for split, groups in keyed.items()}
+            log.info("byte copies across the splits: %s of %d files read, %d test files alike a training file",
+                     what, read, len(candidates["test"]))  # fmt: skip
     if shared:
         copies = sorted((test_path, keyed["train"][k][0]) for k in shared for test_path in keyed["test"][k])
         shown = "; ".join(f"{test_path} = {train_path}" for test_path, train_path in copies[:COPIES_SHOWN])
