@@ -1,4 +1,4 @@
-"""File digests, each computed once: while a file is written, or on its first read in a process.
+"""File digests, each computed once per workflow job: while a file is written, or on its first read.
 
 An artifact's sha256 is checked by its job before the job runs (`resmem.custody`) and again by the reader that
 loads it (`resmem.knn.read_index`, `resmem.model_files`), and recorded after it is written. At paper size (a
